@@ -1,0 +1,120 @@
+"""Writers of tiny fake datasets in the real on-disk formats, shared by all tests.
+
+No test may download anything, so tests write a few images in exactly the
+layout the data modules read:
+
+* :func:`write_cifar100` - the ``cifar-100-python`` pickles that
+  ``torchvision.datasets.CIFAR100`` (and :class:`reaf_lightning.data.CIFAR100DataModule`)
+  read.
+* :func:`write_image_folder` - a ``root/{train,val}/<class>/*.png`` tree, the
+  layout of ImageNet after the usual ``valprep`` reorganisation.
+* :func:`write_corrupt_image` - garbage bytes under an image file name.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["write_cifar100", "write_image_folder", "write_corrupt_image"]
+
+
+def _cifar_split(rng: np.random.Generator, n: int, num_classes: int, prefix: str) -> dict:
+    # Cycle the labels so every class appears when n >= num_classes.
+    fine = (np.arange(n) % num_classes).astype(np.int64)
+    rng.shuffle(fine)
+    return {
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        b"fine_labels": [int(v) for v in fine],
+        b"coarse_labels": [int(v) // 5 for v in fine],
+        b"filenames": [f"{prefix}_{i:05d}.png".encode() for i in range(n)],
+        b"batch_label": f"{prefix} batch".encode(),
+    }
+
+
+def write_cifar100(
+    root: str | Path, n_train: int = 64, n_test: int = 32, seed: int = 0
+) -> dict[str, dict]:
+    """Write a fake CIFAR-100 in the ``cifar-100-python`` layout under ``root``.
+
+    Files: ``root/cifar-100-python/{train,test,meta}``, pickled dicts with
+    bytes keys as in the official archive (``b"data"`` is ``(N, 3072)``
+    uint8, channel-major: 1024 red, 1024 green, 1024 blue values, each row-major
+    32x32; ``b"fine_labels"``/``b"coarse_labels"`` lists; ``b"filenames"``;
+    meta has ``b"fine_label_names"`` and ``b"coarse_label_names"``).
+
+    Returns:
+        ``{"train": dict, "test": dict, "meta": dict}``, the dicts written, so a
+        test can compare what the data module reads with what was written.
+    """
+    base = Path(root) / "cifar-100-python"
+    base.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = {
+        "train": _cifar_split(rng, n_train, 100, "train"),
+        "test": _cifar_split(rng, n_test, 100, "test"),
+        "meta": {
+            b"fine_label_names": [f"class_{i:03d}".encode() for i in range(100)],
+            b"coarse_label_names": [f"super_{i:02d}".encode() for i in range(20)],
+        },
+    }
+    for name, payload in out.items():
+        with open(base / name, "wb") as f:
+            pickle.dump(payload, f)
+    return out
+
+
+def write_image_folder(
+    root: str | Path,
+    classes: Sequence[str] = ("cat", "dog", "emu"),
+    n_per_class: int = 3,
+    size: int | tuple[int, int] = 40,
+    splits: Sequence[str] = ("train", "val"),
+    ext: str = ".png",
+    seed: int = 0,
+) -> dict[str, list[tuple[Path, int]]]:
+    """Write ``root/<split>/<class>/<class>_<i><ext>`` random RGB images.
+
+    Args:
+        root: dataset root to create.
+        classes: class folder names (labels are their index in *sorted* order,
+            as ImageFolder assigns them).
+        n_per_class: images per class per split.
+        size: image side (or ``(width, height)``).
+        splits: split folders to create.
+        ext: file extension; ``.png`` and ``.JPEG`` are both understood by PIL.
+        seed: pixel RNG seed.
+
+    Returns:
+        ``{split: [(path, label), ...]}`` in sorted path order.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    w, h = (size, size) if isinstance(size, int) else size
+    label_of = {c: i for i, c in enumerate(sorted(classes))}
+    written: dict[str, list[tuple[Path, int]]] = {}
+    for split in splits:
+        items = []
+        for cls in classes:
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n_per_class):
+                arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+                path = d / f"{cls}_{i}{ext}"
+                fmt = "JPEG" if ext.lower() in (".jpg", ".jpeg") else None
+                Image.fromarray(arr).save(path, format=fmt)
+                items.append((path, label_of[cls]))
+        written[split] = sorted(items)
+    return written
+
+
+def write_corrupt_image(path: str | Path, payload: bytes = b"this is not an image\x00\xff") -> Path:
+    """Write garbage bytes at ``path`` (e.g. ``.../cat_9.png``) and return it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+    return path
