@@ -361,8 +361,13 @@ def compute_selectivity(
         flattened in C-major order.
     """
     stats = compute_class_means(
-        model, dataloader, layers=layers, num_classes=num_classes, reduction=reduction,
-        device=device, **kwargs,  # type: ignore[arg-type]
+        model,
+        dataloader,
+        layers=layers,
+        num_classes=num_classes,
+        reduction=reduction,
+        device=device,
+        **kwargs,  # type: ignore[arg-type]
     )
     return {layer: si.cpu() for layer, si in stats.selectivity().items()}
 
@@ -418,8 +423,8 @@ class _Accumulator:
         for name in self.layers:
             feats = features[name]
             if name not in self.sums:
-                self.unit_shapes[name] = tuple(feats.shape[1:]) if self.reduction == "none" else (
-                    int(feats.shape[1]),
+                self.unit_shapes[name] = (
+                    tuple(feats.shape[1:]) if self.reduction == "none" else (int(feats.shape[1]),)
                 )
                 units = int(feats[0].numel())
                 self.sums[name] = torch.zeros(

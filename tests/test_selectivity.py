@@ -98,9 +98,7 @@ def _reference_selectivity(model, dataset, layers, reduction="mean"):
     for name in layers:
         acts = torch.cat(store[name]).double()
         units = acts.mean(dim=(2, 3)) if reduction == "mean" else acts.flatten(1)
-        class_means = torch.stack(
-            [units[labels == c].mean(dim=0) for c in range(NUM_CLASSES)]
-        )
+        class_means = torch.stack([units[labels == c].mean(dim=0) for c in range(NUM_CLASSES)])
         si = torch.empty(units.shape[1], dtype=torch.float64)
         for j in range(units.shape[1]):
             col = class_means[:, j].tolist()
@@ -125,23 +123,29 @@ def test_compute_selectivity_matches_reference(name):
 def test_reduction_none_keeps_every_unit():
     model, data = _model(), _dataset()
     layers = ["layer1", "layer3", "avgpool"]
-    got = compute_selectivity(model, DataLoader(data, batch_size=7), layers=layers,
-                              reduction="none")
+    got = compute_selectivity(
+        model, DataLoader(data, batch_size=7), layers=layers, reduction="none"
+    )
     ref = _reference_selectivity(_model(), data, layers, reduction="none")
     model.eval()
     with torch.no_grad():
         x = data.tensors[0][:1]
         shapes = {}
-        hooks = [model.get_submodule(n).register_forward_hook(
-            lambda _m, _i, o, n=n: shapes.__setitem__(n, o.shape[1:])) for n in layers]
+        hooks = [
+            model.get_submodule(n).register_forward_hook(
+                lambda _m, _i, o, n=n: shapes.__setitem__(n, o.shape[1:])
+            )
+            for n in layers
+        ]
         model(x)
         for h in hooks:
             h.remove()
     for layer in layers:
         assert got[layer].shape == (shapes[layer].numel(),)
         torch.testing.assert_close(got[layer], ref[layer], rtol=1e-5, atol=1e-6)
-    stats = compute_class_means(model, DataLoader(data, batch_size=7), layers=layers,
-                                reduction="none")
+    stats = compute_class_means(
+        model, DataLoader(data, batch_size=7), layers=layers, reduction="none"
+    )
     assert stats.unit_shapes["layer1"] == tuple(shapes["layer1"])
 
 
@@ -151,8 +155,9 @@ def test_class_means_are_sums_over_counts_and_num_classes_inferred():
     labels = data.tensors[1]
     assert stats.num_classes == NUM_CLASSES
     assert stats.counts.tolist() == [int((labels == c).sum()) for c in range(NUM_CLASSES)]
-    explicit = compute_class_means(model, DataLoader(data, batch_size=9), layers=["layer2"],
-                                   num_classes=NUM_CLASSES + 2)
+    explicit = compute_class_means(
+        model, DataLoader(data, batch_size=9), layers=["layer2"], num_classes=NUM_CLASSES + 2
+    )
     # Two extra, empty classes: their rows are dropped, the rest agrees.
     torch.testing.assert_close(explicit.class_means()["layer2"], stats.class_means()["layer2"])
     assert torch.isnan(explicit.class_means(drop_empty=False)["layer2"][-1]).all()
@@ -235,8 +240,12 @@ def test_distributed_sampler_padding_counted_once(world, shuffle):
     counts = torch.zeros_like(full.counts)
     for rank in range(world):
         sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=3)
-        part = compute_class_means(model, DataLoader(data, batch_size=2, sampler=sampler),
-                                   num_classes=NUM_CLASSES, sync=False)
+        part = compute_class_means(
+            model,
+            DataLoader(data, batch_size=2, sampler=sampler),
+            num_classes=NUM_CLASSES,
+            sync=False,
+        )
         counts += part.counts
         for k in sums:
             sums[k] += part.sums[k]

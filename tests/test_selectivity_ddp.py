@@ -32,8 +32,7 @@ def _model() -> torch.nn.Module:
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         data = _dataset()
         sampler = DistributedSampler(data, num_replicas=WORLD, rank=rank, shuffle=True, seed=7)
@@ -41,8 +40,10 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         model = torch.nn.parallel.DistributedDataParallel(_model())
         si = compute_selectivity(model, loader, num_classes=NUM_CLASSES)  # sync is automatic
         stats = compute_class_means(model, loader, layers=["layer2"])  # num_classes inferred
-        torch.save({"si": si, "counts": stats.counts, "sums": stats.sums["layer2"]},
-                   f"{out_dir}/rank{rank}.pt")
+        torch.save(
+            {"si": si, "counts": stats.counts, "sums": stats.sums["layer2"]},
+            f"{out_dir}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -52,8 +53,9 @@ def test_two_processes_equal_one_process(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
 
     data = _dataset()
-    single_si = compute_selectivity(_model(), DataLoader(data, batch_size=4),
-                                    num_classes=NUM_CLASSES)
+    single_si = compute_selectivity(
+        _model(), DataLoader(data, batch_size=4), num_classes=NUM_CLASSES
+    )
     single = compute_class_means(_model(), DataLoader(data, batch_size=4), layers=["layer2"])
     assert int(single.counts.sum()) == NUM_SAMPLES
     for rank in range(WORLD):
