@@ -7,9 +7,23 @@ import math
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
+from fake_data import write_cifar100
 from sklearn.datasets import load_digits
 
-from reaf_lightning.data import DigitsDataModule
+from reaf_lightning.data import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CIFAR100DataModule,
+    CIFAR100Dataset,
+    DatasetLayoutError,
+    DatasetNotFoundError,
+    DeviceCIFARLoader,
+    DigitsDataModule,
+    apply_crop_flip,
+    normalize_uint8,
+    sample_crop_flip_params,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,3 +138,224 @@ def test_digits_augment_is_a_shift_of_the_source(digits_dm):
 def test_digits_bad_arguments(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         DigitsDataModule(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-100 (CPU DataLoader path)
+# ---------------------------------------------------------------------------------------------
+def _unnormalise_to_uint8(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x * s + m).mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
+def _row_to_image(row: np.ndarray) -> np.ndarray:
+    """Independent decoding of one CIFAR row: 1024 R, then 1024 G, then 1024 B, row-major."""
+    img = np.zeros((3, 32, 32), dtype=np.uint8)
+    for c in range(3):
+        for i in range(32):
+            for j in range(32):
+                img[c, i, j] = row[c * 1024 + i * 32 + j]
+    return img
+
+
+@pytest.fixture()
+def cifar_root(tmp_path):
+    written = write_cifar100(tmp_path / "cifar", n_train=40, n_test=24, seed=1)
+    return tmp_path / "cifar", written
+
+
+def test_cifar_reads_pickles_shapes_labels_and_pixels(cifar_root):
+    root, written = cifar_root
+    dm = CIFAR100DataModule(root=str(root), batch_size=8, num_workers=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.num_classes == 100
+    assert dm.mean == (0.5071, 0.4865, 0.4409) and dm.std == (0.2673, 0.2564, 0.2762)
+    assert dm.classes[:2] == ["class_000", "class_001"]
+    # validation is the test set, unshuffled
+    xs, ys = zip(*dm.val_dataloader(), strict=True)
+    x, y = torch.cat(xs), torch.cat(ys)
+    assert x.shape == (24, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert y.tolist() == written["test"][b"fine_labels"]
+    pixels = _unnormalise_to_uint8(x, dm.mean, dm.std)
+    for k in (0, 13, 23):
+        assert np.array_equal(pixels[k].numpy(), _row_to_image(written["test"][b"data"][k]))
+    xt, yt = next(iter(dm.train_dataloader()))
+    assert xt.shape == (8, 3, 32, 32) and yt.shape == (8,)
+    assert set(yt.tolist()) <= set(written["train"][b"fine_labels"])
+
+
+def test_cifar_val_split_fraction_holds_out_train_images(cifar_root):
+    root, written = cifar_root
+    dm = CIFAR100DataModule(root=str(root), batch_size=64, num_workers=0, val_split=0.25)
+    dm.setup("fit")
+    n_val = len(dm.dataset("val"))
+    assert n_val == 10 and len(dm.dataset("train")) == 30
+    val_pixels = _unnormalise_to_uint8(
+        torch.stack([dm.dataset("val")[i][0] for i in range(n_val)]), dm.mean, dm.std
+    )
+    train_rows = {bytes(r) for r in written["train"][b"data"]}
+    assert all(bytes(p.numpy().reshape(-1)) in train_rows for p in val_pixels)
+    assert len(dm.dataset("test")) == 24
+
+
+def test_cifar_missing_root_is_one_clear_error(tmp_path):
+    dm = CIFAR100DataModule(root=str(tmp_path / "nowhere"), num_workers=0)
+    with pytest.raises(DatasetNotFoundError) as err:
+        dm.prepare_data()
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere") in msg and "cifar-100-python" in msg
+    assert "download=true" in msg and "\n" not in msg
+    with pytest.raises(DatasetNotFoundError):
+        dm.setup("fit")
+
+
+def test_cifar_missing_batch_file_is_named(cifar_root):
+    root, _ = cifar_root
+    (root / "cifar-100-python" / "train").unlink()
+    dm = CIFAR100DataModule(root=str(root), num_workers=0)
+    with pytest.raises(DatasetNotFoundError, match="missing") as err:
+        dm.setup("fit")
+    assert str(root / "cifar-100-python" / "train") in str(err.value)
+    assert str(root / "cifar-100-python" / "test") not in str(err.value)
+
+
+def test_cifar_damaged_pickle_is_named(cifar_root):
+    root, _ = cifar_root
+    (root / "cifar-100-python" / "test").write_bytes(b"garbage")
+    with pytest.raises(DatasetLayoutError, match="cifar-100-python/test"):
+        CIFAR100DataModule(root=str(root), num_workers=0).setup("fit")
+
+
+def test_cifar_download_offline_is_clear(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    dm = CIFAR100DataModule(root=str(tmp_path / "c"), download=True, num_workers=0)
+    with pytest.raises(DatasetNotFoundError, match="downloading CIFAR-100 .* failed"):
+        dm.prepare_data()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"val_split": "val"},
+        {"val_split": 1.5},
+        {"batch_size": 0},
+        {"mean": (0.5, 0.5)},
+        {"std": (0.2, 0.0, 0.2)},
+    ],
+)
+def test_cifar_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        CIFAR100DataModule(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched crop/flip and the device-resident loader (run on CPU tensors here)
+# ---------------------------------------------------------------------------------------------
+def _all_crop_flips(img_u8: torch.Tensor, padding: int = 4) -> list[torch.Tensor]:
+    """Every crop/flip torchvision's RandomCrop(32, padding) + RandomHorizontalFlip can output."""
+    padded = TF.pad(img_u8, [padding])
+    outs = []
+    for top in range(2 * padding + 1):
+        for left in range(2 * padding + 1):
+            crop = TF.crop(padded, top, left, 32, 32)
+            outs += [crop, TF.horizontal_flip(crop)]
+    return outs
+
+
+def test_apply_crop_flip_matches_torchvision_per_image():
+    gen = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    oy, ox, flips = sample_crop_flip_params(12, 4, True, generator=gen)
+    out = apply_crop_flip(imgs, oy, ox, flips, 4)
+    for b in range(12):
+        ref = TF.crop(TF.pad(imgs[b], [4]), int(oy[b]), int(ox[b]), 32, 32)
+        if flips[b]:
+            ref = TF.horizontal_flip(ref)
+        assert torch.equal(out[b], ref), b
+
+
+def test_crop_flip_params_are_uniform():
+    oy, ox, flips = sample_crop_flip_params(
+        36_000, 4, True, generator=torch.Generator().manual_seed(1)
+    )
+    counts = torch.bincount(oy * 9 + ox, minlength=81).float()
+    assert counts.numel() == 81 and counts.min() > 0
+    expected = 36_000 / 81
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 160  # 80 degrees of freedom; p < 1e-7 beyond this
+    assert 0.48 < flips.float().mean() < 0.52
+    _, _, none = sample_crop_flip_params(100, 4, False)
+    assert not none.any()
+
+
+def _device_loader(images, labels, **kw):
+    kw.setdefault("batch_size", 5)
+    return DeviceCIFARLoader(images, labels, mean=CIFAR100_MEAN, std=CIFAR100_STD, **kw)
+
+
+def test_device_loader_without_augmentation_equals_plain_path(cifar_root):
+    root, _ = cifar_root
+    dm = CIFAR100DataModule(root=str(root), batch_size=7, num_workers=0, augment=False)
+    dm.setup("fit")
+    ds = dm.dataset("train")
+    ref_x = torch.stack([ds[i][0] for i in range(len(ds))])
+    ref_y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    loader = _device_loader(ds.images, ds.labels, batch_size=7, augment=False, shuffle=False)
+    got_x, got_y = (torch.cat(t) for t in zip(*loader, strict=True))
+    assert torch.equal(got_x, ref_x) and torch.equal(got_y, ref_y)
+    # same through the data module switch
+    dm_gpu = CIFAR100DataModule(root=str(root), batch_size=7, num_workers=0, gpu_augment=True)
+    dm_gpu.setup("fit")
+    vx = torch.cat([x for x, _ in dm_gpu.val_dataloader()])
+    vds = dm.dataset("val")
+    assert torch.equal(vx, torch.stack([vds[i][0] for i in range(len(vds))]))
+
+
+@pytest.mark.parametrize("path", ["device", "dataloader"])
+def test_augmented_images_are_crop_flips_of_their_source(path):
+    gen = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    ids = torch.arange(6)  # label = source index, so shuffled batches can be traced
+    if path == "device":
+        batches = list(_device_loader(images, ids, batch_size=4, seed=3))
+        xs, ys = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    else:
+        ds = CIFAR100Dataset(images, ids, CIFAR100_MEAN, CIFAR100_STD, augment=True)
+        xs = torch.stack([ds[i][0] for i in range(6)])
+        ys = ids
+    assert sorted(ys.tolist()) == list(range(6))
+    for x, src in zip(xs, ys, strict=True):
+        candidates = torch.stack(_all_crop_flips(images[int(src)]))
+        normed = normalize_uint8(candidates, CIFAR100_MEAN, CIFAR100_STD)
+        assert any(torch.equal(x, c) for c in normed)
+
+
+def test_device_loader_shards_by_rank_with_epoch_permutation():
+    n, world = 11, 2
+    images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    ids = torch.arange(n)
+    seen = {}
+    for epoch in (0, 1):
+        for rank in range(world):
+            loader = _device_loader(images, ids, batch_size=4, rank=rank, world_size=world)
+            loader.set_epoch(epoch)
+            assert len(loader) == 2  # ceil(ceil(11 / 2) / 4)
+            seen[epoch, rank] = torch.cat([y for _, y in loader]).tolist()
+        a, b = seen[epoch, 0], seen[epoch, 1]
+        assert len(a) == len(b) == 6  # equal shards: 11 padded to 12
+        assert set(a) | set(b) == set(range(n))
+        assert len(set(a) & set(b)) <= 1  # only the padding sample repeats
+    assert seen[0, 0] != seen[1, 0]  # new permutation each epoch
+    # reproducible
+    again = _device_loader(images, ids, batch_size=4, rank=1, world_size=world)
+    again.set_epoch(1)
+    assert torch.cat([y for _, y in again]).tolist() == seen[1, 1]
+    with pytest.raises(ValueError, match="rank"):
+        _device_loader(images, ids, rank=2, world_size=2)
