@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
+from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+import torchvision
 import torchvision.transforms.v2.functional as TF
-from fake_data import write_cifar100
+from fake_data import write_cifar100, write_corrupt_image, write_image_folder
+from PIL import Image
 from sklearn.datasets import load_digits
+from torch.utils.data import DistributedSampler
 
 from reaf_lightning.data import (
     CIFAR100_MEAN,
     CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     CIFAR100DataModule,
     CIFAR100Dataset,
+    CorruptImageError,
+    CorruptImageWarning,
     DatasetLayoutError,
     DatasetNotFoundError,
     DeviceCIFARLoader,
     DigitsDataModule,
+    ImageFolderDataModule,
+    ImageNetDataModule,
     apply_crop_flip,
+    default_eval_resize,
     normalize_uint8,
     sample_crop_flip_params,
+    verify_images,
 )
 
 
@@ -359,3 +374,233 @@ def test_device_loader_shards_by_rank_with_epoch_permutation():
     assert torch.cat([y for _, y in again]).tolist() == seen[1, 1]
     with pytest.raises(ValueError, match="rank"):
         _device_loader(images, ids, rank=2, world_size=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageFolder / ImageNet
+# ---------------------------------------------------------------------------------------------
+def _folder_dm(root, **kw):
+    kw.setdefault("image_size", 32)
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("num_workers", 0)
+    kw.setdefault("verify_cache", None)
+    return ImageFolderDataModule(str(root), **kw)
+
+
+def test_image_folder_labels_follow_torchvision_imagefolder(tmp_path):
+    classes = ("zebra", "ant", "moth")
+    write_image_folder(tmp_path, classes=classes, n_per_class=3, size=(48, 40))
+    dm = _folder_dm(tmp_path)
+    assert dm.num_classes == 3 and dm.classes == sorted(classes)
+    dm.setup("fit")
+    for split in ("train", "val"):
+        ref = torchvision.datasets.ImageFolder(str(tmp_path / split))
+        got = [(str(p), y) for p, y in getattr(dm, f"{split}_dataset").samples]
+        assert got == [(str(p), y) for p, y in ref.samples]
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    assert y.tolist() == [s[1] for s in dm.val_dataset.samples[:4]]
+    xt, _ = next(iter(dm.train_dataloader()))
+    assert xt.shape == (4, 3, 32, 32)
+
+
+def test_image_folder_eval_transform_is_resize_then_centre_crop(tmp_path):
+    written = write_image_folder(tmp_path, classes=("a", "b"), n_per_class=1, size=(100, 80))
+    dm = _folder_dm(tmp_path, image_size=64, resize_size=72, mean=(0, 0, 0), std=(1, 1, 1))
+    dm.setup("fit")
+    path, label = written["val"][0]
+    x, y = dm.val_dataset[0]
+    assert y == label
+    # independent reference with PIL: 100 x 80 -> shorter side 72 -> 90 x 72, centre 64 x 64
+    img = Image.open(path).convert("RGB").resize((90, 72), Image.Resampling.BILINEAR)
+    ref = np.asarray(img.crop((13, 4, 77, 68)), dtype=np.float32).transpose(2, 0, 1) / 255
+    torch.testing.assert_close(x, torch.from_numpy(ref), atol=1e-6, rtol=0)
+    # small images: eval resize defaults to the image size itself; larger: /0.875
+    assert default_eval_resize(32) == 32 and default_eval_resize(224) == 256
+
+
+def test_imagenet_module_uses_paper_transforms_and_reads_jpeg(tmp_path):
+    write_image_folder(tmp_path, classes=("n01", "n02"), n_per_class=2, size=260, ext=".JPEG")
+    dm = ImageNetDataModule(str(tmp_path), batch_size=2, num_workers=0, verify_cache=None)
+    assert dm.num_classes == 2 and dm.image_size == 224 and dm.resize_size == 256
+    assert dm.mean == IMAGENET_MEAN and dm.std == IMAGENET_STD
+    dm.setup("fit")
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (2, 3, 224, 224) and y.tolist() == [0, 0]
+    names = [type(t).__name__ for t in dm.train_transform().transforms]
+    assert names[:2] == ["RandomResizedCrop", "RandomHorizontalFlip"]
+
+
+def test_image_folder_missing_root_and_split(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="does not exist") as err:
+        _folder_dm(tmp_path / "nope").setup("fit")
+    assert str(tmp_path / "nope") in str(err.value)
+    write_image_folder(tmp_path / "d", splits=("train",))
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path / "d" / "val")):
+        _ = _folder_dm(tmp_path / "d").num_classes
+
+
+def test_image_folder_empty_class_folder_is_named(tmp_path):
+    write_image_folder(tmp_path, classes=("a", "b"), n_per_class=1)
+    (tmp_path / "val" / "c").mkdir()
+    (tmp_path / "train" / "c").mkdir()
+    (tmp_path / "train" / "c" / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetLayoutError, match="without any image") as err:
+        _folder_dm(tmp_path).setup("fit")
+    assert str(tmp_path / "train" / "c") in str(err.value)
+    assert str(tmp_path / "val" / "c") in str(err.value)
+
+
+def test_image_folder_mismatched_classes_are_named(tmp_path):
+    write_image_folder(tmp_path, classes=("a", "b", "c"), splits=("train",), n_per_class=1)
+    write_image_folder(tmp_path, classes=("a", "b", "d"), splits=("val",), n_per_class=1)
+    with pytest.raises(DatasetLayoutError, match=r"only in train: \['c'\]; only in val: \['d'\]"):
+        _ = _folder_dm(tmp_path).num_classes
+
+
+def test_image_folder_flat_val_gets_a_hint(tmp_path):
+    write_image_folder(tmp_path, classes=("a",), splits=("train",), n_per_class=1)
+    (tmp_path / "val").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(DatasetLayoutError, match="1 loose images"):
+        _folder_dm(tmp_path).setup("fit")
+
+
+def _write_with_corrupt(tmp_path):
+    write_image_folder(tmp_path, classes=("a", "b"), n_per_class=2, size=36)
+    bad_train = write_corrupt_image(tmp_path / "train" / "a" / "a_9.png")
+    bad_val = write_corrupt_image(tmp_path / "val" / "b" / "b_5.JPEG")
+    return bad_train, bad_val
+
+
+def test_corrupt_image_skipped_with_warning_naming_file_and_count(tmp_path):
+    bad_train, _ = _write_with_corrupt(tmp_path)
+    dm = _folder_dm(tmp_path, resize_size=32)
+    dm.setup("fit")  # skip mode: no up-front verification, set-up succeeds
+    ds = dm.train_dataset
+    # replace the random training transform by the deterministic eval one for comparison
+    ds.transform = dm.eval_transform()
+    bad_index = [p for p, _ in ds.samples].index(str(bad_train))
+    with pytest.warns(CorruptImageWarning, match="a_9.png") as rec:
+        x, y = ds[bad_index]
+    assert "1 unreadable file(s) skipped" in str(rec[0].message)
+    nxt = ds[bad_index + 1]
+    assert torch.equal(x, nxt[0]) and y == nxt[1]  # substitute = next readable sample
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same file warns only once
+        ds[bad_index]
+    dm_val = _folder_dm(tmp_path, batch_size=5)
+    dm_val.setup("validate")
+    with pytest.warns(CorruptImageWarning, match="b_5.JPEG.*1 unreadable"):
+        ((x, y),) = list(dm_val.val_dataloader())
+    assert x.shape == (5, 3, 32, 32)
+    assert y.tolist() == [0, 0, 1, 1, 0]  # the corrupt last file is replaced by the first one
+
+
+def test_corrupt_image_error_mode_refuses_at_setup_naming_every_file(tmp_path):
+    bad_train, bad_val = _write_with_corrupt(tmp_path)
+    cache = tmp_path / "cache.json"
+    dm = _folder_dm(tmp_path, on_corrupt="error", verify_cache=str(cache))
+    with pytest.raises(CorruptImageError, match="2 corrupt image") as err:
+        dm.setup("fit")
+    assert str(bad_train) in str(err.value) and str(bad_val) in str(err.value)
+    # after removing them, set-up passes and the cache remembers the good files
+    bad_train.unlink()
+    bad_val.unlink()
+    _folder_dm(tmp_path, on_corrupt="error", verify_cache=str(cache)).setup("fit")
+    assert len(json.loads(cache.read_text())["ok"]) == 8
+
+
+def test_verify_cache_skips_unchanged_files_and_rechecks_changed_ones(tmp_path):
+    written = write_image_folder(tmp_path, classes=("a",), n_per_class=2, splits=("train",))
+    paths = [str(p) for p, _ in written["train"]]
+    cache = tmp_path / "v.json"
+    assert verify_images(paths, cache_file=cache) == {}
+    write_corrupt_image(paths[0])  # content (and size) changes -> re-verified
+    assert list(verify_images(paths, cache_file=cache)) == [paths[0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Real Lightning Trainer: epochs, and DDP sharding with 2 CPU processes (gloo)
+# ---------------------------------------------------------------------------------------------
+class _SeenRecorder(pl.LightningModule):
+    """Linear classifier that records which samples (labels are unique ids) each rank sees."""
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.lin = torch.nn.Linear(3 * 32 * 32, 100)
+        self.seen: dict[str, list[int]] = {}
+        self.loader_epochs: list[int] = []
+
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        if isinstance(loader, DeviceCIFARLoader):
+            self.loader_epochs.append(loader.epoch)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
+        self.seen.setdefault(f"train{self.current_epoch}", []).extend(y.tolist())
+        return torch.nn.functional.cross_entropy(self.lin(x.flatten(1)), y)
+
+    def validation_step(self, batch, batch_idx):
+        self.seen.setdefault(f"val{self.current_epoch}", []).extend(batch[1].tolist())
+
+    def on_fit_end(self) -> None:
+        path = Path(self.out_dir) / f"rank{self.global_rank}.json"
+        path.write_text(json.dumps({"seen": self.seen, "loader_epochs": self.loader_epochs}))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _fit(root, out_dir, devices: int, gpu_augment: bool) -> list[dict]:
+    out_dir.mkdir()
+    dm = CIFAR100DataModule(root=str(root), batch_size=4, num_workers=0, gpu_augment=gpu_augment)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        # fork: no re-import of the test module in the children (spawn costs ~40 s on 2 cores)
+        strategy="ddp_fork" if devices > 1 else "auto",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(_SeenRecorder(str(out_dir)), datamodule=dm)
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(devices)]
+
+
+def test_trainer_single_process_device_loader_follows_epochs(cifar_root, tmp_path):
+    root, written = cifar_root
+    (rank0,) = _fit(root, tmp_path / "out", devices=1, gpu_augment=True)
+    assert rank0["loader_epochs"] == [0, 1]  # Lightning called set_epoch via .sampler
+    ids = sorted(written["train"][b"fine_labels"])
+    assert sorted(rank0["seen"]["train0"]) == sorted(rank0["seen"]["train1"]) == ids
+    assert rank0["seen"]["train0"] != rank0["seen"]["train1"]  # reshuffled
+    assert rank0["seen"]["val0"] == written["test"][b"fine_labels"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gpu_augment", [False, True], ids=["dataloader", "device"])
+def test_ddp_two_processes_shard_like_lightnings_sampler(tmp_path, monkeypatch, gpu_augment):
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    root = tmp_path / "cifar"
+    written = write_cifar100(root, n_train=22, n_test=10, seed=2)  # 22 ids: 11 per rank
+    ranks = _fit(root, tmp_path / "out", devices=2, gpu_augment=gpu_augment)
+    ids = written["train"][b"fine_labels"]  # unique, so a label identifies its image
+    for epoch in (0, 1):
+        a, b = (set(r["seen"][f"train{epoch}"]) for r in ranks)
+        assert len(ranks[0]["seen"][f"train{epoch}"]) == 11 and not a & b and a | b == set(ids)
+        for rank in (0, 1):
+            # what Lightning's injected DistributedSampler (seed 0) would give this rank
+            ref = DistributedSampler(range(22), num_replicas=2, rank=rank, shuffle=True, seed=0)
+            ref.set_epoch(epoch)
+            assert ranks[rank]["seen"][f"train{epoch}"] == [ids[i] for i in ref]
+            assert ranks[rank]["loader_epochs"] == ([0, 1] if gpu_augment else [])
+    assert ranks[0]["seen"]["train0"] != ranks[0]["seen"]["train1"]
+    val = written["test"][b"fine_labels"]
+    assert ranks[0]["seen"]["val0"] == val[0::2] and ranks[1]["seen"]["val0"] == val[1::2]

@@ -22,6 +22,16 @@ from .cifar import (
 from .device_loader import DeviceCIFARLoader
 from .digits import DigitsDataModule
 from .errors import CorruptImageError, DatasetLayoutError, DatasetNotFoundError
+from .image_folder import (
+    IMG_EXTENSIONS,
+    CorruptImageWarning,
+    ImageFileDataset,
+    ImageFolderDataModule,
+    ImageNetDataModule,
+    default_eval_resize,
+    scan_image_folder,
+    verify_images,
+)
 from .stats import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -33,6 +43,14 @@ __all__ = [
     "CIFAR100DataModule",
     "CIFAR100Dataset",
     "CorruptImageError",
+    "CorruptImageWarning",
+    "IMG_EXTENSIONS",
+    "ImageFileDataset",
+    "ImageFolderDataModule",
+    "ImageNetDataModule",
+    "default_eval_resize",
+    "scan_image_folder",
+    "verify_images",
     "DatasetLayoutError",
     "DatasetNotFoundError",
     "DeviceCIFARLoader",

@@ -17,6 +17,7 @@ not found or corrupted") and so that files without the official checksums
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,7 +221,10 @@ class CIFAR100DataModule(pl.LightningDataModule):
         mean: per-channel normalisation mean (default: the paper's).
         std: per-channel normalisation std (default: the paper's).
         seed: seed of the ``val_split`` fraction and of the device loader's
-            permutation/augmentation streams.
+            permutation/augmentation streams; ``None`` follows Lightning's global
+            seed (``seed_everything``, env ``PL_GLOBAL_SEED``, else 0), the seed
+            Lightning gives its injected ``DistributedSampler``, so under DDP both
+            paths give each rank the same samples every epoch.
         drop_last: drop the last incomplete training batch.
     """
 
@@ -236,7 +240,7 @@ class CIFAR100DataModule(pl.LightningDataModule):
         gpu_augment: bool = False,
         mean: tuple[float, float, float] = CIFAR100_MEAN,
         std: tuple[float, float, float] = CIFAR100_STD,
-        seed: int = 0,
+        seed: int | None = None,
         drop_last: bool = False,
     ) -> None:
         super().__init__()
@@ -260,7 +264,7 @@ class CIFAR100DataModule(pl.LightningDataModule):
         self.gpu_augment = bool(gpu_augment)
         self._mean = check_stats("mean", mean)
         self._std = check_stats("std", std)
-        self.seed = int(seed)
+        self.seed = seed
         self.drop_last = bool(drop_last)
         self._splits: dict[str, _Split] = {}
         self.save_hyperparameters()
@@ -278,6 +282,11 @@ class CIFAR100DataModule(pl.LightningDataModule):
     @property
     def std(self) -> tuple[float, ...]:
         return self._std
+
+    @property
+    def resolved_seed(self) -> int:
+        """``seed``, or Lightning's global seed when ``seed`` is None (see the class doc)."""
+        return self.seed if self.seed is not None else int(os.getenv("PL_GLOBAL_SEED", 0))
 
     @property
     def classes(self) -> list[str]:
@@ -324,7 +333,7 @@ class CIFAR100DataModule(pl.LightningDataModule):
                 np.arange(len(y_train)),
                 test_size=float(self.val_split),
                 stratify=_stratify_or_none(y_train, float(self.val_split)),
-                random_state=self.seed,
+                random_state=self.resolved_seed,
             )
             tr, va = np.sort(tr), np.sort(va)
             train = _Split(torch.from_numpy(x_train[tr]), torch.from_numpy(y_train[tr]))
@@ -360,7 +369,7 @@ class CIFAR100DataModule(pl.LightningDataModule):
             drop_last=self.drop_last and train,
             rank=rank,
             world_size=world,
-            seed=self.seed,
+            seed=self.resolved_seed,
         )
 
     def _loader(self, split: str) -> DataLoader | DeviceCIFARLoader:
