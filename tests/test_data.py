@@ -604,3 +604,46 @@ def test_ddp_two_processes_shard_like_lightnings_sampler(tmp_path, monkeypatch, 
     assert ranks[0]["seen"]["train0"] != ranks[0]["seen"]["train1"]
     val = written["test"][b"fine_labels"]
     assert ranks[0]["seen"]["val0"] == val[0::2] and ranks[1]["seen"]["val0"] == val[1::2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_loader_on_cuda_matches_cpu_reference():
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    ids = torch.arange(10)
+    plain = _device_loader(images, ids, augment=False, shuffle=False, device="cuda")
+    x, y = (torch.cat(t) for t in zip(*plain, strict=True))
+    assert x.is_cuda and torch.equal(y.cpu(), ids)
+    torch.testing.assert_close(x.cpu(), normalize_uint8(images, CIFAR100_MEAN, CIFAR100_STD))
+    aug = _device_loader(images, ids, batch_size=10, device="cuda")
+    ((xa, ya),) = list(aug)
+    for out, src in zip(xa.cpu(), ya.cpu(), strict=True):
+        normed = normalize_uint8(
+            torch.stack(_all_crop_flips(images[int(src)])), CIFAR100_MEAN, CIFAR100_STD
+        )
+        assert any(torch.allclose(out, c) for c in normed)
+
+
+def test_benchmark_script_runs(capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cifar_loader.py"
+    spec = importlib.util.spec_from_file_location("bench_cifar_loader", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--n-images",
+            "300",
+            "--num-workers",
+            "0",
+            "--seconds",
+            "0.1",
+            "--batch-size",
+            "32",
+        ]
+    )
+    assert set(res) == {"dataloader", "device"} and min(res.values()) > 0
+    assert "ratio:" in capsys.readouterr().out
