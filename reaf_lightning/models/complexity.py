@@ -1,0 +1,70 @@
+"""Parameter and multiply-accumulate counts (the paper's "#params" and "GFLOPs" columns).
+
+MACs are counted for convolutions and linear layers only, at their *useful*
+(compact) size: a REAF conv counts ``C_out * G_M * A_in * k * k`` MACs per output
+position whatever strategy executes it, because that is the model's cost, not an
+artefact of the ``masked`` strategy. BatchNorm, activations, pooling and additions
+are not counted (the paper's convention as far as its numbers show: its
+GFLOPs are about 0.94x our MACs for bottleneck ResNets, so compare ratios).
+
+Counting runs one forward pass of a single image with forward hooks; building
+the model under ``torch.device("meta")`` makes this free of real compute.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from reaf_lightning.layers import REAFConv2d, REAFPlusConv2d
+
+__all__ = ["count_macs", "count_parameters", "layer_macs"]
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements (buffers such as BN running stats excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def layer_macs(module: nn.Module, output: Tensor) -> int:
+    """MACs one call of ``module`` spent to produce ``output`` (0 for uncounted layer types)."""
+    if isinstance(module, REAFConv2d):
+        per_output = module.merged_channels * module.kernel_size**2
+    elif isinstance(module, REAFPlusConv2d):
+        per_output = module.in_channels * module.kernel_size**2
+    elif isinstance(module, nn.Conv2d):
+        per_output = (
+            (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+        )
+    elif isinstance(module, nn.Linear):
+        per_output = module.in_features
+    else:
+        return 0
+    return per_output * output.numel()
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> int:
+    """Multiply-accumulates of one forward pass of one image of shape ``input_size``.
+
+    The model runs in eval mode on a zero input on its own device (``meta`` works),
+    and its training mode is restored afterwards.
+    """
+    total = 0
+
+    def hook(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+        nonlocal total
+        total += layer_macs(module, output)
+
+    counted = (nn.Conv2d, nn.Linear, REAFConv2d, REAFPlusConv2d)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
+    was_training = model.training
+    try:
+        parameter = next(model.parameters())
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total

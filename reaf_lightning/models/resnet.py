@@ -1,0 +1,248 @@
+"""ResNet, WideResNet and ResNeXt with REAF / REAF+ convolutions (paper §IV; SPEC.md §3).
+
+One configurable :class:`ResNet` covers every residual network of the paper.
+Module and ``state_dict`` names follow torchvision (``conv1, bn1, layer1..layer4,
+avgpool, fc``), so torchvision's pretrained weights load into the plain models.
+
+Widths, with the stage multiplier ``s = 1, 2, 4, 8``:
+
+* Bottleneck: ``1x1 in -> C*s``, ``3x3 C*s -> C'*s`` (stride here, torchvision
+  "v1.5"; REAF here), ``1x1 C'*s -> 4*base*s``. ``C = C' = 64`` is ResNet50,
+  ``C = C' = 128`` WideResNet50-2, ``C = C' = 128`` with ``groups=32`` ResNeXt50 32x4d.
+  ``reaf_convs="all"`` makes all three convs REAF (the paper's Table 2/6 variant).
+* BasicBlock: ``3x3 in -> C*s`` (stride; REAF here), ``3x3 C*s -> base*s`` dense.
+* REAF+: the bottleneck's third conv gets ``g_O`` (BN, ReLU) pairs on its input
+  in place of ``bn2 -> relu``.
+
+Stems: ``imagenet`` = 7x7/2 conv + 3x3/2 max pool; ``cifar`` = 3x3/1 conv and no
+max pool (``maxpool`` is an ``nn.Identity`` so names stay aligned).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from reaf_lightning.layers import REAFPlusConv2d, REAFSpec, create_conv2d
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet"]
+
+Stem = Literal["cifar", "imagenet"]
+REAFConvs = Literal["middle", "all"]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs; the first one (which carries the stride) may be REAF."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        out_width: int,
+        out_channels: int,
+        stride: int = 1,
+        groups: int = 1,
+        reaf: REAFSpec | None = None,
+        reaf_convs: REAFConvs = "middle",
+        reaf_plus_groups: int | None = None,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        if groups != 1 or reaf_plus_groups or out_width != width:
+            raise ValueError(
+                "BasicBlock supports neither groups, REAF+ nor out_width != width "
+                f"(got groups={groups}, reaf_plus_groups={reaf_plus_groups}, "
+                f"width={width}, out_width={out_width})"
+            )
+        self.conv1 = create_conv2d(in_channels, width, 3, stride, reaf=reaf, impl=impl)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        second_reaf = reaf if reaf_convs == "all" else None
+        self.conv2 = create_conv2d(width, out_channels, 3, reaf=second_reaf, impl=impl)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = _downsample(in_channels, out_channels, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride, groups or REAF) -> 1x1, optionally REAF+ on the last conv."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        out_width: int,
+        out_channels: int,
+        stride: int = 1,
+        groups: int = 1,
+        reaf: REAFSpec | None = None,
+        reaf_convs: REAFConvs = "middle",
+        reaf_plus_groups: int | None = None,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        outer_reaf = reaf if reaf_convs == "all" else None
+        self.conv1 = create_conv2d(in_channels, width, 1, reaf=outer_reaf, impl=impl)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = create_conv2d(width, out_width, 3, stride, groups=groups, reaf=reaf, impl=impl)
+        self.reaf_plus = bool(reaf_plus_groups)
+        if self.reaf_plus:
+            if outer_reaf is not None:
+                raise ValueError("REAF+ on the third conv cannot be combined with reaf_convs='all'")
+            # bn2 -> relu are replaced by the per-group pairs inside the REAF+ conv.
+            self.conv3 = REAFPlusConv2d(out_width, out_channels, 1, groups_out=reaf_plus_groups)
+        else:
+            self.bn2 = nn.BatchNorm2d(out_width)
+            self.conv3 = create_conv2d(out_width, out_channels, 1, reaf=outer_reaf, impl=impl)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(in_channels, out_channels, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.conv2(out)
+        if not self.reaf_plus:
+            out = self.relu(self.bn2(out))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _downsample(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+    )
+
+
+class ResNet(nn.Module):
+    """A residual network with optional REAF / REAF+ convolutions.
+
+    Args:
+        block: ``"basic"`` (ResNet18/34) or ``"bottleneck"`` (ResNet50 and up).
+        layers: blocks per stage, e.g. ``(3, 4, 6, 3)``.
+        num_classes: classifier outputs.
+        stem: ``"imagenet"`` (7x7/2 conv + max pool, 224x224 input) or ``"cifar"``
+            (3x3/1 conv, no max pool, 32x32 input).
+        width: ``C``, channels of the first conv of a stage-1 block (times ``s`` later).
+        out_width: ``C'``, output channels of the (REAF) 3x3 conv; defaults to ``width``.
+        groups: ordinary grouped 3x3 conv (ResNeXt cardinality).
+        reaf: the REAF setting of the 3x3 conv, or ``None`` for a plain network.
+        reaf_convs: ``"middle"`` (the paper's default) or ``"all"`` convs of a block.
+        reaf_plus_groups: ``g_O`` of REAF+ on each bottleneck's third conv; ``None`` = off.
+        impl: REAF execution strategy, ``"auto"``, ``"masked"``, ``"gather"`` or ``"loop"``.
+        base_channels: stem width; stage ``s`` outputs ``base * s * expansion``
+            channels (64 in every paper model; smaller for tests).
+        zero_init_residual: zero the last BN of each block (Goyal et al.); off, as in the paper.
+    """
+
+    def __init__(
+        self,
+        block: Literal["basic", "bottleneck"],
+        layers: tuple[int, int, int, int] | list[int],
+        num_classes: int = 1000,
+        stem: Stem = "imagenet",
+        width: int = 64,
+        out_width: int | None = None,
+        groups: int = 1,
+        reaf: REAFSpec | None = None,
+        reaf_convs: REAFConvs = "middle",
+        reaf_plus_groups: int | None = None,
+        impl: str = "auto",
+        base_channels: int = 64,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        blocks = {"basic": BasicBlock, "bottleneck": Bottleneck}
+        if block not in blocks:
+            raise ValueError(f"block={block!r} must be one of {sorted(blocks)}")
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"stem={stem!r} must be 'cifar' or 'imagenet'")
+        if reaf_convs not in ("middle", "all"):
+            raise ValueError(f"reaf_convs={reaf_convs!r} must be 'middle' or 'all'")
+        if len(layers) != 4 or any(n < 1 for n in layers):
+            raise ValueError(f"layers={list(layers)} must be four positive block counts")
+        for name, value in (
+            ("num_classes", num_classes),
+            ("width", width),
+            ("base_channels", base_channels),
+            ("groups", groups),
+        ):
+            if value < 1:
+                raise ValueError(f"{name}={value} must be a positive integer")
+        out_width = width if out_width is None else out_width
+        if out_width < 1:
+            raise ValueError(f"out_width={out_width} must be a positive integer")
+        block_cls = blocks[block]
+        self.stem = stem
+        self.reaf = reaf
+
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(3, base_channels, 7, 2, 3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1)
+        else:
+            self.conv1 = nn.Conv2d(3, base_channels, 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(base_channels)
+        self.relu = nn.ReLU(inplace=True)
+
+        in_channels = base_channels
+        for stage, num_blocks in enumerate(layers):
+            s = 2**stage
+            out_channels = base_channels * s * block_cls.expansion
+            stage_blocks = []
+            for i in range(num_blocks):
+                stage_blocks.append(
+                    block_cls(
+                        in_channels,
+                        width * s,
+                        out_width * s,
+                        out_channels,
+                        stride=2 if (i == 0 and stage > 0) else 1,
+                        groups=groups,
+                        reaf=reaf,
+                        reaf_convs=reaf_convs,
+                        reaf_plus_groups=reaf_plus_groups,
+                        impl=impl,
+                    )
+                )
+                in_channels = out_channels
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*stage_blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+        self.num_features = in_channels
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    last_bn = m.bn3 if isinstance(m, Bottleneck) else m.bn2
+                    nn.init.zeros_(last_bn.weight)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Stem and the four stages: the feature map before pooling."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.avgpool(self.forward_features(x))
+        return self.fc(torch.flatten(x, 1))
