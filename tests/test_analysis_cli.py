@@ -278,3 +278,12 @@ def test_wandb_offline_run_receives_figure_and_tables(state_dicts, tmp_path, mon
     summary = pd.read_csv(out / "selectivity_summary.csv")
     assert logged["columns"] == list(summary.columns)
     np.testing.assert_allclose([r[3] for r in logged["data"]], summary["mean"], rtol=1e-6)
+
+
+def test_paper_config_without_checkpoints_fails_cleanly(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("REAF_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no logs/ and no data/imagenet here
+    config = str(REPO / "configs" / "analysis" / "figure2.yaml")
+    err = _fails(["--config", config, "--output_dir", str(tmp_path / "out")], capsys)
+    assert err.startswith("reaf-analysis: error:") and "data/imagenet" in err
+    assert not (tmp_path / "out").exists()
