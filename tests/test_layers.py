@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reaf_lightning.layers import REAFConv2d, REAFPlusConv2d, parse_reaf, resolve_auto_impl
+from reaf_lightning.layers import (
+    REAFConv2d,
+    REAFPlusConv2d,
+    autotune_cache,
+    parse_reaf,
+    resolve_auto_impl,
+)
 
 IMPLS = ("masked", "gather", "loop")
 
@@ -143,12 +149,34 @@ def test_invalid_impl_and_strings() -> None:
     assert tuple(parse_reaf((8, 4, 70))) == (8, 4, 70)
 
 
-def test_auto_resolves_by_density() -> None:
+def test_auto_times_strategies_once_per_signature() -> None:
+    cache = autotune_cache()
+    cache.clear()
+    layer = REAFConv2d(16, 16, 3, 4, 3)
+    twin = REAFConv2d(16, 16, 3, 4, 3)
+    x = torch.randn(2, 16, 6, 6)
+    before = layer.weight.detach().clone()
+    y = layer(x)
+    assert len(cache) == 1 and next(iter(cache.values())) in IMPLS
+    twin(x)  # same signature: served from the cache
+    layer(x[:1])  # new input shape: tuned again
+    assert len(cache) == 2
+    assert layer.weight.grad is None and torch.equal(layer.weight, before)  # timing used copies
+    forced = REAFConv2d(16, 16, 3, 4, 3, impl=layer.resolved_impl(x))
+    forced.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(y, forced(x))
+
+
+def test_auto_fallback_rule_when_timing_is_not_allowed() -> None:
+    """Deterministic mode (and compile/meta) never time: a fixed rule decides."""
     assert resolve_auto_impl(parse_reaf("4-3-4"), 3, "cpu") == "masked"
-    assert resolve_auto_impl(parse_reaf("8-1-8"), 3, "cpu") != "masked"
-    assert REAFConv2d(8, 8, 3, 8, 1).resolved_impl() == resolve_auto_impl(
-        parse_reaf("8-1-8"), 3, "cpu"
-    )
+    assert resolve_auto_impl(parse_reaf("8-1-8"), 3, "cpu") == "gather"
+    layer = REAFConv2d(16, 16, 3, 8, 1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert layer.resolved_impl(torch.randn(1, 16, 4, 4)) == "gather"
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_channels_last_equals_contiguous() -> None:

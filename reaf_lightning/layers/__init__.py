@@ -5,6 +5,7 @@ from reaf_lightning.layers.reaf_conv import (
     REAF_IMPLS,
     REAFConv2d,
     REAFSpec,
+    autotune_cache,
     parse_reaf,
     resolve_auto_impl,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "REAFConv2d",
     "REAFPlusConv2d",
     "REAFSpec",
+    "autotune_cache",
     "create_conv2d",
     "parse_reaf",
     "resolve_auto_impl",

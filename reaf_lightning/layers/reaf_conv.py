@@ -22,19 +22,30 @@ parameters; which one is fastest depends on the shape and the device (see
   with ``groups = G_O``. Exact FLOPs, extra memory.
 * ``loop``: one convolution per output group over its gathered input. Exact
   FLOPs, ``G_O`` kernel launches.
+
+``impl="auto"`` (the default) times the three on the first call with each new
+input signature, like ``torch.backends.cudnn.benchmark``, and caches the winner.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["REAF_IMPLS", "REAFConv2d", "REAFSpec", "parse_reaf", "resolve_auto_impl"]
+__all__ = [
+    "REAF_IMPLS",
+    "REAFConv2d",
+    "REAFSpec",
+    "autotune_cache",
+    "parse_reaf",
+    "resolve_auto_impl",
+]
 
 REAF_IMPLS = ("auto", "masked", "gather", "loop")
 
@@ -106,25 +117,38 @@ def parse_reaf(reaf: str | Sequence[int] | REAFSpec) -> REAFSpec:
 
 
 def resolve_auto_impl(spec: REAFSpec, kernel_size: int, device_type: str) -> str:
-    """The strategy ``impl="auto"`` runs, from a cost model fitted to BENCHMARKS.md.
+    """The strategy ``auto`` falls back to when it cannot time candidates.
 
-    The masked strategy runs the best-tuned kernel (one dense convolution) but
-    does ``G_I / G_M`` times the useful FLOPs; the loop pays one kernel launch
-    and one input gather per output group; the grouped convolution of
-    ``gather`` is poorly optimised on CPU (oneDNN) but fine on cuDNN.
-
-    Measured on CPU (BENCHMARKS.md, REAF-ResNet50 layer shapes): masked wins
-    while the density ``G_M / G_I`` is at least 1/2 (waste <= 2x), and the loop
-    wins for sparse settings. On CUDA the dense kernel is so much faster per
-    FLOP that masked wins up to a waste of about 4x; beyond that the grouped
-    convolution of ``gather`` avoids launching ``G_O`` kernels.
+    Used under ``torch.compile`` tracing, on the meta device and when
+    deterministic algorithms are requested (a timing-dependent choice would make
+    runs differ in the last bits). The rule follows the measurements in
+    BENCHMARKS.md: ``masked`` wastes ``G_I / G_M`` of its FLOPs but runs the
+    best-tuned kernel, and wins while that waste is at most 2x (4x on CUDA);
+    sparser settings use the grouped convolution of ``gather``.
     """
     if spec.g_m == spec.g_i:
         return "masked"  # a dense convolution: every strategy is the same work
     density = spec.g_m / spec.g_i
-    if device_type == "cuda":
-        return "masked" if density >= 0.25 else "gather"
-    return "masked" if density >= 0.5 else "loop"
+    return "masked" if density >= (0.25 if device_type == "cuda" else 0.5) else "gather"
+
+
+_AUTOTUNE_CACHE: dict[tuple, str] = {}
+
+
+def autotune_cache() -> dict[tuple, str]:
+    """The process-wide ``impl="auto"`` decisions, keyed by layer and input signature.
+
+    Exposed for inspection and for benchmarks (``autotune_cache().clear()`` re-tunes).
+    """
+    return _AUTOTUNE_CACHE
+
+
+def _can_autotune(x: Tensor) -> bool:
+    return (
+        x.device.type != "meta"
+        and not torch.compiler.is_compiling()
+        and not torch.are_deterministic_algorithms_enabled()
+    )
 
 
 class REAFConv2d(nn.Module):
@@ -142,7 +166,8 @@ class REAFConv2d(nn.Module):
         dilation: kernel dilation.
         bias: add a learnable bias per output channel.
         impl: ``"auto"``, ``"masked"``, ``"gather"`` or ``"loop"`` (see module docstring).
-            All give the same numbers; ``auto`` picks by :func:`resolve_auto_impl`.
+            All give the same numbers; ``auto`` times them once per input signature and
+            keeps the fastest (see :meth:`resolved_impl`).
 
     The weight has the compact shape ``(C_out, G_M * C_in / G_I, k, k)``: rows
     ``l * B_out:(l + 1) * B_out`` are output group ``l``, whose input channels
@@ -244,48 +269,109 @@ class REAFConv2d(nn.Module):
             bound = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def resolved_impl(self, device_type: str | None = None) -> str:
-        """The strategy a forward on ``device_type`` (default: the weight's) will run."""
+    def resolved_impl(self, x: Tensor) -> str:
+        """The strategy a forward on ``x`` runs (``auto``: timed once per signature, then cached).
+
+        ``auto`` behaves like ``torch.backends.cudnn.benchmark``: the first call
+        with a new (layer shape, input shape, dtype, device, memory format, grad
+        mode) signature times forward (+ backward when gradients are needed) of
+        every strategy on scratch copies, and the fastest is cached for all
+        layers with that signature. See :func:`resolve_auto_impl` for when it
+        falls back to a fixed rule instead.
+        """
         if self.impl != "auto":
             return self.impl
-        device_type = device_type or self.weight.device.type
-        return resolve_auto_impl(self.spec, self.kernel_size, device_type)
+        if not _can_autotune(x):
+            return resolve_auto_impl(self.spec, self.kernel_size, x.device.type)
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        key = (
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            tuple(self.spec),
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.bias is not None,
+            tuple(x.shape),
+            x.dtype,
+            str(x.device),
+            x.is_contiguous(memory_format=torch.channels_last),
+            needs_grad,
+        )
+        impl = _AUTOTUNE_CACHE.get(key)
+        if impl is None:
+            impl = self._time_strategies(x, needs_grad)
+            _AUTOTUNE_CACHE[key] = impl
+        return impl
 
-    def dense_weight(self) -> Tensor:
-        """The equivalent dense ``(C_out, C_in, k, k)`` weight, zero where no connection exists."""
+    def _time_strategies(self, x: Tensor, needs_grad: bool, repeats: int = 3) -> str:
+        """Median time of each strategy on detached copies; parameters are never touched."""
+        x = x.detach().requires_grad_(needs_grad)
+        weight = self.weight.detach().requires_grad_(needs_grad)
+        bias = None if self.bias is None else self.bias.detach()
+        candidates = ("masked", "gather", "loop") if self.g_m < self.g_i else ("masked",)
+        if len(candidates) == 1:
+            return candidates[0]
+        sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+
+        def run(impl: str) -> None:
+            with torch.enable_grad() if needs_grad else torch.no_grad():
+                y = self._run(impl, x, weight, bias)
+                if needs_grad:
+                    torch.autograd.grad(y.sum(), (x, weight))
+
+        times: dict[str, list[float]] = {impl: [] for impl in candidates}
+        for impl in candidates:  # warm-up: first calls allocate and pick kernels
+            run(impl)
+        for _ in range(repeats):
+            for impl in candidates:  # interleaved, so load bursts hit every candidate
+                sync()
+                start = time.perf_counter()
+                run(impl)
+                sync()
+                times[impl].append(time.perf_counter() - start)
+        return min(candidates, key=lambda impl: sorted(times[impl])[len(times[impl]) // 2])
+
+    def dense_weight(self, weight: Tensor | None = None) -> Tensor:
+        """The equivalent dense ``(C_out, C_in, k, k)`` weight, zero where no connection exists.
+
+        Differentiable: gradients flow back to the compact ``weight`` (default: ``self.weight``).
+        """
+        weight = self.weight if weight is None else weight
         k = self.kernel_size
-        dense = self.weight.new_zeros(self.out_channels, self.in_channels, k, k)
+        dense = weight.new_zeros(self.out_channels, self.in_channels, k, k)
         index = self.dense_index[:, :, None, None].expand(-1, -1, k, k)
-        return dense.scatter(1, index, self.weight)
+        return dense.scatter(1, index, weight)
 
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None, groups: int = 1) -> Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
     def forward(self, x: Tensor) -> Tensor:
-        impl = self.resolved_impl(x.device.type)
-        if impl == "masked":
-            return self._conv(x, self.dense_weight(), self.bias)
-        if impl == "gather":
-            gathered = x.index_select(1, self.gather_index)
-            return self._conv(gathered, self.weight, self.bias, groups=self.g_o)
-        return self._forward_loop(x)
+        return self._run(self.resolved_impl(x), x, self.weight, self.bias)
 
-    def _forward_loop(self, x: Tensor) -> Tensor:
+    def _run(self, impl: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if impl == "masked":
+            return self._conv(x, self.dense_weight(weight), bias)
+        if impl == "gather":
+            # G_M = 1 is an ordinary grouped conv: the gather would be the identity.
+            gathered = x if self.g_m == 1 else x.index_select(1, self.gather_index)
+            return self._conv(gathered, weight, bias, groups=self.g_o)
         b = self.out_per_group
         outputs = []
-        for l, channels in enumerate(self.group_channels):
-            group_input = self._select_channels(x, l, channels)
-            bias = None if self.bias is None else self.bias[l * b : (l + 1) * b]
-            outputs.append(self._conv(group_input, self.weight[l * b : (l + 1) * b], bias))
+        for l in range(self.g_o):
+            group_bias = None if bias is None else bias[l * b : (l + 1) * b]
+            group_input = self._select_channels(x, l)
+            outputs.append(self._conv(group_input, weight[l * b : (l + 1) * b], group_bias))
         return torch.cat(outputs, dim=1)
 
-    def _select_channels(self, x: Tensor, l: int, channels: Tensor) -> Tensor:
+    def _select_channels(self, x: Tensor, l: int) -> Tensor:
         """Input of output group ``l``: a free slice when its input groups are adjacent."""
         combo = self.combinations[l]
         if combo[-1] - combo[0] == len(combo) - 1:
             a = self.in_per_group
             return x[:, combo[0] * a : (combo[-1] + 1) * a]
-        return x.index_select(1, channels)
+        return x.index_select(1, self.group_channels[l])
 
     def extra_repr(self) -> str:
         s = (
