@@ -1,0 +1,23 @@
+"""REAF / REAF+ (Zhu, Al-Ars, Hofstee, IEEE Access 2020) as a PyTorch Lightning package.
+
+``ImageClassifier`` is imported lazily (PEP 562), so that ``import
+reaf_lightning.models`` or ``reaf_lightning.layers`` — which never need
+Lightning — does not pay for importing it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["ImageClassifier"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from reaf_lightning.module import ImageClassifier
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ImageClassifier":
+        from reaf_lightning.module import ImageClassifier
+
+        return ImageClassifier
+    raise AttributeError(f"module 'reaf_lightning' has no attribute {name!r}")
