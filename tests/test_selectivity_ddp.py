@@ -61,7 +61,9 @@ def test_two_processes_equal_one_process(tmp_path):
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert got["counts"].tolist() == single.counts.tolist()  # padding sample not counted
-        torch.testing.assert_close(got["sums"], single.sums["layer2"], rtol=1e-6, atol=1e-6)
+        # float32 activations differ at ~1e-7 relative with batch composition and thread
+        # count; a double-counted or missing sample would move sums and SI by ~1e-2.
+        torch.testing.assert_close(got["sums"], single.sums["layer2"], rtol=1e-5, atol=1e-5)
         assert list(got["si"]) == list(single_si)
         for layer, si in single_si.items():
-            torch.testing.assert_close(got["si"][layer], si, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got["si"][layer], si, rtol=1e-4, atol=1e-5)
