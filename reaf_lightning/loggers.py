@@ -16,6 +16,7 @@ from __future__ import annotations
 import netrc
 import os
 import socket
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +30,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 __all__ = ["WandbLogger", "resolve_wandb_mode"]
 
 Mode = Literal["auto", "online", "offline", "disabled"]
+MODES = ("auto", "online", "offline", "disabled")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"W&B mode={mode!r} is not one of {', '.join(MODES)}")
 
 
 def _wandb_host(env: Mapping[str, str]) -> tuple[str, int]:
@@ -54,12 +61,24 @@ def _has_credentials(env: Mapping[str, str], host: str) -> bool:
 
 
 def _reachable(host: str, port: int, timeout: float) -> bool:
-    """A TCP connection to the W&B server opens within ``timeout`` seconds."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    """A TCP connection to the W&B server opens within ``timeout`` seconds.
+
+    The attempt runs in a daemon thread so that a slow DNS lookup (which the
+    socket timeout does not cover) cannot hold the training up either.
+    """
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
 
 
 def resolve_wandb_mode(
@@ -76,8 +95,7 @@ def resolve_wandb_mode(
         The mode and a one-line human reason (empty when nothing was decided for the user).
     """
     env = os.environ if env is None else env
-    if mode not in ("auto", "online", "offline", "disabled"):
-        raise ValueError(f"W&B mode={mode!r} is not one of auto, online, offline, disabled")
+    _check_mode(mode)
     forced = (env.get("WANDB_MODE") or "").lower()
     if forced in ("offline", "dryrun"):
         return "offline", f"WANDB_MODE={forced}"
@@ -132,8 +150,7 @@ class WandbLogger(_LightningWandbLogger):
         probe_timeout: float = 3.0,
         log_model: bool | Literal["all"] = False,
     ) -> None:
-        if mode not in ("auto", "online", "offline", "disabled"):
-            raise ValueError(f"W&B mode={mode!r} is not one of auto, online, offline, disabled")
+        _check_mode(mode)
         if init_timeout <= 0 or probe_timeout <= 0:
             raise ValueError(
                 f"init_timeout and probe_timeout must be > 0, "

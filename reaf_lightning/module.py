@@ -35,6 +35,7 @@ from reaf_lightning.models.complexity import count_macs, count_parameters
 __all__ = ["ImageClassifier", "lr_factor"]
 
 Schedule = Literal["constant", "multistep", "step", "cosine"]
+SCHEDULES = ("constant", "multistep", "step", "cosine")
 
 
 def lr_factor(
@@ -83,9 +84,7 @@ def lr_factor(
         progress = min(1.0, max(0.0, (step - warmup_steps) / span))
         decay = 0.5 * (1.0 + math.cos(math.pi * progress))
     else:
-        raise ValueError(
-            f"schedule={schedule!r} is not one of 'constant', 'multistep', 'step', 'cosine'"
-        )
+        raise ValueError(f"schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
     return warm * decay
 
 
@@ -359,8 +358,7 @@ def _check_hparams(
         (0 <= momentum < 1, f"momentum must be in [0, 1), got {momentum!r}"),
         (not nesterov or momentum > 0, "nesterov=True needs momentum > 0, got momentum=0"),
         (weight_decay >= 0, f"weight_decay must be >= 0, got {weight_decay!r}"),
-        (schedule in ("constant", "multistep", "step", "cosine"),
-         f"schedule={schedule!r} is not one of 'constant', 'multistep', 'step', 'cosine'"),
+        (schedule in SCHEDULES, f"schedule={schedule!r} is not one of {', '.join(SCHEDULES)}"),
         (list(milestones) == sorted(milestones) and all(m > 0 for m in milestones),
          f"milestones must be increasing positive epochs, got {list(milestones)!r}"),
         (0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma!r}"),
