@@ -58,7 +58,8 @@ def tuned_impls(name: str, kwargs: dict, batch: int, device_name: str) -> list[s
     picked = []
     hooks = [
         m.register_forward_pre_hook(lambda m, i: picked.append(m.resolved_impl(i[0])))
-        for m in model.modules() if isinstance(m, REAFConv2d)
+        for m in model.modules()
+        if isinstance(m, REAFConv2d)
     ]
     nn.functional.cross_entropy(model(x), y)
     for h in hooks:
@@ -66,8 +67,9 @@ def tuned_impls(name: str, kwargs: dict, batch: int, device_name: str) -> list[s
     return picked
 
 
-def measure(name: str, kwargs: dict, batch: int, device_name: str,
-            impls: list[str] | None = None) -> int:
+def measure(
+    name: str, kwargs: dict, batch: int, device_name: str, impls: list[str] | None = None
+) -> int:
     """Bytes a single training step adds at its peak (runs in the current process).
 
     ``impls`` fixes each REAF conv's strategy (what ``auto`` chose in another
@@ -80,8 +82,9 @@ def measure(name: str, kwargs: dict, batch: int, device_name: str,
 
     model, x, y = _build(name, kwargs, batch, device_name)
     if impls is not None:
-        for module, impl in zip([m for m in model.modules() if isinstance(m, REAFConv2d)], impls,
-                                strict=True):
+        for module, impl in zip(
+            [m for m in model.modules() if isinstance(m, REAFConv2d)], impls, strict=True
+        ):
             module.impl = impl
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
@@ -104,8 +107,9 @@ def measure(name: str, kwargs: dict, batch: int, device_name: str,
 
 
 def _child(*args: str) -> object:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -128,8 +132,10 @@ def main() -> None:
         return
     import torch
 
-    print(f"# bench_memory: device {args.device}, batch {args.batch}, CIFAR input, torch "
-          f"{torch.__version__}; peak memory added by one training step")
+    print(
+        f"# bench_memory: device {args.device}, batch {args.batch}, CIFAR input, torch "
+        f"{torch.__version__}; peak memory added by one training step"
+    )
     print("| model | strategies | peak step memory (MiB) | ratio to ResNet50 |")
     print("|---|---|---|---|")
     base = None

@@ -96,8 +96,9 @@ def main() -> None:
     for name, kwargs in MODELS.items():
         for layer, size in reaf_layer_shapes(kwargs):
             t = time_shape(layer, size, args.batch, device, args.repeats)
-            probe = torch.randn(args.batch, layer.in_channels, size, size, device=device,
-                                requires_grad=True)
+            probe = torch.randn(
+                args.batch, layer.in_channels, size, size, device=device, requires_grad=True
+            )
             auto = layer.to(device).resolved_impl(probe)  # autotunes (cached per signature)
             best = min(t[k] for k in ("masked", "gather", "loop"))
             ratio = t[auto] / best

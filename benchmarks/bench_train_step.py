@@ -35,7 +35,11 @@ from reaf_lightning.models.paper import paper_rows  # noqa: E402
 
 
 def make_step(
-    model: nn.Module, batch: int, size: int, device: torch.device, amp: str | None,
+    model: nn.Module,
+    batch: int,
+    size: int,
+    device: torch.device,
+    amp: str | None,
     channels_last: bool,
 ) -> Callable[[], None]:
     """A closure running one full training step on fixed random data."""
@@ -47,8 +51,11 @@ def make_step(
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
 
     def step() -> None:
-        autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(device.type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
         with autocast:
             loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -58,8 +65,13 @@ def make_step(
     return step
 
 
-def paired_ratio(baseline: Callable[[], None], candidate: Callable[[], None],
-                 device: torch.device, pairs: int, warmup: int = 2) -> tuple[float, float, float]:
+def paired_ratio(
+    baseline: Callable[[], None],
+    candidate: Callable[[], None],
+    device: torch.device,
+    pairs: int,
+    warmup: int = 1,
+) -> tuple[float, float, float]:
     """(median candidate/baseline ratio, median baseline s, median candidate s)."""
     for _ in range(warmup):  # also runs impl="auto" timing, outside the measurement
         baseline()
@@ -90,17 +102,28 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     impls = args.impls.split(",")
-    print(f"# bench_train_step: {machine_description(device)}; batch {args.batch}, "
-          f"{args.size}x{args.size}, amp={args.amp}, channels_last={args.channels_last}; "
-          f"median of {args.pairs} interleaved (ResNet50, REAF) pairs")
-    print("| row | G_M/G_I | " + " | ".join(f"{i} ratio" for i in impls)
-          + " | ResNet50 ms | REAF (auto) ms | target |")
+    print(
+        f"# bench_train_step: {machine_description(device)}; batch {args.batch}, "
+        f"{args.size}x{args.size}, amp={args.amp}, channels_last={args.channels_last}; "
+        f"median of {args.pairs} interleaved (ResNet50, REAF) pairs"
+    )
+    print(
+        "| row | G_M/G_I | "
+        + " | ".join(f"{i} ratio" for i in impls)
+        + " | ResNet50 ms | REAF (auto) ms | target |"
+    )
     print("|---|---|" + "---|" * len(impls) + "---|---|---|")
 
     torch.manual_seed(0)
     common = {"num_classes": 100, "stem": args.stem}
-    baseline = make_step(create_model("resnet50", **common), args.batch, args.size, device,
-                         args.amp, args.channels_last)
+    baseline = make_step(
+        create_model("resnet50", **common),
+        args.batch,
+        args.size,
+        device,
+        args.amp,
+        args.channels_last,
+    )
     for row in paper_rows("table3"):
         if row.baseline or not fnmatch.fnmatch(row.id, args.rows):
             continue
@@ -115,8 +138,12 @@ def main() -> None:
             if impl == impls[0]:
                 base_ms, model_ms = base_s * 1e3, model_s * 1e3
             del model, step
-        print(f"| {row.id} | {spec.g_m}/{spec.g_i} | " + " | ".join(cells)
-              + f" | {base_ms:.0f} | {model_ms:.0f} | {target or '-'} |", flush=True)
+        print(
+            f"| {row.id} | {spec.g_m}/{spec.g_i} | "
+            + " | ".join(cells)
+            + f" | {base_ms:.0f} | {model_ms:.0f} | {target or '-'} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
