@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 
@@ -117,6 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per config")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--tune", help=argparse.SUPPRESS)
     parser.add_argument("--impls", help=argparse.SUPPRESS)
@@ -134,7 +136,8 @@ def main() -> None:
 
     print(
         f"# bench_memory: device {args.device}, batch {args.batch}, CIFAR input, torch "
-        f"{torch.__version__}; peak memory added by one training step"
+        f"{torch.__version__}; peak memory added by one training step "
+        f"(median of {args.repeats} fresh processes)"
     )
     print("| model | strategies | peak step memory (MiB) | ratio to ResNet50 |")
     print("|---|---|---|---|")
@@ -146,7 +149,10 @@ def main() -> None:
             impls = _child("--tune", label, *common)
             extra = ["--impls", json.dumps(impls)]
             picked = ", ".join(f"{impls.count(i)}x {i}" for i in sorted(set(impls)))
-        peak = _child("--child", label, *common, *extra)
+        # CPU peak RSS varies by a few percent between identical processes: median of several.
+        peak = statistics.median(
+            _child("--child", label, *common, *extra) for _ in range(args.repeats)
+        )
         base = base or peak
         print(f"| {label} | {picked} | {peak / 2**20:.0f} | {peak / base:.2f} |", flush=True)
 

@@ -258,3 +258,33 @@ def test_reaf_plus_extra_parameters() -> None:
     assert sum(p.numel() for p in layer.parameters()) - plain == (2 - 1) * 2 * 32
     with pytest.raises(ValueError, match="out_channels=63 is not divisible by g_O"):
         REAFPlusConv2d(32, 63, 1, groups_out=2)
+
+
+@pytest.mark.parametrize("impl", ["masked", "gather"])
+def test_recomputing_backward_passes_gradcheck(impl: str) -> None:
+    """The memory-lean autograd functions have exact (float64 finite-difference) gradients."""
+    torch.manual_seed(5)
+    layer = REAFConv2d(6, 6, 3, 3, 2, stride=2, bias=True, impl=impl).double()
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda inp, w, b: layer._run(impl, inp, w, b), (x, layer.weight, layer.bias)
+    )
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_autocast_bf16_matches_fp32(impl: str) -> None:
+    """Under autocast the conv runs in bf16 and gradients come back in the parameters' fp32."""
+    torch.manual_seed(6)
+    layer = REAFConv2d(16, 12, 3, 4, 2, bias=True, impl=impl)
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    reference = _loop_reference(x.detach(), layer.weight.detach(), 4, 2, 1, 1) + layer.bias.detach()[
+        None, :, None, None
+    ]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), reference, rtol=3e-2, atol=3e-2)
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
+    assert layer.bias.grad.dtype == torch.float32
+    torch.testing.assert_close(layer.bias.grad, torch.full((12,), 72.0))  # 2 images x 6 x 6

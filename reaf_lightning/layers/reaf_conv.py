@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reaf_lightning.layers._recompute import GatherConv2d, MaskedConv2d, scatter_dense
+
 __all__ = [
     "REAF_IMPLS",
     "REAFConv2d",
@@ -339,10 +341,7 @@ class REAFConv2d(nn.Module):
         Differentiable: gradients flow back to the compact ``weight`` (default: ``self.weight``).
         """
         weight = self.weight if weight is None else weight
-        k = self.kernel_size
-        dense = weight.new_zeros(self.out_channels, self.in_channels, k, k)
-        index = self.dense_index[:, :, None, None].expand(-1, -1, k, k)
-        return dense.scatter(1, index, weight)
+        return scatter_dense(weight, self.dense_index, self.in_channels)
 
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None, groups: int = 1) -> Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
@@ -351,12 +350,24 @@ class REAFConv2d(nn.Module):
         return self._run(self.resolved_impl(x), x, self.weight, self.bias)
 
     def _run(self, impl: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        # Eager autograd would keep the dense weight (masked) or the G_M-times input copy
+        # (gather) alive until backward; the recomputing functions keep neither. Under
+        # torch.compile the plain ops are traced and AOTAutograd's partitioner decides.
+        lean = not torch.compiler.is_compiling() and torch.is_grad_enabled()
+        pair = (self.stride, self.stride), (self.padding, self.padding)
+        dilation = (self.dilation, self.dilation)
         if impl == "masked":
+            if lean:
+                return MaskedConv2d.apply(x, weight, bias, self.dense_index, *pair, dilation)
             return self._conv(x, self.dense_weight(weight), bias)
         if impl == "gather":
-            # G_M = 1 is an ordinary grouped conv: the gather would be the identity.
-            gathered = x if self.g_m == 1 else x.index_select(1, self.gather_index)
-            return self._conv(gathered, weight, bias, groups=self.g_o)
+            if self.g_m == 1:  # an ordinary grouped conv: the gather would be the identity
+                return self._conv(x, weight, bias, groups=self.g_o)
+            if lean:
+                return GatherConv2d.apply(
+                    x, weight, bias, self.gather_index, self.g_o, *pair, dilation
+                )
+            return self._conv(x.index_select(1, self.gather_index), weight, bias, groups=self.g_o)
         b = self.out_per_group
         outputs = []
         for l in range(self.g_o):

@@ -1,0 +1,139 @@
+"""Memory-lean autograd for the ``masked`` and ``gather`` strategies of the REAF conv.
+
+Plain autograd keeps, until backward, whatever the convolution consumed: for
+``masked`` the scattered dense weight (``G_I / G_M`` times the compact one, ~57 MB
+over REAF-ResNet50 4-3-4), for ``gather`` the ``G_M``-times copy of the input (as
+large as ``G_M`` activations). Both are cheap to rebuild from what backward needs
+anyway (the compact weight, the input), so these functions save only those and
+recompute the rest in backward, where ``aten.convolution_backward`` runs the same
+kernels autograd would have run.
+
+Autocast: the inputs are cast once to the autocast dtype in forward (as autocast
+would cast them for ``conv2d``), the convolution runs in that dtype, and the
+gradients are cast back to the parameters' / input's dtypes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    device_type = x.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def scatter_dense(weight: Tensor, dense_index: Tensor, in_channels: int) -> Tensor:
+    """Compact ``(C_out, M, k, k)`` weight -> dense ``(C_out, C_in, k, k)`` with zeros elsewhere."""
+    c_out, _, k, k2 = weight.shape
+    index = dense_index[:, :, None, None].expand(-1, -1, k, k2)
+    return weight.new_zeros(c_out, in_channels, k, k2).scatter(1, index, weight)
+
+
+def _conv_backward(
+    ctx, grad_out: Tensor, x: Tensor, weight: Tensor, groups: int, mask: list[bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+    return torch.ops.aten.convolution_backward(
+        grad_out.to(x.dtype),
+        x,
+        weight,
+        bias_sizes,
+        ctx.stride,
+        ctx.padding,
+        ctx.dilation,
+        False,
+        [0, 0],
+        groups,
+        mask,
+    )
+
+
+class MaskedConv2d(torch.autograd.Function):
+    """``conv2d(x, scatter_dense(weight))`` saving the compact weight, not the dense one."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        dense_index: Tensor,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+    ) -> Tensor:
+        dtype = _compute_dtype(x)
+        xc, wc = x.to(dtype), weight.to(dtype)
+        bc = None if bias is None else bias.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            dense = scatter_dense(wc, dense_index, x.shape[1])
+            out = torch.nn.functional.conv2d(xc, dense, bc, stride, padding, dilation)
+        ctx.save_for_backward(xc, wc, dense_index)
+        ctx.stride, ctx.padding, ctx.dilation = stride, padding, dilation
+        ctx.has_bias = bias is not None
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        xc, wc, dense_index = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        dense = scatter_dense(wc, dense_index, xc.shape[1])
+        grad_x, grad_dense, grad_b = _conv_backward(ctx, grad_out, xc, dense, 1, mask)
+        grad_w = None
+        if grad_dense is not None:
+            k, k2 = wc.shape[2:]
+            index = dense_index[:, :, None, None].expand(-1, -1, k, k2)
+            grad_w = grad_dense.gather(1, index).to(ctx.dtypes[1])
+        grad_x = None if grad_x is None else grad_x.to(ctx.dtypes[0])
+        grad_b = None if grad_b is None else grad_b.to(ctx.dtypes[2])
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+class GatherConv2d(torch.autograd.Function):
+    """``conv2d(x[:, index], weight, groups=G_O)`` saving ``x``, not the gathered copy."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        gather_index: Tensor,
+        groups: int,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+    ) -> Tensor:
+        dtype = _compute_dtype(x)
+        xc, wc = x.to(dtype), weight.to(dtype)
+        bc = None if bias is None else bias.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            gathered = xc.index_select(1, gather_index)
+            out = torch.nn.functional.conv2d(gathered, wc, bc, stride, padding, dilation, groups)
+        ctx.save_for_backward(xc, wc, gather_index)
+        ctx.groups = groups
+        ctx.stride, ctx.padding, ctx.dilation = stride, padding, dilation
+        ctx.has_bias = bias is not None
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        xc, wc, gather_index = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        gathered = xc.index_select(1, gather_index)
+        grad_g, grad_w, grad_b = _conv_backward(ctx, grad_out, gathered, wc, ctx.groups, mask)
+        grad_x = None
+        if grad_g is not None:  # each input channel feeds G_M combinations: sum their grads
+            grad_x = torch.zeros_like(xc).index_add_(1, gather_index, grad_g).to(ctx.dtypes[0])
+        grad_w = None if grad_w is None else grad_w.to(ctx.dtypes[1])
+        grad_b = None if grad_b is None else grad_b.to(ctx.dtypes[2])
+        return grad_x, grad_w, grad_b, None, None, None, None, None
