@@ -12,6 +12,12 @@ neutral (constant lr, no decay, no warm-up).
 It reports what the paper reports: top-1/top-5 accuracy and error on the
 validation and test splits (``val/acc1``, ``val/err1``, ...), and the model's
 complexity (#params, MACs) once as hyperparameters.
+
+Numerical faults *(ours, issue 6)*: a non-finite training loss either stops
+the run with :class:`NonFiniteTrainingError` (``nan_policy="stop"``, default)
+or skips that batch (``"skip"``: no update, BatchNorm statistics restored),
+and a checkpoint with non-finite weights is never written, so the last good
+``last.ckpt`` survives a diverged run.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -32,10 +38,16 @@ from torchmetrics.classification import MulticlassAccuracy
 from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_macs, count_parameters
 
-__all__ = ["ImageClassifier", "lr_factor"]
+__all__ = ["ImageClassifier", "NonFiniteTrainingError", "lr_factor"]
 
 Schedule = Literal["constant", "multistep", "step", "cosine"]
 SCHEDULES = ("constant", "multistep", "step", "cosine")
+NanPolicy = Literal["stop", "skip"]
+NAN_POLICIES = ("stop", "skip")
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """The training loss or the weights became NaN/inf; the run stops before saving them."""
 
 
 def lr_factor(
@@ -123,6 +135,16 @@ class ImageClassifier(pl.LightningModule):
         step_size: period (epochs) of ``step``.
         warmup_epochs: linear per-iteration warm-up length in epochs.
         label_smoothing: cross-entropy label smoothing in [0, 1).
+        nan_policy: what a NaN/inf training loss does. ``"stop"``: raise
+            :class:`NonFiniteTrainingError` naming the epoch and step, before
+            the bad batch touches the weights. ``"skip"``: leave weights,
+            optimizer state and BatchNorm statistics as they were, warn, and go
+            on (the step still counts for the lr schedule). Under DDP the
+            decision is taken jointly: a bad batch on any rank affects all.
+            Checking costs one scalar device-to-host copy per step.
+        max_consecutive_skips: with ``"skip"``, stop anyway after this many
+            consecutive non-finite batches (the weights have most likely
+            diverged, and skipping would hide it).
     """
 
     def __init__(
@@ -142,6 +164,8 @@ class ImageClassifier(pl.LightningModule):
         step_size: int = 30,
         warmup_epochs: float = 0.0,
         label_smoothing: float = 0.0,
+        nan_policy: NanPolicy = "stop",
+        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__()
         _check_hparams(
@@ -150,6 +174,10 @@ class ImageClassifier(pl.LightningModule):
             milestones=milestones, gamma=gamma, step_size=step_size,
             warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
         )
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy={nan_policy!r} is not one of {', '.join(NAN_POLICIES)}")
+        if isinstance(max_consecutive_skips, bool) or int(max_consecutive_skips) < 1:
+            raise ValueError(f"max_consecutive_skips must be >= 1, got {max_consecutive_skips!r}")
         if "num_classes" in (arch_kwargs or {}):
             raise ValueError(
                 f"arch_kwargs.num_classes={arch_kwargs['num_classes']!r}: num_classes comes from "
@@ -168,6 +196,8 @@ class ImageClassifier(pl.LightningModule):
         self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self._complexity_logged = False
+        self._consecutive_skips = 0
+        self.skipped_batches = 0  # non-finite batches skipped by this process so far
 
     # -- forward and loss --------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -181,13 +211,97 @@ class ImageClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         return loss, logits, y
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        skip = self.hparams.nan_policy == "skip"
+        # BatchNorm updates its running statistics in the forward pass, before the loss
+        # is known; "skip" must undo that too, so the buffers are copied first (small).
+        saved = [b.detach().clone() for b in self.net.buffers()] if skip else None
         loss, logits, y = self.model_step(batch)
+        if not self._all_finite(loss):
+            return self._nonfinite_loss(loss, batch_idx, saved)
+        self._consecutive_skips = 0
         self.train_acc1(logits, y)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
+
+    # -- numerical faults ----------------------------------------------------------------------
+    def _all_finite(self, loss: Tensor) -> bool:
+        """Is the loss finite on every process? (One collective under DDP.)"""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if self._trainer is None:
+            return finite
+        return bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+
+    def _where(self, batch_idx: int) -> str:
+        if self._trainer is None:
+            return f"batch {batch_idx}"
+        return (
+            f"epoch {self.trainer.current_epoch}, global step {self.trainer.global_step} "
+            f"(batch {batch_idx} of the epoch)"
+        )
+
+    def _last_checkpoint_note(self) -> str:
+        callback = self._trainer.checkpoint_callback if self._trainer is not None else None
+        last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        if last:
+            return f"the last good checkpoint {last} is kept"
+        return "no checkpoint had been saved yet"
+
+    def _nonfinite_loss(
+        self, loss: Tensor, batch_idx: int, saved: list[Tensor] | None
+    ) -> None:
+        """Stop, or skip the batch (restoring the buffers) under ``nan_policy="skip"``."""
+        value = loss.detach().float().cpu().item()
+        where = self._where(batch_idx)
+        advice = "lower model.lr, add warm-up or gradient clipping"
+        if saved is None:
+            raise NonFiniteTrainingError(
+                f"non-finite training loss ({value}) at {where}; training stopped "
+                f"(model.nan_policy=stop) and {self._last_checkpoint_note()}; {advice}, or set "
+                "model.nan_policy=skip to skip such batches"
+            )
+        with torch.no_grad():
+            for buffer, copy in zip(self.net.buffers(), saved, strict=True):
+                buffer.copy_(copy)
+        self._consecutive_skips += 1
+        self.skipped_batches += 1
+        limit = self.hparams.max_consecutive_skips
+        if self._consecutive_skips >= limit:
+            raise NonFiniteTrainingError(
+                f"{limit} consecutive non-finite training losses (last {value} at {where}): the "
+                f"model has most likely diverged; training stopped and "
+                f"{self._last_checkpoint_note()}; {advice}"
+            )
+        rank_zero_warn(
+            f"skipping a batch with non-finite training loss ({value}) at {where}; "
+            f"{self.skipped_batches} batch(es) skipped so far (model.nan_policy=skip)"
+        )
+        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True,
+                 on_epoch=False)
+        return None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to write a checkpoint whose weights or statistics are not finite.
+
+        Raising here happens before anything is written, so the previous
+        ``last.ckpt`` (and the best checkpoint) stay as they were.
+        """
+        bad = [
+            k for k, v in checkpoint["state_dict"].items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ]
+        if bad:
+            more = f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
+            where = ""
+            if self._trainer is not None:
+                trainer = self.trainer
+                where = f" at epoch {trainer.current_epoch}, global step {trainer.global_step}"
+            raise NonFiniteTrainingError(
+                f"non-finite values in {bad[0]}{more}{where}: not saving this checkpoint, and "
+                f"{self._last_checkpoint_note()}; lower model.lr, add warm-up or gradient clipping"
+            )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_loss, self.val_acc1, self.val_acc5)

@@ -149,12 +149,6 @@ def test_validate_and_test_of_a_checkpoint_agree(trained):
 
 
 def test_predict_from_a_checkpoint(trained):
-    from lightning.pytorch.utilities.model_helpers import is_overridden
-
-    from reaf_lightning.data import DigitsDataModule
-
-    if not is_overridden("predict_dataloader", DigitsDataModule()):
-        pytest.skip("DigitsDataModule has no predict_dataloader (reaf_lightning/data)")
     root, _ = trained
     cli = run(["predict", "--config", QUICKSTART, *TINY, "--trainer.limit_predict_batches", "2",
                "--trainer.logger", "false", "--ckpt_path", str(root / "checkpoints" / "last.ckpt")])

@@ -395,3 +395,7 @@ class CIFAR100DataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader | DeviceCIFARLoader:
         return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader | DeviceCIFARLoader:
+        """``reaf-lightning predict`` uses the official test set (file order, no augmentation)."""
+        return self._loader("test")

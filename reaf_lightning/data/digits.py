@@ -207,3 +207,7 @@ class DigitsDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Digits has no separate test split; the validation split is returned."""
         return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """``reaf-lightning predict`` runs on the validation split (images and labels, in order)."""
+        return self.val_dataloader()

@@ -459,6 +459,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         """The validation split (ImageNet's labelled test set is not public)."""
         return self.val_dataloader()
 
+    def predict_dataloader(self) -> DataLoader:
+        """``reaf-lightning predict`` runs on the validation split (sorted file order)."""
+        return self.val_dataloader()
+
 
 class ImageNetDataModule(ImageFolderDataModule):
     """ImageNet (ILSVRC2012) with the paper's transforms (SPEC section 4).

@@ -1,0 +1,336 @@
+"""Issue 6, items 1-3: bad configuration, missing or wrong data, corrupt files and checkpoints.
+
+Every case goes through the real ``reaf-lightning`` entry point (``main([...])``,
+and once the installed console script in a subprocess) and checks the exit
+status, that stderr has exactly one ``reaf-lightning: error:`` line and no
+traceback, and that the line names the offending value. Where the library has
+its own message for the problem, the expected line is that message obtained
+by calling the library directly (an independent path), not a copied string.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from fake_data import write_cifar100, write_corrupt_image, write_image_folder
+from reliability_helpers import tiny_config, write_config
+
+from reaf_lightning.checkpointing import AtomicCheckpointIO
+from reaf_lightning.cli import main, run
+from reaf_lightning.data import (
+    CIFAR100DataModule,
+    CorruptImageWarning,
+    DatasetLayoutError,
+    DatasetNotFoundError,
+    ImageFolderDataModule,
+)
+from reaf_lightning.models import create_model
+
+PREFIX = "reaf-lightning: error: "
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch, tmp_path):
+    monkeypatch.delenv("REAF_DEBUG", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)
+
+
+def _fails(args: list[str], capsys, code: int = 2) -> str:
+    """Run ``main(args)``; expect ``SystemExit(code)`` and one error line; return it."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("reaf-lightning:")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(PREFIX)
+    return lines[0][len(PREFIX):]
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    return write_config(tmp_path / "tiny.yaml", tiny_config(tmp_path / "run", max_epochs=1))
+
+
+def _library_error(fn, *args, **kwargs) -> str:
+    with pytest.raises(ValueError) as exc:
+        fn(*args, **kwargs)
+    return str(exc.value)
+
+
+# --- 1. bad configuration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arch_kwargs",
+    [{"reaf": "4-3-5"}, {"reaf": "4-3-4", "width": 18}, {"reaf": "4-5-4"}],
+    ids=["G_O-not-binomial", "channels-not-divisible", "G_M-greater-than-G_I"],
+)
+def test_invalid_reaf_setting_in_yaml_is_one_line(tmp_path, capsys, arch_kwargs):
+    cfg = tiny_config(tmp_path / "run")
+    cfg["model"]["arch_kwargs"] = arch_kwargs
+    path = write_config(tmp_path / "bad.yaml", cfg)
+    expected = _library_error(create_model, "test_reaf_resnet", num_classes=10, **arch_kwargs)
+    assert _fails(["fit", "--config", str(path)], capsys) == expected
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_reaf_4_3_5_message_names_the_rule(tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "run")
+    cfg["model"]["arch_kwargs"] = {"reaf": "4-3-5"}
+    path = write_config(tmp_path / "bad.yaml", cfg)
+    line = _fails(["fit", "--config", str(path)], capsys)
+    assert "4-3-5" in line and "C(4, 3) = 4" in line  # what was given and what is valid
+
+
+def test_unknown_model_and_negative_lr(config, capsys):
+    line = _fails(["fit", "--config", str(config), "--model.arch", "resnet5"], capsys)
+    assert line == _library_error(create_model, "resnet5")
+    assert "'resnet5'" in line and "reaf_resnet50" in line
+    line = _fails(["fit", "--config", str(config), "--model.lr", "-0.1"], capsys)
+    assert line == "lr must be > 0, got -0.1"
+
+
+def test_config_parse_errors_are_short(tmp_path, config, capsys):
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["learning_rate"] = 0.1
+    bad_key = write_config(tmp_path / "key.yaml", cfg)
+    line = _fails(["fit", "--config", str(bad_key)], capsys)
+    assert "'model.learning_rate'" in line and "lr," in line  # the bad key and the valid ones
+
+    cfg = yaml.safe_load(config.read_text())
+    cfg["trainer"]["max_epochs"] = "many"
+    bad_type = write_config(tmp_path / "type.yaml", cfg)
+    line = _fails(["fit", "--config", str(bad_type)], capsys)
+    assert line == "trainer.max_epochs: got 'many', expected int or null"
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  arch: [test_reaf_resnet\n")
+    line = _fails(["fit", "--config", str(config), "--config", str(broken)], capsys)
+    assert line.startswith(f"{broken} is not valid YAML") and "line 3" in line
+
+    line = _fails(["fit", "--config", str(tmp_path / "nope.yaml")], capsys)
+    assert line == f"--config file not found: '{tmp_path / 'nope.yaml'}'"
+
+    line = _fails(["fit", "--config", str(config), "--trainer.max_epohcs", "3"], capsys)
+    assert line.startswith("unknown option --trainer.max_epohcs; did you mean "
+                           "--trainer.max_epochs?")
+
+    line = _fails(["fit", "--config", str(config), "--model.schedule", "linear"], capsys)
+    assert line == "model.schedule: got 'linear', expected one of 'constant', 'multistep', " \
+                   "'step', 'cosine'"
+
+
+def test_data_module_argument_errors_come_from_the_data_module(config, capsys):
+    line = _fails(["fit", "--config", str(config), "--data.init_args.batch_size", "0"], capsys)
+    from reaf_lightning.data import DigitsDataModule
+
+    assert line == _library_error(DigitsDataModule, batch_size=0)
+    line = _fails(["fit", "--config", str(config), "--data.init_args.batchsize", "8"], capsys)
+    assert "data.init_args.batchsize" in line and "batch_size" in line
+
+
+def test_reaf_debug_shows_the_traceback(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path / "run")
+    cfg["model"]["arch_kwargs"] = {"reaf": "4-3-5"}
+    path = write_config(tmp_path / "bad.yaml", cfg)
+    monkeypatch.setenv("REAF_DEBUG", "1")
+    with pytest.raises(ValueError, match=r"G_O must be C\(4, 3\) = 4"):
+        main(["fit", "--config", str(path)])
+
+
+def test_bugs_keep_their_traceback(config, capsys):
+    # A ValueError from inside PyTorch mid-run is not a user error: it is re-raised as is.
+    with pytest.raises(ValueError, match="batch_size"):
+        main(["fit", "--config", str(config),
+              "--trainer.callbacks+=reliability_helpers.TorchShapeBug"])
+    assert PREFIX not in capsys.readouterr().err
+
+
+def test_console_script_user_error_is_one_line(tmp_path):
+    script = Path(sys.executable).parent / "reaf-lightning"
+    if not script.exists():
+        pytest.skip("reaf-lightning is not installed next to this interpreter")
+    cfg = tiny_config(tmp_path / "run")
+    cfg["model"]["arch_kwargs"] = {"reaf": "4-3-5"}
+    path = write_config(tmp_path / "bad.yaml", cfg)
+    out = subprocess.run([str(script), "fit", "--config", str(path)], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr + out.stdout
+    errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
+    expected = _library_error(create_model, "test_reaf_resnet", num_classes=10, reaf="4-3-5")
+    assert errors == [PREFIX + expected]
+
+
+# --- 2. missing or wrong data -----------------------------------------------------------------
+
+
+def _folder_args(config: Path, root: Path, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", str(config),
+        "--data", "reaf_lightning.data.ImageFolderDataModule",
+        "--data.init_args.root", str(root), "--data.init_args.image_size", "16",
+        "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+        "--data.init_args.verify_cache", "null", *extra,
+    ]
+
+
+def _expected_data_error(root: Path, **kwargs) -> str:
+    with pytest.raises((DatasetNotFoundError, DatasetLayoutError)) as exc:
+        dm = ImageFolderDataModule(str(root), image_size=16, verify_cache=None, **kwargs)
+        dm.prepare_data()
+    return str(exc.value)
+
+
+def test_missing_root(config, tmp_path, capsys):
+    root = tmp_path / "no_such_dataset"
+    line = _fails(_folder_args(config, root), capsys)
+    assert line == _expected_data_error(root) and str(root) in line
+
+
+def test_empty_class_folder(config, tmp_path, capsys):
+    root = tmp_path / "images"
+    write_image_folder(root, classes=("a", "b"), n_per_class=2, size=20)
+    for image in (root / "train" / "b").iterdir():
+        image.unlink()
+    line = _fails(_folder_args(config, root), capsys)
+    assert line == _expected_data_error(root) and str(root / "train" / "b") in line
+
+
+def test_class_sets_differ_between_train_and_val(config, tmp_path, capsys):
+    root = tmp_path / "images"
+    write_image_folder(root, classes=("a", "b"), n_per_class=2, size=20)
+    write_image_folder(root, classes=("c",), n_per_class=2, size=20, splits=("train",))
+    line = _fails(_folder_args(config, root), capsys)
+    assert line == _expected_data_error(root) and "only in train: ['c']" in line
+
+
+def test_cifar_with_a_missing_batch_file(config, tmp_path, capsys):
+    root = tmp_path / "cifar"
+    write_cifar100(root, n_train=8, n_test=4)
+    (root / "cifar-100-python" / "test").unlink()
+    line = _fails(["fit", "--config", str(config),
+                   "--data", "reaf_lightning.data.CIFAR100DataModule",
+                   "--data.init_args.root", str(root), "--data.init_args.num_workers", "0"],
+                  capsys)
+    with pytest.raises(DatasetNotFoundError) as exc:
+        CIFAR100DataModule(str(root)).prepare_data()
+    assert line == str(exc.value)
+    assert str(root / "cifar-100-python" / "test") in line
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before training
+
+
+# --- 3. corrupt images --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder_with_a_corrupt_image(tmp_path) -> tuple[Path, Path]:
+    root = tmp_path / "images"
+    write_image_folder(root, classes=("a", "b"), n_per_class=3, size=20)
+    bad = write_corrupt_image(root / "train" / "a" / "a_broken.png")
+    return root, bad
+
+
+def test_corrupt_image_is_skipped_and_named_during_a_short_fit(config, folder_with_a_corrupt_image):
+    root, bad = folder_with_a_corrupt_image
+    args = _folder_args(config, root, "--trainer.limit_train_batches", "1.0")
+    with pytest.warns(CorruptImageWarning) as record:
+        cli = run(args)
+    messages = [str(w.message) for w in record if issubclass(w.category, CorruptImageWarning)]
+    assert len(messages) == 1  # warned once for the file, however often it is drawn
+    assert str(bad) in messages[0] and "1 unreadable file(s) skipped" in messages[0]
+    assert cli.trainer.state.finished and cli.trainer.current_epoch == 1
+    assert cli.trainer.global_step == 2  # 7 files (6 readable) in batches of 4: 2 steps
+
+
+def test_corrupt_image_refused_at_setup_with_on_corrupt_error(config, folder_with_a_corrupt_image,
+                                                             tmp_path, capsys):
+    root, bad = folder_with_a_corrupt_image
+    line = _fails(_folder_args(config, root, "--data.init_args.on_corrupt", "error"), capsys)
+    assert str(bad) in line and "on_corrupt" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --- 3. corrupt or incompatible checkpoints -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """``last.ckpt`` of a one-epoch tiny run."""
+    tmp = tmp_path_factory.mktemp("ckpt")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "disabled")
+        cfg = write_config(tmp / "tiny.yaml", tiny_config(tmp / "run", max_epochs=1))
+        cli = run(["fit", "--config", str(cfg)])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+def test_corrupt_and_foreign_checkpoints(config, checkpoint, tmp_path, capsys):
+    fit = ["fit", "--config", str(config), "--ckpt_path"]
+
+    line = _fails([*fit, str(tmp_path / "missing.ckpt")], capsys)
+    assert line == f"checkpoint not found: {tmp_path / 'missing.ckpt'}"
+
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    line = _fails([*fit, str(truncated)], capsys)
+    assert line.startswith(f"corrupt checkpoint {truncated}:") and "incomplete" in line
+
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"PK\x03\x04 not really a zip" + bytes(range(256)))
+    assert _fails([*fit, str(garbage)], capsys).startswith(f"corrupt checkpoint {garbage}:")
+
+    content = torch.load(checkpoint, weights_only=True)
+    bare = tmp_path / "bare.pt"
+    torch.save(content["state_dict"], bare)
+    line = _fails([*fit, str(bare)], capsys)
+    assert line.startswith(f"{bare} is not a Lightning checkpoint: missing state_dict")
+
+    weights = tmp_path / "weights_only.ckpt"
+    torch.save({k: v for k, v in content.items() if k != "optimizer_states"}, weights)
+    line = _fails([*fit, str(weights)], capsys)
+    assert "only the model weights" in line and "cannot resume" in line
+    # ... but evaluating such a checkpoint is fine
+    metrics = run(["validate", "--config", str(config), "--ckpt_path", str(weights)])
+    assert torch.isfinite(metrics.trainer.callback_metrics["val/acc1"])
+
+
+def test_incompatible_checkpoint_names_the_mismatch(config, checkpoint, tmp_path, capsys):
+    content = torch.load(checkpoint, weights_only=True)
+    name = "net.fc.weight"
+    content["state_dict"][name] = torch.zeros(3, 3)
+    changed = tmp_path / "changed.ckpt"
+    torch.save(content, changed)
+    line = _fails(["validate", "--config", str(config), "--ckpt_path", str(changed)], capsys)
+    expected_shape = tuple(torch.load(checkpoint, weights_only=True)["state_dict"][name].shape)
+    assert f"{name}: checkpoint (3, 3) vs model {expected_shape}" in line
+
+
+def test_ckpt_path_last_with_a_changed_model(config, checkpoint, capsys):
+    root = checkpoint.parent.parent
+    line = _fails(["fit", "--config", str(config), "--trainer.default_root_dir", str(root),
+                   "--model.arch", "test_resnet", "--ckpt_path", "last"], capsys)
+    assert line.startswith(f"checkpoint {checkpoint} does not fit model.arch='test_resnet'")
+
+
+def test_ckpt_path_last_without_a_previous_run(config, tmp_path, capsys):
+    empty = tmp_path / "fresh"
+    line = _fails(["validate", "--config", str(config), "--trainer.default_root_dir", str(empty),
+                   "--ckpt_path", "last"], capsys)
+    assert line.startswith(f"--ckpt_path last: no last.ckpt in {empty / 'checkpoints'}")
+    # fit starts a new run instead, and says so (the same command line resumes next time)
+    cli = run(["fit", "--config", str(config), "--trainer.default_root_dir", str(empty),
+               "--trainer.max_steps", "1", "--ckpt_path", "last"])
+    assert "starting a new run" in capsys.readouterr().err
+    assert cli.trainer.ckpt_path is None and cli.trainer.global_step == 1
+    assert (empty / "checkpoints" / "last.ckpt").is_file()
