@@ -1,5 +1,12 @@
 """Callbacks that keep an interrupted run resumable (issue 6; not part of the paper).
 
+:class:`EveryEpochLastCheckpoint` restores what ``save_last=True`` meant before
+Lightning 2.6: ``last.ckpt`` is rewritten at *every* checkpointing point. Since
+2.6, ``ModelCheckpoint`` writes ``last.ckpt`` only when a top-k checkpoint is
+written at the same step, so with ``monitor="val/acc1", save_top_k=1`` an epoch
+that does not improve the accuracy leaves ``last.ckpt`` behind, and
+``--ckpt_path last`` would silently redo every epoch since the best one.
+
 Cluster schedulers stop jobs with ``SIGTERM`` (preemption, time limit, ``scancel``)
 and follow with ``SIGKILL`` after a grace period. Lightning already turns
 ``SIGTERM`` into a ``SIGTERMException`` raised at the next batch boundary (a
@@ -21,7 +28,33 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-__all__ = ["PreemptionCheckpoint"]
+__all__ = ["EveryEpochLastCheckpoint", "PreemptionCheckpoint"]
+
+
+class EveryEpochLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` follows every epoch, improved or not.
+
+    Same arguments as Lightning's ``ModelCheckpoint``. After the parent's own
+    logic at the end of validation (or of the training epoch, whichever the
+    parent checkpoints at), ``last.ckpt`` is written unless the parent already
+    wrote a checkpoint at this global step. ``save_last="link"`` is left to the
+    parent.
+    """
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._ensure_last(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._ensure_last(trainer)
+
+    def _ensure_last(self, trainer: pl.Trainer) -> None:
+        if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
+            return  # skipped: disabled, not fitting, sanity check, or already saved at this step
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class PreemptionCheckpoint(Callback):
@@ -56,8 +89,12 @@ class PreemptionCheckpoint(Callback):
 
     @staticmethod
     def checkpoint_path(trainer: pl.Trainer) -> Path:
-        """``<ModelCheckpoint dirpath>/last.ckpt`` (else ``<default_root_dir>/checkpoints``)."""
+        """The run's ``last`` checkpoint: the file its ``ModelCheckpoint`` keeps up to date
+        (``last.ckpt``, or ``last-v1.ckpt`` when an older run's file was in the way), else
+        ``<ModelCheckpoint dirpath or <default_root_dir>/checkpoints>/last.ckpt``."""
         callback = trainer.checkpoint_callback
+        if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
+            return Path(callback.last_model_path)
         dirpath = callback.dirpath if isinstance(callback, ModelCheckpoint) else None
         if not dirpath:
             dirpath = os.path.join(trainer.default_root_dir, "checkpoints")

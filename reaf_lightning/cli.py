@@ -10,7 +10,8 @@ What the CLI adds to Lightning's:
   module is any ``LightningDataModule`` chosen by class path, and its
   ``num_classes`` is linked into the model;
 * a ``checkpoint:`` group (a ``ModelCheckpoint`` monitoring ``val/acc1``,
-  ``save_last=True``) whose ``dirpath`` defaults to
+  ``save_last=True``, with ``last.ckpt`` rewritten every epoch:
+  :class:`~reaf_lightning.callbacks.EveryEpochLastCheckpoint`) whose ``dirpath`` defaults to
   ``<trainer.default_root_dir>/checkpoints`` — a fixed place, so that
   ``--ckpt_path last`` finds the previous run's ``last.ckpt`` and resumes;
 * the W&B logger's ``save_dir`` defaults to ``trainer.default_root_dir`` too,
@@ -48,7 +49,7 @@ from lightning.pytorch.cli import (
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from reaf_lightning.callbacks import PreemptionCheckpoint
+from reaf_lightning.callbacks import EveryEpochLastCheckpoint, PreemptionCheckpoint
 from reaf_lightning.checkpointing import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -134,7 +135,8 @@ class ReafLightningCLI(LightningCLI):
             ) from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # last.ckpt after every epoch, as save_last meant before Lightning 2.6 (see callbacks.py)
+        parser.add_lightning_class_args(EveryEpochLastCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc1",

@@ -14,7 +14,10 @@ known epoch and batch of an otherwise normal run:
 * :class:`TorchShapeBug` makes PyTorch raise a ``ValueError`` mid-run (a bug,
   not a user error).
 
-Plus :func:`tiny_config`, the YAML of a run that takes a second or two per epoch.
+Plus :func:`tiny_config`, the YAML of a run that takes a second or two per epoch,
+and :func:`one_thread`, an autouse fixture for the test modules: on the shared
+2-core machine a tiny model with 2 intra-op threads runs ~8x slower than with
+one as soon as another process is busy (OpenMP threads wait for each other).
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
 __all__ = [
+    "one_thread",
     "PauseAt",
     "PoisonBatch",
     "PoisonWeights",
@@ -38,6 +43,16 @@ __all__ = [
     "tiny_config",
     "write_config",
 ]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One intra-op thread here and in subprocesses (``OMP_NUM_THREADS``), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_config(root: Path, max_epochs: int = 3, train_batches: int = 4, **model: Any) -> dict:

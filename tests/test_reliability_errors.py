@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 from fake_data import write_cifar100, write_corrupt_image, write_image_folder
-from reliability_helpers import tiny_config, write_config
+from reliability_helpers import one_thread, tiny_config, write_config  # noqa: F401 (fixture)
 
 from reaf_lightning.checkpointing import AtomicCheckpointIO
 from reaf_lightning.cli import main, run

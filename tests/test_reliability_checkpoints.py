@@ -1,0 +1,254 @@
+"""Issue 6, items 4 and 6: interrupted runs resume, and checkpoints are never half-written.
+
+The interruption tests run ``python -m reaf_lightning.cli fit`` as real
+processes on a tiny config (3 epochs x 4 batches of digits) with a
+:class:`reliability_helpers.PauseAt` callback that holds the run at a known
+batch, so the signal always arrives at the same point (no timing).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from reliability_helpers import one_thread, tiny_config, write_config  # noqa: F401 (fixture)
+
+from reaf_lightning.checkpointing import AtomicCheckpointIO, inspect_checkpoint
+from reaf_lightning.cli import run
+
+TESTS = Path(__file__).resolve().parent
+EPOCHS, BATCHES = 3, 4  # the tiny run: 3 epochs of 4 optimizer steps
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    env["WANDB_MODE"] = "disabled"
+    env.pop("REAF_DEBUG", None)
+    return env
+
+
+def _fit(config: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "reaf_lightning.cli", "fit", "--config", str(config), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), cwd=config.parent)
+
+
+def _pause(ready: Path, epoch: int, batch: int, until_sigterm: bool = False) -> list[str]:
+    return ["--trainer.callbacks+=reliability_helpers.PauseAt",
+            "--trainer.callbacks.init_args.epoch", str(epoch),
+            "--trainer.callbacks.init_args.batch", str(batch),
+            "--trainer.callbacks.init_args.ready_file", str(ready),
+            "--trainer.callbacks.init_args.until_sigterm", str(until_sigterm).lower()]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 300.0) -> None:
+    """Wait until ``path`` exists (the run reached the pause), failing if the run ended."""
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"run ended (status {proc.returncode}) before {path.name}:\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"run never reached {path.name}")
+        time.sleep(0.1)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, out, err
+
+
+def _logged_steps(csv_dir: Path) -> list[tuple[int, int]]:
+    """(epoch, step) of every row Lightning's CSVLogger wrote in one ``version_N`` folder."""
+    with open(csv_dir / "metrics.csv") as f:
+        return [(int(r["epoch"]), int(r["step"])) for r in csv.DictReader(f) if r["epoch"]]
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _no_temporaries(directory: Path) -> None:
+    assert sorted(p.name for p in directory.iterdir() if p.name.startswith(".")) == []
+
+
+# --- 4. interrupted runs ------------------------------------------------------------------------
+
+
+def test_preempted_then_killed_then_resumed_finishes_the_same_epochs(tmp_path):
+    """SIGTERM mid-epoch saves last.ckpt (exit 143); SIGKILL loses only the unsaved steps.
+
+    One run, three processes: (1) SIGTERM at batch 2 of epoch 1; (2) resumed
+    with ``--ckpt_path last``, SIGKILLed at batch 1 of epoch 2; (3) resumed
+    again, it ends after exactly ``EPOCHS`` epochs and ``EPOCHS * BATCHES`` steps.
+    """
+    root = tmp_path / "run"
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(root, EPOCHS, BATCHES))
+    last = root / "checkpoints" / "last.ckpt"
+
+    # (1) SIGTERM: Lightning finishes the batch in progress (batches 0-2 of epoch 1 done)
+    ready = tmp_path / "ready1"
+    proc = _fit(config, *_pause(ready, epoch=1, batch=2, until_sigterm=True))
+    _wait_for(ready, proc)
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = _finish(proc)
+    step = BATCHES + 3
+    assert code == 143, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("reaf-lightning:")]
+    assert lines == [f"reaf-lightning: preempted by SIGTERM at epoch 1, global step {step}; "
+                     f"saved {last}; resume with --ckpt_path last"]
+    assert (_ckpt(last)["epoch"], _ckpt(last)["global_step"]) == (1, step)
+    assert inspect_checkpoint(last, resume=True).global_step == step  # complete and resumable
+
+    # (2) resume, then SIGKILL in epoch 2: only the end-of-epoch-1 checkpoint survives
+    ready = tmp_path / "ready2"
+    proc = _fit(config, "--ckpt_path", "last", *_pause(ready, epoch=2, batch=1))
+    _wait_for(ready, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert (_ckpt(last)["epoch"], _ckpt(last)["global_step"]) == (1, 2 * BATCHES)
+
+    # (3) resume again and finish
+    code, out, err = _finish(_fit(config, "--ckpt_path", "last"))
+    assert code == 0, err[-3000:]
+    final = _ckpt(last)
+    assert (final["epoch"], final["global_step"]) == (EPOCHS - 1, EPOCHS * BATCHES)
+
+    # Each process continued from the checkpoint instead of starting over
+    # (CSVLogger writes one version_N folder per process).
+    first, second, third = (_logged_steps(d) for d in sorted((root / "csv").iterdir()))
+    assert min(first) == (0, 0) and max(s for _, s in first) < step
+    assert min(s for _, s in second) == step and {e for e, _ in second} == {1, 2}
+    assert min(s for _, s in third) == 2 * BATCHES and {e for e, _ in third} == {2}
+    _no_temporaries(root / "checkpoints")
+
+
+def test_last_ckpt_follows_every_epoch_even_without_improvement(tmp_path, monkeypatch):
+    # Lightning 2.6's ModelCheckpoint writes last.ckpt only together with a top-k file; with
+    # a monitor that only "improves" at epoch 0, last.ckpt would stay at epoch 0.
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "run"
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(root, EPOCHS, BATCHES))
+    cli = run(["fit", "--config", str(config), "--checkpoint.monitor", "epoch",
+               "--checkpoint.mode", "min", "--checkpoint.filename", "best-{epoch}"])
+    files = sorted(p.name for p in (root / "checkpoints").iterdir())
+    assert files == ["best-epoch=0.ckpt", "last.ckpt"]
+    last = _ckpt(root / "checkpoints" / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (EPOCHS - 1, EPOCHS * BATCHES)
+    for name, value in cli.model.state_dict().items():  # the final weights, not epoch 0's
+        assert torch.equal(last["state_dict"][name], value), name
+
+
+# --- 6. atomic checkpoint files -----------------------------------------------------------------
+
+
+def _state(value: float) -> dict:
+    return {"state_dict": {"w": torch.full((1000,), value)}, "epoch": int(value)}
+
+
+def test_atomic_save_round_trip(tmp_path):
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint(_state(1.0), path)
+    io.save_checkpoint(_state(2.0), path)
+    loaded = io.load_checkpoint(path)
+    assert loaded["epoch"] == 2 and torch.equal(loaded["state_dict"]["w"], torch.full((1000,), 2.0))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_crash_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint(_state(1.0), path)
+    before = path.read_bytes()
+
+    def failing_save(obj, f, *args, **kwargs):  # a disk that fills up half-way
+        f.write(before[: len(before) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint(_state(2.0), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no partial file anywhere
+
+
+def test_temp_dir_on_another_file_system(tmp_path, monkeypatch):
+    """Why the plugin exists: Lightning's default copies across file systems into the final name.
+
+    Simulated: renames out of the temp dir fail with EXDEV (as from a local
+    ``/tmp`` to NFS), and the copy that ``shutil.move`` falls back to fails half-way.
+    """
+    default_path = tmp_path / "default" / "last.ckpt"
+    atomic_path = tmp_path / "atomic" / "last.ckpt"
+    TorchCheckpointIO().save_checkpoint(_state(1.0), default_path)
+    AtomicCheckpointIO().save_checkpoint(_state(1.0), atomic_path)
+    good = default_path.read_bytes()
+
+    def rename(src, dst, *args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def copyfileobj(fsrc, fdst, length=0):
+        fdst.write(fsrc.read(100))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(shutil, "copyfileobj", copyfileobj)
+    monkeypatch.setattr(shutil, "_USE_CP_SENDFILE", False)
+    with pytest.raises(OSError):
+        TorchCheckpointIO().save_checkpoint(_state(2.0), default_path)
+    assert len(default_path.read_bytes()) == 100 < len(good)  # the good checkpoint is gone
+
+    AtomicCheckpointIO().save_checkpoint(_state(2.0), atomic_path)  # same dir: no copy at all
+    assert torch.equal(_ckpt(atomic_path)["state_dict"]["w"], torch.full((1000,), 2.0))
+
+
+_KILLED_WRITER = """
+import sys, time, torch
+from reaf_lightning.checkpointing import AtomicCheckpointIO
+path, ready = sys.argv[1], sys.argv[2]
+def stuck_save(obj, f, *args, **kwargs):
+    f.write(b"x" * 1000)
+    f.flush()
+    open(ready, "w").close()
+    time.sleep(300)
+torch.save = stuck_save
+AtomicCheckpointIO().save_checkpoint({"epoch": 2}, path)
+"""
+
+
+def test_sigkill_mid_write_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint(_state(1.0), path)
+    before = path.read_bytes()
+    ready = tmp_path / "writing"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path), str(ready)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(ready, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    ready.unlink()
+    assert path.read_bytes() == before
+    (stale,) = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+    assert stale.name.startswith(".last.ckpt.") and stale.name.endswith(f".{proc.pid}.tmp")
+    # the next save of the same checkpoint removes the dead process's temporary file
+    AtomicCheckpointIO().save_checkpoint(_state(3.0), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert _ckpt(path)["epoch"] == 3
