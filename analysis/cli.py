@@ -15,8 +15,8 @@ compute), streams the data module's validation split through each model
 (:func:`analysis.selectivity.compute_selectivity`), prints the per-layer
 summary and, for two models, a KS test per layer, and writes the figure
 (PNG, PDF), the raw SI values and the tables to ``output_dir`` atomically.
-Errors are one line on stderr with exit status 1; set ``REAF_DEBUG=1`` for
-the traceback.
+Errors are one line on stderr with exit status 1 (configuration parse errors:
+status 2, as argparse); set ``REAF_DEBUG=1`` for the traceback.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import warnings
 from typing import Literal
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 from lightning.pytorch import LightningDataModule
 
 from .loading import ModelLoadError, ModelSpec, load_model
@@ -95,15 +95,35 @@ def build_parser() -> ArgumentParser:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``reaf-analysis``; ``args`` defaults to ``sys.argv[1:]``."""
     parser = build_parser()
-    cfg = parser.parse_args(args)
+    debug = os.environ.get("REAF_DEBUG") == "1"
+    parser.exit_on_error = debug  # else jsonargparse prints its whole usage before the error
+    try:
+        cfg = parser.parse_args(args)
+    except ArgumentError as err:
+        from reaf_lightning.cli_errors import format_parse_error
+
+        keys = [a.dest for a in parser._actions]
+        configs = _config_files(sys.argv[1:] if args is None else [str(a) for a in args])
+        print(f"reaf-analysis: error: {format_parse_error(str(err), keys, configs)}",
+              file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         _run(parser, cfg)
     except (AnalysisError, ModelLoadError, ValueError, FileNotFoundError) as err:
-        if os.environ.get("REAF_DEBUG") == "1":
+        if debug:
             raise
+        from reaf_lightning.cli_errors import unwrap
+
+        err = unwrap(err)  # a data module's own message, not jsonargparse's wrapper
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"reaf-analysis: error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"] + [
+        a.split("=", 1)[1] for a in argv if a.startswith("--config=")
+    ]
 
 
 def _run(parser: ArgumentParser, cfg) -> None:

@@ -252,3 +252,34 @@ def test_sigkill_mid_write_leaves_the_previous_checkpoint(tmp_path):
     AtomicCheckpointIO().save_checkpoint(_state(3.0), path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
     assert _ckpt(path)["epoch"] == 3
+
+
+def test_analysis_outputs_are_all_or_nothing(tmp_path, monkeypatch):
+    """A crash while ``reaf-analysis`` writes its last table leaves the previous results."""
+    import pandas as pd
+
+    from analysis.plots import save_selectivity_outputs
+    from analysis.stats import selectivity_frame, summarize
+
+    def frame(seed: int) -> pd.DataFrame:
+        g = torch.Generator().manual_seed(seed)
+        return selectivity_frame({"m": {"layer1": torch.rand(16, generator=g)}})
+
+    first = frame(0)
+    save_selectivity_outputs(first, summarize(first), tmp_path, stem="si")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["si.csv", "si.pdf", "si.png", "si_summary.csv"]
+
+    real_to_csv = pd.DataFrame.to_csv
+
+    def to_csv(self, path, *args, **kwargs):  # the disk fills up in the summary table
+        if "summary" in str(path):
+            Path(path).write_text("layer,model,units\nlayer1,m,")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_to_csv(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    second = frame(1)
+    with pytest.raises(OSError, match="No space left"):
+        save_selectivity_outputs(second, summarize(second), tmp_path, stem="si")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -334,3 +334,25 @@ def test_ckpt_path_last_without_a_previous_run(config, tmp_path, capsys):
     assert "starting a new run" in capsys.readouterr().err
     assert cli.trainer.ckpt_path is None and cli.trainer.global_step == 1
     assert (empty / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_reaf_analysis_parse_errors_are_one_line(tmp_path, capsys):
+    from analysis.cli import main as analysis_main
+
+    base = ["--model_a.checkpoint", str(tmp_path / "a.ckpt"),
+            "--data.class_path", "reaf_lightning.data.DigitsDataModule"]
+    for extra, expected in [
+        (["--max_batches", "many"], "max_batches: got 'many', expected int or null"),
+        (["--reduction", "max"], "reduction: got 'max', expected one of 'mean', 'none'"),
+    ]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            analysis_main([*base, *extra])
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.splitlines() == [f"reaf-analysis: error: {expected}"]
+    # a data module's own message, not jsonargparse's wrapper (exit 1: reaf-analysis' policy)
+    with pytest.raises(SystemExit) as exc:
+        analysis_main([*base, "--data.init_args.batch_size", "0"])
+    assert exc.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "reaf-analysis: error: batch_size must be a positive integer, got 0"]
