@@ -152,9 +152,9 @@ def test_invalid_impl_and_strings() -> None:
 def test_auto_times_strategies_once_per_signature() -> None:
     cache = autotune_cache()
     cache.clear()
-    layer = REAFConv2d(16, 16, 3, 4, 3)
-    twin = REAFConv2d(16, 16, 3, 4, 3)
-    x = torch.randn(2, 16, 6, 6)
+    layer = REAFConv2d(64, 64, 3, 4, 3)
+    twin = REAFConv2d(64, 64, 3, 4, 3)
+    x = torch.randn(2, 64, 24, 24)  # 2 * 64 * 576 * 48 * 9 = 31.9 M MACs: worth timing
     before = layer.weight.detach().clone()
     y = layer(x)
     assert len(cache) == 1 and next(iter(cache.values())) in IMPLS
@@ -162,9 +162,18 @@ def test_auto_times_strategies_once_per_signature() -> None:
     layer(x[:1])  # new input shape: tuned again
     assert len(cache) == 2
     assert layer.weight.grad is None and torch.equal(layer.weight, before)  # timing used copies
-    forced = REAFConv2d(16, 16, 3, 4, 3, impl=layer.resolved_impl(x))
+    forced = REAFConv2d(64, 64, 3, 4, 3, impl=layer.resolved_impl(x))
     forced.load_state_dict(layer.state_dict())
     torch.testing.assert_close(y, forced(x))
+
+
+def test_auto_does_not_time_tiny_calls() -> None:
+    cache = autotune_cache()
+    cache.clear()
+    layer = REAFConv2d(16, 16, 3, 4, 3)
+    x = torch.randn(2, 16, 6, 6)
+    assert layer._useful_macs(x) == 2 * 16 * 36 * 12 * 9  # by hand: N * C_out * HW * M * k^2
+    assert layer.resolved_impl(x) == resolve_auto_impl(layer.spec, 3, "cpu") and not cache
 
 
 def test_auto_fallback_rule_when_timing_is_not_allowed() -> None:
@@ -277,9 +286,10 @@ def test_autocast_bf16_matches_fp32(impl: str) -> None:
     torch.manual_seed(6)
     layer = REAFConv2d(16, 12, 3, 4, 2, bias=True, impl=impl)
     x = torch.randn(2, 16, 6, 6, requires_grad=True)
-    reference = _loop_reference(x.detach(), layer.weight.detach(), 4, 2, 1, 1) + layer.bias.detach()[
-        None, :, None, None
-    ]
+    reference = (
+        _loop_reference(x.detach(), layer.weight.detach(), 4, 2, 1, 1)
+        + layer.bias.detach()[None, :, None, None]
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
     assert y.dtype == torch.bfloat16

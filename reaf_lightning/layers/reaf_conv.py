@@ -136,6 +136,10 @@ def resolve_auto_impl(spec: REAFSpec, kernel_size: int, device_type: str) -> str
 
 _AUTOTUNE_CACHE: dict[tuple, str] = {}
 
+# Calls below this many multiply-accumulates take microseconds: timing them measures
+# noise, and costs more than any choice could save. They use the fixed rule.
+AUTOTUNE_MIN_MACS = 10_000_000
+
 
 def autotune_cache() -> dict[tuple, str]:
     """The process-wide ``impl="auto"`` decisions, keyed by layer and input signature.
@@ -283,7 +287,7 @@ class REAFConv2d(nn.Module):
         """
         if self.impl != "auto":
             return self.impl
-        if not _can_autotune(x):
+        if not _can_autotune(x) or self._useful_macs(x) < AUTOTUNE_MIN_MACS:
             return resolve_auto_impl(self.spec, self.kernel_size, x.device.type)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         key = (
@@ -306,6 +310,15 @@ class REAFConv2d(nn.Module):
             impl = self._time_strategies(x, needs_grad)
             _AUTOTUNE_CACHE[key] = impl
         return impl
+
+    def _useful_macs(self, x: Tensor) -> int:
+        """Multiply-accumulates of this call (compact weights), from the input shape."""
+        h, w = x.shape[-2:]
+        span = self.dilation * (self.kernel_size - 1)
+        h_out = (h + 2 * self.padding - span - 1) // self.stride + 1
+        w_out = (w + 2 * self.padding - span - 1) // self.stride + 1
+        per_output = self.merged_channels * self.kernel_size**2
+        return x.shape[0] * self.out_channels * h_out * w_out * per_output
 
     def _time_strategies(self, x: Tensor, needs_grad: bool, repeats: int = 3) -> str:
         """Fastest strategy on detached copies of the inputs; parameters are never touched."""
