@@ -34,6 +34,25 @@ def scatter_dense(weight: Tensor, dense_index: Tensor, in_channels: int) -> Tens
     return weight.new_zeros(c_out, in_channels, k, k2).scatter(1, index, weight)
 
 
+def _cast_and_remember(
+    ctx, x: Tensor, weight: Tensor, bias: Tensor | None, conv_args: tuple
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Cast inputs to the compute dtype and store what backward needs besides tensors."""
+    dtype = _compute_dtype(x)
+    ctx.stride, ctx.padding, ctx.dilation = conv_args
+    ctx.has_bias = bias is not None
+    ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
+def _cast_grads(
+    ctx, grad_x: Tensor | None, grad_w: Tensor | None, grad_b: Tensor | None
+) -> tuple[Tensor | None, ...]:
+    """Gradients back in the dtypes of the tensors they belong to."""
+    grads = (grad_x, grad_w, grad_b)
+    return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes))
+
+
 def _conv_backward(
     ctx, grad_out: Tensor, x: Tensor, weight: Tensor, groups: int, mask: list[bool]
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -67,16 +86,11 @@ class MaskedConv2d(torch.autograd.Function):
         padding: tuple[int, int],
         dilation: tuple[int, int],
     ) -> Tensor:
-        dtype = _compute_dtype(x)
-        xc, wc = x.to(dtype), weight.to(dtype)
-        bc = None if bias is None else bias.to(dtype)
+        xc, wc, bc = _cast_and_remember(ctx, x, weight, bias, (stride, padding, dilation))
         with torch.autocast(x.device.type, enabled=False):
             dense = scatter_dense(wc, dense_index, x.shape[1])
             out = torch.nn.functional.conv2d(xc, dense, bc, stride, padding, dilation)
         ctx.save_for_backward(xc, wc, dense_index)
-        ctx.stride, ctx.padding, ctx.dilation = stride, padding, dilation
-        ctx.has_bias = bias is not None
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         return out
 
     @staticmethod
@@ -90,10 +104,8 @@ class MaskedConv2d(torch.autograd.Function):
         if grad_dense is not None:
             k, k2 = wc.shape[2:]
             index = dense_index[:, :, None, None].expand(-1, -1, k, k2)
-            grad_w = grad_dense.gather(1, index).to(ctx.dtypes[1])
-        grad_x = None if grad_x is None else grad_x.to(ctx.dtypes[0])
-        grad_b = None if grad_b is None else grad_b.to(ctx.dtypes[2])
-        return grad_x, grad_w, grad_b, None, None, None, None
+            grad_w = grad_dense.gather(1, index)
+        return *_cast_grads(ctx, grad_x, grad_w, grad_b), None, None, None, None
 
 
 class GatherConv2d(torch.autograd.Function):
@@ -111,17 +123,12 @@ class GatherConv2d(torch.autograd.Function):
         padding: tuple[int, int],
         dilation: tuple[int, int],
     ) -> Tensor:
-        dtype = _compute_dtype(x)
-        xc, wc = x.to(dtype), weight.to(dtype)
-        bc = None if bias is None else bias.to(dtype)
+        xc, wc, bc = _cast_and_remember(ctx, x, weight, bias, (stride, padding, dilation))
         with torch.autocast(x.device.type, enabled=False):
             gathered = xc.index_select(1, gather_index)
             out = torch.nn.functional.conv2d(gathered, wc, bc, stride, padding, dilation, groups)
         ctx.save_for_backward(xc, wc, gather_index)
         ctx.groups = groups
-        ctx.stride, ctx.padding, ctx.dilation = stride, padding, dilation
-        ctx.has_bias = bias is not None
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         return out
 
     @staticmethod
@@ -133,7 +140,5 @@ class GatherConv2d(torch.autograd.Function):
         grad_g, grad_w, grad_b = _conv_backward(ctx, grad_out, gathered, wc, ctx.groups, mask)
         grad_x = None
         if grad_g is not None:  # each input channel feeds G_M combinations: sum their grads
-            grad_x = torch.zeros_like(xc).index_add_(1, gather_index, grad_g).to(ctx.dtypes[0])
-        grad_w = None if grad_w is None else grad_w.to(ctx.dtypes[1])
-        grad_b = None if grad_b is None else grad_b.to(ctx.dtypes[2])
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+            grad_x = torch.zeros_like(xc).index_add_(1, gather_index, grad_g)
+        return *_cast_grads(ctx, grad_x, grad_w, grad_b), None, None, None, None, None
