@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from reaf_lightning.checkpointing import describe_mismatch
+
 __all__ = ["ModelLoadError", "ModelSpec", "load_model", "torchvision_weights_path"]
 
 DEFAULT_MODULE_CLASS = "reaf_lightning.module.ImageClassifier"
@@ -246,26 +248,10 @@ def _load_into(model: nn.Module, state: dict[str, Tensor], path: Path, arch: str
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        expected = model.state_dict()
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        shapes = [
-            k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-        ]
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            details.append(
-                f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs "
-                f"model {tuple(expected[k].shape)})"
-            )
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        details = describe_mismatch(expected, {k: tuple(v.shape) for k, v in state.items()})
         raise ModelLoadError(
-            f"incompatible checkpoint {path} for arch {arch!r}: "
-            + ("; ".join(details) or _one_line(err))
+            f"incompatible checkpoint {path} for arch {arch!r}: " + (details or _one_line(err))
         ) from err
 
 

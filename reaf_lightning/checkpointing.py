@@ -73,7 +73,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
+        self,
+        checkpoint: dict[str, Any],
+        path: str | os.PathLike[str],
         storage_options: Any | None = None,
     ) -> None:
         if storage_options is not None or not _is_local_file_protocol(path):
@@ -229,14 +231,13 @@ def _corrupt(path: Path, err: BaseException) -> str:
     )
 
 
-def check_compatible(info: CheckpointInfo, model: nn.Module, what: str = "the model") -> None:
-    """Raise :class:`CheckpointError` unless ``info``'s state_dict loads strictly into ``model``.
+def describe_mismatch(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]) -> str:
+    """One line on how state_dict shapes ``got`` differ from ``expected`` ("" if they fit).
 
-    Names the number of missing/unexpected keys and shape mismatches with an
-    example of each, instead of ``load_state_dict``'s multi-screen message.
+    Counts missing/unexpected keys and shape mismatches with an example of each,
+    instead of ``load_state_dict``'s multi-screen message. Shared by the training
+    CLI and ``reaf-analysis``.
     """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = info.shapes
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
     shapes = [k for k in expected if k in got and got[k] != expected[k]]
@@ -250,9 +251,16 @@ def check_compatible(info: CheckpointInfo, model: nn.Module, what: str = "the mo
         details.append(
             f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {got[k]} vs model {expected[k]})"
         )
+    return "; ".join(details)
+
+
+def check_compatible(info: CheckpointInfo, model: nn.Module, what: str = "the model") -> None:
+    """Raise :class:`CheckpointError` unless ``info``'s state_dict loads strictly into ``model``."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    details = describe_mismatch(expected, info.shapes)
     if details:
         raise CheckpointError(
-            f"checkpoint {info.path} does not fit {what}: {'; '.join(details)}; use the model "
+            f"checkpoint {info.path} does not fit {what}: {details}; use the model "
             "settings the checkpoint was trained with"
         )
 
