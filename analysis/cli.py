@@ -104,8 +104,9 @@ def main(args: list[str] | None = None) -> None:
 
         keys = [a.dest for a in parser._actions]
         configs = _config_files(sys.argv[1:] if args is None else [str(a) for a in args])
-        print(f"reaf-analysis: error: {format_parse_error(str(err), keys, configs)}",
-              file=sys.stderr)
+        print(
+            f"reaf-analysis: error: {format_parse_error(str(err), keys, configs)}", file=sys.stderr
+        )
         raise SystemExit(2) from None
     try:
         _run(parser, cfg)

@@ -81,9 +81,7 @@ class PreemptionCheckpoint(Callback):
         path = self.checkpoint_path(trainer)
         trainer.save_checkpoint(path)
         progress = (trainer.current_epoch, trainer.global_step)
-        rank_zero_info(
-            f"SIGTERM: saved {path} at epoch {progress[0]}, global step {progress[1]}"
-        )
+        rank_zero_info(f"SIGTERM: saved {path} at epoch {progress[0]}, global step {progress[1]}")
         exception.reaf_checkpoint = str(path)  # type: ignore[attr-defined]
         exception.reaf_progress = progress  # type: ignore[attr-defined]
 

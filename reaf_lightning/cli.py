@@ -119,7 +119,8 @@ class ReafLightningCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in _SPECIAL_CKPT and "://" not in str(ckpt_path):
             self._ckpt_info = inspect_checkpoint(
-                ckpt_path, resume=subcommand == "fit",
+                ckpt_path,
+                resume=subcommand == "fit",
                 weights_only=config.get("weights_only") is not False,
             )
 
@@ -160,7 +161,6 @@ class ReafLightningCLI(LightningCLI):
             if init_args is not None and "save_dir" in init_args and init_args.save_dir is None:
                 init_args.save_dir = root
 
-
     # -- trainer ------------------------------------------------------------------------------
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Add :class:`AtomicCheckpointIO` and :class:`PreemptionCheckpoint` to the trainer.
@@ -174,9 +174,10 @@ class ReafLightningCLI(LightningCLI):
             kwargs.setdefault("callbacks", [*callbacks, PreemptionCheckpoint()])
         plugins = _as_list(config.get("plugins"))
         strategy = config.get("strategy", "auto")
-        own_io = any(isinstance(p, CheckpointIO) for p in plugins) or getattr(
-            strategy, "_checkpoint_io", None
-        ) is not None
+        own_io = (
+            any(isinstance(p, CheckpointIO) for p in plugins)
+            or getattr(strategy, "_checkpoint_io", None) is not None
+        )
         sharded = isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed"))
         if not own_io and not sharded:
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
@@ -213,7 +214,8 @@ class ReafLightningCLI(LightningCLI):
         subcommands have nothing to evaluate and stop.
         """
         dirs = [
-            Path(cb.dirpath) for cb in self.trainer.checkpoint_callbacks
+            Path(cb.dirpath)
+            for cb in self.trainer.checkpoint_callbacks
             if isinstance(cb, ModelCheckpoint) and cb.dirpath
         ]
         found = [p for p in (find_last_checkpoint(d) for d in dirs) if p is not None]
@@ -331,14 +333,18 @@ def _error(message: str) -> None:
 def _preempted(err: SIGTERMException) -> None:
     path = getattr(err, "reaf_checkpoint", None)
     if path is None:
-        print(f"{PROG}: stopped by SIGTERM; no checkpoint was saved by this run",
-              file=sys.stderr, flush=True)
+        print(
+            f"{PROG}: stopped by SIGTERM; no checkpoint was saved by this run",
+            file=sys.stderr,
+            flush=True,
+        )
         return
     epoch, step = err.reaf_progress  # type: ignore[attr-defined]
     print(
         f"{PROG}: preempted by SIGTERM at epoch {epoch}, global step {step}; saved {path}; "
         "resume with --ckpt_path last",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
 
 

@@ -57,6 +57,7 @@ EXIT_USER_ERROR = 2
 EXIT_NONFINITE = 3
 EXIT_PREEMPTED = 128 + 15  # what a shell reports for a process ended by SIGTERM
 
+
 class ConfigError(ValueError):
     """The configuration (YAML files and flags) does not parse; the message is one line."""
 
@@ -112,8 +113,14 @@ def is_user_error(err: BaseException, building: bool) -> bool:
 
     if isinstance(
         err,
-        (ArgumentError, ConfigError, CheckpointError, DatasetNotFoundError, DatasetLayoutError,
-         CorruptImageError),
+        (
+            ArgumentError,
+            ConfigError,
+            CheckpointError,
+            DatasetNotFoundError,
+            DatasetLayoutError,
+            CorruptImageError,
+        ),
     ):
         return True
     if building:
@@ -197,8 +204,12 @@ def _init_args(class_path: str) -> list[str]:
         params = inspect.signature(cls.__init__).parameters
     except (ImportError, AttributeError, ValueError, TypeError):
         return []
-    return [p for p in params if p != "self" and params[p].kind not in (
-        inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    return [
+        p
+        for p in params
+        if p != "self"
+        and params[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
 
 
 def _suggest(leaf: str, valid: Sequence[str], group: str, dashes: str = "") -> str:
@@ -227,9 +238,7 @@ def _unknown_key(key: str, keys: Sequence[str], dashes: str) -> str:
     return _suggest(leaf, siblings, group, dashes)
 
 
-def format_parse_error(
-    message: str, keys: Iterable[str] = (), configs: Sequence[str] = ()
-) -> str:
+def format_parse_error(message: str, keys: Iterable[str] = (), configs: Sequence[str] = ()) -> str:
     """Turn a jsonargparse error message into one line that names the key and what is valid.
 
     Args:

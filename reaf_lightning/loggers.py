@@ -157,8 +157,13 @@ class WandbLogger(_LightningWandbLogger):
                 f"got {init_timeout!r} and {probe_timeout!r}"
             )
         super().__init__(
-            name=name, save_dir=save_dir or "logs", project=project, log_model=log_model,
-            group=group, tags=list(tags) if tags else None, entity=entity,
+            name=name,
+            save_dir=save_dir or "logs",
+            project=project,
+            log_model=log_model,
+            group=group,
+            tags=list(tags) if tags else None,
+            entity=entity,
         )
         self._wandb_init.pop("anonymous", None)  # deprecated in W&B; it only prints a warning
         self._mode: Mode = mode

@@ -169,10 +169,17 @@ class ImageClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         _check_hparams(
-            lr=lr, lr_reference_batch_size=lr_reference_batch_size, momentum=momentum,
-            nesterov=nesterov, weight_decay=weight_decay, schedule=schedule,
-            milestones=milestones, gamma=gamma, step_size=step_size,
-            warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+            lr=lr,
+            lr_reference_batch_size=lr_reference_batch_size,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            milestones=milestones,
+            gamma=gamma,
+            step_size=step_size,
+            warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing,
         )
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy={nan_policy!r} is not one of {', '.join(NAN_POLICIES)}")
@@ -249,9 +256,7 @@ class ImageClassifier(pl.LightningModule):
             return f"the last good checkpoint {last} is kept"
         return "no checkpoint had been saved yet"
 
-    def _nonfinite_loss(
-        self, loss: Tensor, batch_idx: int, saved: list[Tensor] | None
-    ) -> None:
+    def _nonfinite_loss(self, loss: Tensor, batch_idx: int, saved: list[Tensor] | None) -> None:
         """Stop, or skip the batch (restoring the buffers) under ``nan_policy="skip"``."""
         value = loss.detach().float().cpu().item()
         where = self._where(batch_idx)
@@ -278,8 +283,7 @@ class ImageClassifier(pl.LightningModule):
             f"skipping a batch with non-finite training loss ({value}) at {where}; "
             f"{self.skipped_batches} batch(es) skipped so far (model.nan_policy=skip)"
         )
-        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True,
-                 on_epoch=False)
+        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
         return None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -289,7 +293,8 @@ class ImageClassifier(pl.LightningModule):
         ``last.ckpt`` (and the best checkpoint) stay as they were.
         """
         bad = [
-            k for k, v in checkpoint["state_dict"].items()
+            k
+            for k, v in checkpoint["state_dict"].items()
             if v.is_floating_point() and not bool(torch.isfinite(v).all())
         ]
         if bad:
@@ -315,8 +320,11 @@ class ImageClassifier(pl.LightningModule):
         return self(x).softmax(dim=-1)
 
     def _eval_step(
-        self, batch: tuple[Tensor, Tensor], loss_metric: MeanMetric,
-        acc1: MulticlassAccuracy, acc5: MulticlassAccuracy,
+        self,
+        batch: tuple[Tensor, Tensor],
+        loss_metric: MeanMetric,
+        acc1: MulticlassAccuracy,
+        acc5: MulticlassAccuracy,
     ) -> None:
         loss, logits, y = self.model_step(batch)
         # Weighted by batch size, so the epoch loss is the mean over images even when
@@ -332,8 +340,11 @@ class ImageClassifier(pl.LightningModule):
         self._log_eval("test", self.test_loss, self.test_acc1, self.test_acc5)
 
     def _log_eval(
-        self, split: str, loss_metric: MeanMetric,
-        acc1: MulticlassAccuracy, acc5: MulticlassAccuracy,
+        self,
+        split: str,
+        loss_metric: MeanMetric,
+        acc1: MulticlassAccuracy,
+        acc5: MulticlassAccuracy,
     ) -> None:
         """Log loss, top-1/top-5 accuracy and error (fractions in [0, 1]) and reset."""
         a1, a5 = acc1.compute(), acc5.compute()  # already synchronised across processes
@@ -386,7 +397,8 @@ class ImageClassifier(pl.LightningModule):
         """
         with torch.device("meta"):
             meta_net = create_model(
-                self.hparams.arch, num_classes=self.hparams.num_classes,
+                self.hparams.arch,
+                num_classes=self.hparams.num_classes,
                 **(self.hparams.arch_kwargs or {}),
             )
         params = count_parameters(self.net)
@@ -430,9 +442,14 @@ class ImageClassifier(pl.LightningModule):
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum, nesterov=hp.nesterov)
 
         factor = partial(
-            lr_factor, steps_per_epoch=steps_per_epoch, total_steps=int(total_steps),
-            schedule=hp.schedule, warmup_epochs=hp.warmup_epochs,
-            milestones=tuple(hp.milestones), gamma=hp.gamma, step_size=hp.step_size,
+            lr_factor,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=int(total_steps),
+            schedule=hp.schedule,
+            warmup_epochs=hp.warmup_epochs,
+            milestones=tuple(hp.milestones),
+            gamma=hp.gamma,
+            step_size=hp.step_size,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {
@@ -459,22 +476,35 @@ class ImageClassifier(pl.LightningModule):
 
 
 def _check_hparams(
-    *, lr: float, lr_reference_batch_size: int | None, momentum: float, nesterov: bool,
-    weight_decay: float, schedule: str, milestones: Sequence[int], gamma: float,
-    step_size: int, warmup_epochs: float, label_smoothing: float,
+    *,
+    lr: float,
+    lr_reference_batch_size: int | None,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    schedule: str,
+    milestones: Sequence[int],
+    gamma: float,
+    step_size: int,
+    warmup_epochs: float,
+    label_smoothing: float,
 ) -> None:
     """Reject bad optimisation settings at construction, with the offending value named."""
     checks = [
         (lr > 0, f"lr must be > 0, got {lr!r}"),
-        (lr_reference_batch_size is None or lr_reference_batch_size > 0,
-         "lr_reference_batch_size must be a positive int or null, "
-         f"got {lr_reference_batch_size!r}"),
+        (
+            lr_reference_batch_size is None or lr_reference_batch_size > 0,
+            "lr_reference_batch_size must be a positive int or null, "
+            f"got {lr_reference_batch_size!r}",
+        ),
         (0 <= momentum < 1, f"momentum must be in [0, 1), got {momentum!r}"),
         (not nesterov or momentum > 0, "nesterov=True needs momentum > 0, got momentum=0"),
         (weight_decay >= 0, f"weight_decay must be >= 0, got {weight_decay!r}"),
         (schedule in SCHEDULES, f"schedule={schedule!r} is not one of {', '.join(SCHEDULES)}"),
-        (list(milestones) == sorted(milestones) and all(m > 0 for m in milestones),
-         f"milestones must be increasing positive epochs, got {list(milestones)!r}"),
+        (
+            list(milestones) == sorted(milestones) and all(m > 0 for m in milestones),
+            f"milestones must be increasing positive epochs, got {list(milestones)!r}",
+        ),
         (0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma!r}"),
         (step_size > 0, f"step_size must be > 0, got {step_size!r}"),
         (warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {warmup_epochs!r}"),

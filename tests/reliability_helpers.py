@@ -103,7 +103,11 @@ class PauseAt(Callback):
     """
 
     def __init__(
-        self, epoch: int, batch: int, ready_file: str, until_sigterm: bool = False,
+        self,
+        epoch: int,
+        batch: int,
+        ready_file: str,
+        until_sigterm: bool = False,
         max_wait: float = 240.0,
     ) -> None:
         self.epoch, self.batch = epoch, batch
@@ -147,7 +151,11 @@ class PoisonWeights(Callback):
         self.epoch, self.batch = epoch, batch
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
     ) -> None:
         if _at(trainer, self.epoch, batch_idx, self.batch):
@@ -174,7 +182,11 @@ class RecordStep(Callback):
             self._save(pl_module, "before.pt")
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
     ) -> None:
         if _at(trainer, self.epoch, batch_idx, self.batch):

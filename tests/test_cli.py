@@ -24,9 +24,16 @@ from reaf_lightning.loggers import WandbLogger, resolve_wandb_mode
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 TINY = [  # a few batches of digits with a tiny REAF network
-    "--model.arch", "test_reaf_resnet", "--model.arch_kwargs", "{}",
-    "--data.init_args.batch_size", "16",
-    "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
+    "--model.arch",
+    "test_reaf_resnet",
+    "--model.arch_kwargs",
+    "{}",
+    "--data.init_args.batch_size",
+    "16",
+    "--trainer.limit_train_batches",
+    "3",
+    "--trainer.limit_val_batches",
+    "2",
 ]
 
 
@@ -74,8 +81,18 @@ def _offline_runs(root: Path) -> list[Path]:
     ids=["reaf_resnet18", "test_reaf_plus_resnet", "reaf_plus_mobilenet_v2"],
 )
 def test_fast_dev_run_fit(overrides):
-    cli = run(["fit", "--config", QUICKSTART, "--trainer.fast_dev_run", "true",
-               "--data.init_args.batch_size", "4", *overrides])
+    cli = run(
+        [
+            "fit",
+            "--config",
+            QUICKSTART,
+            "--trainer.fast_dev_run",
+            "true",
+            "--data.init_args.batch_size",
+            "4",
+            *overrides,
+        ]
+    )
     metrics = cli.trainer.callback_metrics
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     for key in ("train/loss", "val/loss", "val/acc1", "val/acc5", "val/err1", "val/err5"):
@@ -93,8 +110,18 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         _isolate_wandb(mp, tmp)
         mp.chdir(tmp)
-        cli = run(["fit", "--config", QUICKSTART, "--trainer.max_epochs", "1",
-                   "--trainer.default_root_dir", "logs/run", *TINY])
+        cli = run(
+            [
+                "fit",
+                "--config",
+                QUICKSTART,
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.default_root_dir",
+                "logs/run",
+                *TINY,
+            ]
+        )
         _finish_wandb()
         yield tmp / "logs" / "run", cli
 
@@ -126,8 +153,20 @@ def test_ckpt_path_last_resumes(trained, tmp_path):
     root, _ = trained
     first = torch.load(root / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert (first["epoch"], first["global_step"]) == (0, 3)
-    cli = run(["fit", "--config", QUICKSTART, "--trainer.max_epochs", "2",
-               "--trainer.default_root_dir", str(root), *TINY, "--ckpt_path", "last"])
+    cli = run(
+        [
+            "fit",
+            "--config",
+            QUICKSTART,
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.default_root_dir",
+            str(root),
+            *TINY,
+            "--ckpt_path",
+            "last",
+        ]
+    )
     assert Path(cli.trainer.ckpt_path).name == "last.ckpt"
     assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 6
     _finish_wandb()
@@ -139,8 +178,17 @@ def test_ckpt_path_last_resumes(trained, tmp_path):
 def test_validate_and_test_of_a_checkpoint_agree(trained):
     root, _ = trained
     ckpt = str(root / "checkpoints" / "last.ckpt")
-    common = ["--config", QUICKSTART, *TINY, "--trainer.default_root_dir", "logs/eval",
-              "--trainer.logger", "false", "--ckpt_path", ckpt]
+    common = [
+        "--config",
+        QUICKSTART,
+        *TINY,
+        "--trainer.default_root_dir",
+        "logs/eval",
+        "--trainer.logger",
+        "false",
+        "--ckpt_path",
+        ckpt,
+    ]
     val = run(["validate", *common]).trainer.callback_metrics
     test = run(["test", "--trainer.limit_test_batches", "2", *common]).trainer.callback_metrics
     # digits has no separate test split: the test loader is the validation loader
@@ -150,8 +198,20 @@ def test_validate_and_test_of_a_checkpoint_agree(trained):
 
 def test_predict_from_a_checkpoint(trained):
     root, _ = trained
-    cli = run(["predict", "--config", QUICKSTART, *TINY, "--trainer.limit_predict_batches", "2",
-               "--trainer.logger", "false", "--ckpt_path", str(root / "checkpoints" / "last.ckpt")])
+    cli = run(
+        [
+            "predict",
+            "--config",
+            QUICKSTART,
+            *TINY,
+            "--trainer.limit_predict_batches",
+            "2",
+            "--trainer.logger",
+            "false",
+            "--ckpt_path",
+            str(root / "checkpoints" / "last.ckpt"),
+        ]
+    )
     probs = torch.cat(cli.trainer.predict_loop.predictions)
     assert probs.shape == (32, 10)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(32))
@@ -165,15 +225,29 @@ def test_data_module_swapped_by_class_path_on_a_paper_config(tmp_path):
     from fake_data import write_image_folder
 
     write_image_folder(tmp_path / "images", classes=("a", "b", "c"), n_per_class=2, size=36)
-    cli = run([
-        "fit", "--config", str(REPO / "configs/recipes/cifar100.yaml"),
-        "--config", str(REPO / "configs/table3/reaf_resnet50_c72_72_4-3-4.yaml"),
-        "--data.class_path", "reaf_lightning.data.ImageFolderDataModule",
-        "--data.init_args.root", str(tmp_path / "images"),
-        "--data.init_args.image_size", "32",
-        "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
-        "--trainer.accelerator", "cpu", "--trainer.fast_dev_run", "true",
-    ])
+    cli = run(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/recipes/cifar100.yaml"),
+            "--config",
+            str(REPO / "configs/table3/reaf_resnet50_c72_72_4-3-4.yaml"),
+            "--data.class_path",
+            "reaf_lightning.data.ImageFolderDataModule",
+            "--data.init_args.root",
+            str(tmp_path / "images"),
+            "--data.init_args.image_size",
+            "32",
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.num_workers",
+            "0",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.fast_dev_run",
+            "true",
+        ]
+    )
     assert type(cli.datamodule).__name__ == "ImageFolderDataModule"
     assert cli.model.hparams.arch == "reaf_resnet50"
     assert cli.model.net.fc.out_features == 3  # num_classes linked from the folders
@@ -187,8 +261,12 @@ def test_console_script_prints_config_and_exits_zero():
     script = Path(sys.executable).parent / "reaf-lightning"
     if not script.exists():
         pytest.skip("reaf-lightning is not installed next to this interpreter")
-    out = subprocess.run([str(script), "fit", "--config", QUICKSTART, "--print_config"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(script), "fit", "--config", QUICKSTART, "--print_config"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "arch: reaf_resnet18" in out.stdout and "reaf: 4-3-4" in out.stdout
 

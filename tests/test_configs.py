@@ -86,7 +86,9 @@ def test_paper_config_parses_and_builds(row: PaperRow):
     assert isinstance(logger, WandbLogger)
     init = logger._wandb_init  # what wandb.init will receive
     assert (init["name"], init["group"], init["project"]) == (
-        f"{row.table}/{row.id}", row.table, "reaf-lightning"
+        f"{row.table}/{row.id}",
+        row.table,
+        "reaf-lightning",
     )
 
 
@@ -96,8 +98,11 @@ def test_recipes_are_the_papers():
     model, trainer, data = cifar["model"], cifar["trainer"], cifar["data"]["init_args"]
     assert trainer["max_epochs"] == 200
     assert (model["lr"], model["momentum"], model["weight_decay"]) == (0.1, 0.9, 5e-4)
-    assert (model["schedule"], model["milestones"], model["gamma"]) == ("multistep",
-                                                                       [60, 120, 160], 0.2)
+    assert (model["schedule"], model["milestones"], model["gamma"]) == (
+        "multistep",
+        [60, 120, 160],
+        0.2,
+    )
     assert model["warmup_epochs"] == 1
     assert data["batch_size"] * trainer["devices"] == model["lr_reference_batch_size"] == 128
     assert data["augment"] is True and data["val_split"] == "test"

@@ -71,17 +71,30 @@ def _without_bn(module: nn.Module) -> nn.Module:
 def _trainer(devices: int, **kwargs) -> pl.Trainer:
     strategy = "ddp_spawn" if devices > 1 else "auto"
     return pl.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, **kwargs,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
     )
 
 
 def test_two_process_training_equals_single_process():
     torch.manual_seed(0)
     single = ImageClassifier(
-        "test_reaf_resnet", num_classes=10, lr=0.05, lr_reference_batch_size=8,
-        momentum=0.9, weight_decay=5e-4, schedule="multistep", milestones=[1], gamma=0.5,
+        "test_reaf_resnet",
+        num_classes=10,
+        lr=0.05,
+        lr_reference_batch_size=8,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="multistep",
+        milestones=[1],
+        gamma=0.5,
         warmup_epochs=0.5,
     )
     single.net = _without_bn(single.net)
@@ -108,15 +121,35 @@ def test_cli_fit_with_ddp_strategy_two_processes(tmp_path, monkeypatch):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["NETRC"] = str(tmp_path / "no-netrc")
     common = [
-        "--config", str(REPO / "configs" / "quickstart.yaml"),
-        "--model.arch", "test_reaf_plus_resnet", "--model.arch_kwargs", "{}",
-        "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", "logs/ddp",
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--model.arch",
+        "test_reaf_plus_resnet",
+        "--model.arch_kwargs",
+        "{}",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        "logs/ddp",
     ]
     cmd = [
-        sys.executable, "-m", "reaf_lightning.cli", "fit", *common,
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2", "--data.init_args.batch_size", "8",
+        sys.executable,
+        "-m",
+        "reaf_lightning.cli",
+        "fit",
+        *common,
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--data.init_args.batch_size",
+        "8",
     ]
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -128,8 +161,18 @@ def test_cli_fit_with_ddp_strategy_two_processes(tmp_path, monkeypatch):
 
     # the same 32 validation images in one process: 2 batches of 16 instead of 2 x 2 x 8
     monkeypatch.chdir(tmp_path)
-    single = run(["validate", *common, "--data.init_args.batch_size", "16",
-                  "--trainer.logger", "false", "--ckpt_path", str(ckpt)])
+    single = run(
+        [
+            "validate",
+            *common,
+            "--data.init_args.batch_size",
+            "16",
+            "--trainer.logger",
+            "false",
+            "--ckpt_path",
+            str(ckpt),
+        ]
+    )
     for key in ("val/loss", "val/acc1", "val/acc5", "val/err1", "val/err5"):
         expected = single.trainer.callback_metrics[key].item()
         assert ddp_metrics[key] == pytest.approx(expected, rel=1e-5, abs=1e-6), key

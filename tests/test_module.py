@@ -33,8 +33,13 @@ def _loader(n: int, batch_size: int, seed: int = 0, size: int = 8) -> DataLoader
 
 def _trainer(**kwargs) -> pl.Trainer:
     defaults = dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     return pl.Trainer(**{**defaults, **kwargs})
 
@@ -49,8 +54,9 @@ class _RecordLR(Callback):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def _reference_lrs(schedule: str, base: float, spe: int, epochs: int, warmup_epochs: int,
-                   **kw) -> list[float]:
+def _reference_lrs(
+    schedule: str, base: float, spe: int, epochs: int, warmup_epochs: int, **kw
+) -> list[float]:
     """Per-step lrs from PyTorch's schedulers, stepped the way the recipes describe.
 
     Warm-up (hand-written, linear per iteration, reaching ``base`` on its last step),
@@ -93,8 +99,9 @@ def _reference_lrs(schedule: str, base: float, spe: int, epochs: int, warmup_epo
 )
 def test_lr_per_step_matches_torch_schedulers(schedule, kw):
     epochs, spe, base = 5, 3, 0.1
-    model = ImageClassifier("test_resnet", num_classes=NUM_CLASSES, lr=base, schedule=schedule,
-                            warmup_epochs=1, **kw)
+    model = ImageClassifier(
+        "test_resnet", num_classes=NUM_CLASSES, lr=base, schedule=schedule, warmup_epochs=1, **kw
+    )
     record = _RecordLR()
     _trainer(max_epochs=epochs, callbacks=[record], limit_val_batches=0).fit(
         model, _loader(spe * 4, 4)
@@ -106,17 +113,20 @@ def test_lr_per_step_matches_torch_schedulers(schedule, kw):
 def test_lr_factor_without_warmup_starts_at_full_rate():
     # The ImageNet recipe has no warm-up: the very first step runs at the full lr.
     assert lr_factor(0, 10, 100, "step", warmup_epochs=0, step_size=3, gamma=0.1) == 1.0
-    assert lr_factor(30, 10, 100, "step", warmup_epochs=0, step_size=3, gamma=0.1) == \
-        pytest.approx(0.1)
+    assert lr_factor(30, 10, 100, "step", warmup_epochs=0, step_size=3, gamma=0.1) == pytest.approx(
+        0.1
+    )
 
 
 def test_lr_scales_linearly_with_global_batch():
     # per-device 4 x accumulate 2 = global 8; lr 0.4 is for a global batch of 32.
-    model = ImageClassifier("test_resnet", num_classes=NUM_CLASSES, lr=0.4,
-                            lr_reference_batch_size=32)
+    model = ImageClassifier(
+        "test_resnet", num_classes=NUM_CLASSES, lr=0.4, lr_reference_batch_size=32
+    )
     record = _RecordLR()
-    _trainer(max_steps=1, accumulate_grad_batches=2, callbacks=[record],
-             limit_val_batches=0).fit(model, _loader(16, 4))
+    _trainer(max_steps=1, accumulate_grad_batches=2, callbacks=[record], limit_val_batches=0).fit(
+        model, _loader(16, 4)
+    )
     assert record.lrs[0] == pytest.approx(0.4 * 8 / 32)
 
 
@@ -166,8 +176,9 @@ def test_label_smoothing_reaches_the_loss():
 
 @pytest.mark.parametrize("arch", ["test_resnet", "test_reaf_plus_resnet"])
 def test_no_weight_decay_on_norm_and_bias(arch):
-    model = ImageClassifier(arch, num_classes=NUM_CLASSES, weight_decay=5e-4,
-                            decay_norm_and_bias=False)
+    model = ImageClassifier(
+        arch, num_classes=NUM_CLASSES, weight_decay=5e-4, decay_norm_and_bias=False
+    )
     trainer = _trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(model, _loader(8, 4))
     decay, no_decay = trainer.optimizers[0].param_groups
@@ -178,8 +189,9 @@ def test_no_weight_decay_on_norm_and_bias(arch):
         elif getattr(module, "bias", None) is not None and isinstance(module.bias, nn.Parameter):
             expected_no_decay.add(id(module.bias))
     assert {id(p) for p in no_decay["params"]} == expected_no_decay
-    assert {id(p) for p in decay["params"]} == \
-        {id(p) for p in model.net.parameters()} - expected_no_decay
+    assert {id(p) for p in decay["params"]} == {
+        id(p) for p in model.net.parameters()
+    } - expected_no_decay
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (5e-4, 0.0)
 
 
@@ -193,8 +205,14 @@ def test_decay_everything_by_default_is_one_group():
 
 def test_checkpoint_reloads_with_load_from_checkpoint(tmp_path):
     torch.manual_seed(0)
-    model = ImageClassifier("test_reaf_resnet", {"reaf": "4-3-4"}, num_classes=NUM_CLASSES,
-                            schedule="multistep", milestones=[3], gamma=0.2)
+    model = ImageClassifier(
+        "test_reaf_resnet",
+        {"reaf": "4-3-4"},
+        num_classes=NUM_CLASSES,
+        schedule="multistep",
+        milestones=[3],
+        gamma=0.2,
+    )
     trainer = _trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(model, _loader(8, 4))
     path = tmp_path / "model.ckpt"
@@ -286,4 +304,3 @@ def test_importing_models_does_not_import_lightning():
     code = "import sys, reaf_lightning.models; print('lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-

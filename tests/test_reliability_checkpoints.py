@@ -40,16 +40,28 @@ def _env() -> dict[str, str]:
 
 def _fit(config: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "reaf_lightning.cli", "fit", "--config", str(config), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(), cwd=config.parent)
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=config.parent,
+    )
 
 
 def _pause(ready: Path, epoch: int, batch: int, until_sigterm: bool = False) -> list[str]:
-    return ["--trainer.callbacks+=reliability_helpers.PauseAt",
-            "--trainer.callbacks.init_args.epoch", str(epoch),
-            "--trainer.callbacks.init_args.batch", str(batch),
-            "--trainer.callbacks.init_args.ready_file", str(ready),
-            "--trainer.callbacks.init_args.until_sigterm", str(until_sigterm).lower()]
+    return [
+        "--trainer.callbacks+=reliability_helpers.PauseAt",
+        "--trainer.callbacks.init_args.epoch",
+        str(epoch),
+        "--trainer.callbacks.init_args.batch",
+        str(batch),
+        "--trainer.callbacks.init_args.ready_file",
+        str(ready),
+        "--trainer.callbacks.init_args.until_sigterm",
+        str(until_sigterm).lower(),
+    ]
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 300.0) -> None:
@@ -111,8 +123,10 @@ def test_preempted_then_killed_then_resumed_finishes_the_same_epochs(tmp_path):
     step = BATCHES + 3
     assert code == 143, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("reaf-lightning:")]
-    assert lines == [f"reaf-lightning: preempted by SIGTERM at epoch 1, global step {step}; "
-                     f"saved {last}; resume with --ckpt_path last"]
+    assert lines == [
+        f"reaf-lightning: preempted by SIGTERM at epoch 1, global step {step}; "
+        f"saved {last}; resume with --ckpt_path last"
+    ]
     assert (_ckpt(last)["epoch"], _ckpt(last)["global_step"]) == (1, step)
     assert inspect_checkpoint(last, resume=True).global_step == step  # complete and resumable
 
@@ -146,8 +160,19 @@ def test_last_ckpt_follows_every_epoch_even_without_improvement(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "run"
     config = write_config(tmp_path / "tiny.yaml", tiny_config(root, EPOCHS, BATCHES))
-    cli = run(["fit", "--config", str(config), "--checkpoint.monitor", "epoch",
-               "--checkpoint.mode", "min", "--checkpoint.filename", "best-{epoch}"])
+    cli = run(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--checkpoint.monitor",
+            "epoch",
+            "--checkpoint.mode",
+            "min",
+            "--checkpoint.filename",
+            "best-{epoch}",
+        ]
+    )
     files = sorted(p.name for p in (root / "checkpoints").iterdir())
     assert files == ["best-epoch=0.ckpt", "last.ckpt"]
     last = _ckpt(root / "checkpoints" / "last.ckpt")
@@ -239,8 +264,13 @@ def test_sigkill_mid_write_leaves_the_previous_checkpoint(tmp_path):
     AtomicCheckpointIO().save_checkpoint(_state(1.0), path)
     before = path.read_bytes()
     ready = tmp_path / "writing"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path), str(ready)],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path), str(ready)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(ready, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()

@@ -52,7 +52,7 @@ def _fails(args: list[str], capsys, code: int = 2) -> str:
     lines = [line for line in err.splitlines() if line.startswith("reaf-lightning:")]
     assert len(lines) == 1, err
     assert lines[0].startswith(PREFIX)
-    return lines[0][len(PREFIX):]
+    return lines[0][len(PREFIX) :]
 
 
 @pytest.fixture
@@ -121,12 +121,15 @@ def test_config_parse_errors_are_short(tmp_path, config, capsys):
     assert line == f"--config file not found: '{tmp_path / 'nope.yaml'}'"
 
     line = _fails(["fit", "--config", str(config), "--trainer.max_epohcs", "3"], capsys)
-    assert line.startswith("unknown option --trainer.max_epohcs; did you mean "
-                           "--trainer.max_epochs?")
+    assert line.startswith(
+        "unknown option --trainer.max_epohcs; did you mean --trainer.max_epochs?"
+    )
 
     line = _fails(["fit", "--config", str(config), "--model.schedule", "linear"], capsys)
-    assert line == "model.schedule: got 'linear', expected one of 'constant', 'multistep', " \
-                   "'step', 'cosine'"
+    assert (
+        line == "model.schedule: got 'linear', expected one of 'constant', 'multistep', "
+        "'step', 'cosine'"
+    )
 
 
 def test_data_module_argument_errors_come_from_the_data_module(config, capsys):
@@ -150,8 +153,14 @@ def test_reaf_debug_shows_the_traceback(tmp_path, monkeypatch):
 def test_bugs_keep_their_traceback(config, capsys):
     # A ValueError from inside PyTorch mid-run is not a user error: it is re-raised as is.
     with pytest.raises(ValueError, match="batch_size"):
-        main(["fit", "--config", str(config),
-              "--trainer.callbacks+=reliability_helpers.TorchShapeBug"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                "--trainer.callbacks+=reliability_helpers.TorchShapeBug",
+            ]
+        )
     assert PREFIX not in capsys.readouterr().err
 
 
@@ -162,8 +171,13 @@ def test_console_script_user_error_is_one_line(tmp_path):
     cfg = tiny_config(tmp_path / "run")
     cfg["model"]["arch_kwargs"] = {"reaf": "4-3-5"}
     path = write_config(tmp_path / "bad.yaml", cfg)
-    out = subprocess.run([str(script), "fit", "--config", str(path)], capture_output=True,
-                         text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [str(script), "fit", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2
     assert "Traceback" not in out.stderr + out.stdout
     errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
@@ -176,11 +190,22 @@ def test_console_script_user_error_is_one_line(tmp_path):
 
 def _folder_args(config: Path, root: Path, *extra: str) -> list[str]:
     return [
-        "fit", "--config", str(config),
-        "--data", "reaf_lightning.data.ImageFolderDataModule",
-        "--data.init_args.root", str(root), "--data.init_args.image_size", "16",
-        "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
-        "--data.init_args.verify_cache", "null", *extra,
+        "fit",
+        "--config",
+        str(config),
+        "--data",
+        "reaf_lightning.data.ImageFolderDataModule",
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.image_size",
+        "16",
+        "--data.init_args.batch_size",
+        "4",
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.verify_cache",
+        "null",
+        *extra,
     ]
 
 
@@ -218,10 +243,20 @@ def test_cifar_with_a_missing_batch_file(config, tmp_path, capsys):
     root = tmp_path / "cifar"
     write_cifar100(root, n_train=8, n_test=4)
     (root / "cifar-100-python" / "test").unlink()
-    line = _fails(["fit", "--config", str(config),
-                   "--data", "reaf_lightning.data.CIFAR100DataModule",
-                   "--data.init_args.root", str(root), "--data.init_args.num_workers", "0"],
-                  capsys)
+    line = _fails(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--data",
+            "reaf_lightning.data.CIFAR100DataModule",
+            "--data.init_args.root",
+            str(root),
+            "--data.init_args.num_workers",
+            "0",
+        ],
+        capsys,
+    )
     with pytest.raises(DatasetNotFoundError) as exc:
         CIFAR100DataModule(str(root)).prepare_data()
     assert line == str(exc.value)
@@ -252,8 +287,9 @@ def test_corrupt_image_is_skipped_and_named_during_a_short_fit(config, folder_wi
     assert cli.trainer.global_step == 2  # 7 files (6 readable) in batches of 4: 2 steps
 
 
-def test_corrupt_image_refused_at_setup_with_on_corrupt_error(config, folder_with_a_corrupt_image,
-                                                             tmp_path, capsys):
+def test_corrupt_image_refused_at_setup_with_on_corrupt_error(
+    config, folder_with_a_corrupt_image, tmp_path, capsys
+):
     root, bad = folder_with_a_corrupt_image
     line = _fails(_folder_args(config, root, "--data.init_args.on_corrupt", "error"), capsys)
     assert str(bad) in line and "on_corrupt" in line
@@ -318,19 +354,52 @@ def test_incompatible_checkpoint_names_the_mismatch(config, checkpoint, tmp_path
 
 def test_ckpt_path_last_with_a_changed_model(config, checkpoint, capsys):
     root = checkpoint.parent.parent
-    line = _fails(["fit", "--config", str(config), "--trainer.default_root_dir", str(root),
-                   "--model.arch", "test_resnet", "--ckpt_path", "last"], capsys)
+    line = _fails(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(root),
+            "--model.arch",
+            "test_resnet",
+            "--ckpt_path",
+            "last",
+        ],
+        capsys,
+    )
     assert line.startswith(f"checkpoint {checkpoint} does not fit model.arch='test_resnet'")
 
 
 def test_ckpt_path_last_without_a_previous_run(config, tmp_path, capsys):
     empty = tmp_path / "fresh"
-    line = _fails(["validate", "--config", str(config), "--trainer.default_root_dir", str(empty),
-                   "--ckpt_path", "last"], capsys)
+    line = _fails(
+        [
+            "validate",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(empty),
+            "--ckpt_path",
+            "last",
+        ],
+        capsys,
+    )
     assert line.startswith(f"--ckpt_path last: no last.ckpt in {empty / 'checkpoints'}")
     # fit starts a new run instead, and says so (the same command line resumes next time)
-    cli = run(["fit", "--config", str(config), "--trainer.default_root_dir", str(empty),
-               "--trainer.max_steps", "1", "--ckpt_path", "last"])
+    cli = run(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(empty),
+            "--trainer.max_steps",
+            "1",
+            "--ckpt_path",
+            "last",
+        ]
+    )
     assert "starting a new run" in capsys.readouterr().err
     assert cli.trainer.ckpt_path is None and cli.trainer.global_step == 1
     assert (empty / "checkpoints" / "last.ckpt").is_file()
@@ -339,8 +408,12 @@ def test_ckpt_path_last_without_a_previous_run(config, tmp_path, capsys):
 def test_reaf_analysis_parse_errors_are_one_line(tmp_path, capsys):
     from analysis.cli import main as analysis_main
 
-    base = ["--model_a.checkpoint", str(tmp_path / "a.ckpt"),
-            "--data.class_path", "reaf_lightning.data.DigitsDataModule"]
+    base = [
+        "--model_a.checkpoint",
+        str(tmp_path / "a.ckpt"),
+        "--data.class_path",
+        "reaf_lightning.data.DigitsDataModule",
+    ]
     for extra, expected in [
         (["--max_batches", "many"], "max_batches: got 'many', expected int or null"),
         (["--reduction", "max"], "reduction: got 'max', expected one of 'mean', 'none'"),
@@ -355,4 +428,5 @@ def test_reaf_analysis_parse_errors_are_one_line(tmp_path, capsys):
         analysis_main([*base, "--data.init_args.batch_size", "0"])
     assert exc.value.code == 1
     assert capsys.readouterr().err.splitlines() == [
-        "reaf-analysis: error: batch_size must be a positive integer, got 0"]
+        "reaf-analysis: error: batch_size must be a positive integer, got 0"
+    ]

@@ -33,9 +33,13 @@ def config(tmp_path) -> Path:
 
 
 def _inject(name: str, epoch: int, batch: int, **extra: object) -> list[str]:
-    args = [f"--trainer.callbacks+=reliability_helpers.{name}",
-            "--trainer.callbacks.init_args.epoch", str(epoch),
-            "--trainer.callbacks.init_args.batch", str(batch)]
+    args = [
+        f"--trainer.callbacks+=reliability_helpers.{name}",
+        "--trainer.callbacks.init_args.epoch",
+        str(epoch),
+        "--trainer.callbacks.init_args.batch",
+        str(batch),
+    ]
     for key, value in extra.items():
         args += [f"--trainer.callbacks.init_args.{key}", str(value)]
     return args
@@ -58,8 +62,9 @@ def _epoch0_checkpoint_is_intact(root: Path) -> None:
     assert files == ["best-epoch=000.ckpt", "last.ckpt"]  # nothing from epoch 1, no temporaries
     last = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (0, BATCHES)
-    assert all(torch.isfinite(v).all() for v in last["state_dict"].values()
-               if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(config, tmp_path, capsys):
@@ -77,8 +82,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(config, tmp_path, cap
 def test_nan_weights_are_never_saved(config, tmp_path, capsys):
     # A NaN weight after the last step of epoch 1: the loss of that step was finite, so only
     # the checkpoint guard can notice before the end-of-epoch checkpoint replaces last.ckpt.
-    line = _stops(["fit", "--config", str(config), *_inject("PoisonWeights", 1, BATCHES - 1)],
-                  capsys)
+    line = _stops(
+        ["fit", "--config", str(config), *_inject("PoisonWeights", 1, BATCHES - 1)], capsys
+    )
     assert line.startswith(
         f"non-finite values in net.conv1.weight at epoch 1, global step {2 * BATCHES}: "
         "not saving this checkpoint"
@@ -89,10 +95,18 @@ def test_nan_weights_are_never_saved(config, tmp_path, capsys):
 def test_skip_policy_skips_the_bad_batch_and_nothing_else(config, tmp_path):
     record = tmp_path / "record"
     with pytest.warns(UserWarning, match="skipping a batch") as warned:
-        cli = run(["fit", "--config", str(config), "--model.nan_policy", "skip",
-                   *_inject("PoisonBatch", 1, 1),
-                   *_inject("RecordStep", 1, 1, out_dir=record / "bad"),
-                   *_inject("RecordStep", 1, 2, out_dir=record / "good")])
+        cli = run(
+            [
+                "fit",
+                "--config",
+                str(config),
+                "--model.nan_policy",
+                "skip",
+                *_inject("PoisonBatch", 1, 1),
+                *_inject("RecordStep", 1, 1, out_dir=record / "bad"),
+                *_inject("RecordStep", 1, 2, out_dir=record / "good"),
+            ]
+        )
     message = next(str(w.message) for w in warned if "skipping a batch" in str(w.message))
     assert f"at epoch 1, global step {BATCHES + 1} (batch 1 of the epoch)" in message
     assert "1 batch(es) skipped so far" in message
@@ -116,12 +130,24 @@ def test_skip_policy_skips_the_bad_batch_and_nothing_else(config, tmp_path):
 
 def test_skip_policy_stops_when_the_model_has_diverged(config, capsys):
     # NaN weights make every later loss NaN: skipping forever would hide the divergence.
-    line = _stops(["fit", "--config", str(config), "--model.nan_policy", "skip",
-                   "--model.max_consecutive_skips", "2", *_inject("PoisonWeights", 0, 0)],
-                  capsys)
-    assert line.startswith("2 consecutive non-finite training losses (last nan at epoch 0, "
-                           "global step 2 (batch 2 of the epoch)): the model has most likely "
-                           "diverged; training stopped and no checkpoint had been saved yet")
+    line = _stops(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--model.nan_policy",
+            "skip",
+            "--model.max_consecutive_skips",
+            "2",
+            *_inject("PoisonWeights", 0, 0),
+        ],
+        capsys,
+    )
+    assert line.startswith(
+        "2 consecutive non-finite training losses (last nan at epoch 0, "
+        "global step 2 (batch 2 of the epoch)): the model has most likely "
+        "diverged; training stopped and no checkpoint had been saved yet"
+    )
 
 
 def test_nan_policy_is_validated(config, capsys):

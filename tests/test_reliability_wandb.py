@@ -45,31 +45,45 @@ def test_no_network_and_no_credentials_means_offline_not_failure(tmp_path):
     isolate = _network_namespace()
     cases = {
         "no_credentials": ({}, "no W&B credentials for api.wandb.ai"),
-        "key_but_no_network": ({"WANDB_API_KEY": "local-" + "0" * 40},
-                               "is not reachable"),
+        "key_but_no_network": ({"WANDB_API_KEY": "local-" + "0" * 40}, "is not reachable"),
     }
     procs = {}
     for name, (extra, _) in cases.items():
         home = tmp_path / name / "home"
         home.mkdir(parents=True)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("WANDB_") and k not in ("NETRC", "REAF_DEBUG")}
-        env.update(HOME=str(home), NETRC=str(home / "no-netrc"),
-                   WANDB_CONFIG_DIR=str(home / "wandb-config"),
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS),
-                                                            os.environ.get("PYTHONPATH")])),
-                   **extra)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("WANDB_") and k not in ("NETRC", "REAF_DEBUG")
+        }
+        env.update(
+            HOME=str(home),
+            NETRC=str(home / "no-netrc"),
+            WANDB_CONFIG_DIR=str(home / "wandb-config"),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+            **extra,
+        )
         if not isolate and extra:
             env["WANDB_BASE_URL"] = f"http://127.0.0.1:{_closed_port()}"
         root = tmp_path / name / "run"
         cfg = tiny_config(root, max_epochs=1)
-        cfg["trainer"]["logger"] = {"class_path": "reaf_lightning.loggers.WandbLogger",
-                                    "init_args": {"project": "reaf-lightning", "name": name}}
+        cfg["trainer"]["logger"] = {
+            "class_path": "reaf_lightning.loggers.WandbLogger",
+            "init_args": {"project": "reaf-lightning", "name": name},
+        }
         config = write_config(tmp_path / name / "tiny.yaml", cfg)
-        cmd = [*isolate, sys.executable, "-m", "reaf_lightning.cli", "fit",
-               "--config", str(config)]
-        procs[name] = (root, subprocess.Popen(cmd, cwd=tmp_path / name, env=env, text=True,
-                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        cmd = [*isolate, sys.executable, "-m", "reaf_lightning.cli", "fit", "--config", str(config)]
+        procs[name] = (
+            root,
+            subprocess.Popen(
+                cmd,
+                cwd=tmp_path / name,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ),
+        )
     for name, (root, proc) in procs.items():
         try:
             out, err = proc.communicate(timeout=300)  # a hang fails here

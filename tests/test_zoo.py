@@ -59,8 +59,13 @@ def test_flops_ratio_tracks_paper(table) -> None:
 
 @pytest.mark.parametrize(
     "reaf,free,expected",
-    [("4-3-4", False, (72, 72)), ("2-1-2", False, (80, 80)), ("6-1-6", False, (102, 102)),
-     ("16-15-16", False, (64, 64)), ("8-4-70", True, (88, 70))],
+    [
+        ("4-3-4", False, (72, 72)),
+        ("2-1-2", False, (80, 80)),
+        ("6-1-6", False, (102, 102)),
+        ("16-15-16", False, (64, 64)),
+        ("8-4-70", True, (88, 70)),
+    ],
 )
 def test_solver_recovers_paper_widths(reaf, free, expected) -> None:
     """The paper chose these widths by hand to keep ResNet50's FLOPs; the solver finds them."""
@@ -69,17 +74,20 @@ def test_solver_recovers_paper_widths(reaf, free, expected) -> None:
 
 
 def test_solver_rows_in_data_file_are_reproducible() -> None:
-    """Table 3 widths marked 'solver' are exactly what scripts/solve_table3_widths.py's rule gives."""
+    """Table 3 'solver' widths are exactly what scripts/solve_table3_widths.py's rule gives."""
     rows = [r for r in paper_rows("table3") if r.width_source == "solver"]
     assert len(rows) == 23
     for row in rows:
         reaf = row.kwargs["reaf"]
         solution = solve_width("reaf_resnet50", reaf, "resnet50")
         if abs(solution.relative_difference) > 0.02:
-            solution = solve_width("reaf_resnet50", reaf, "resnet50", free_out_width=True,
-                                   tolerance=0.02)
-        assert (solution.width, solution.out_width) == (row.kwargs["width"],
-                                                        row.kwargs["out_width"]), reaf
+            solution = solve_width(
+                "reaf_resnet50", reaf, "resnet50", free_out_width=True, tolerance=0.02
+            )
+        assert (solution.width, solution.out_width) == (
+            row.kwargs["width"],
+            row.kwargs["out_width"],
+        ), reaf
 
 
 def test_solver_is_optimal_on_its_grid() -> None:
@@ -87,8 +95,15 @@ def test_solver_is_optimal_on_its_grid() -> None:
     target = model_cost("resnet50", "macs", (3, 32, 32), stem="cifar", num_classes=100)
 
     def gap(width: int) -> int:
-        cost = model_cost("reaf_resnet50", "macs", (3, 32, 32), stem="cifar", num_classes=100,
-                          reaf="6-1-6", width=width)
+        cost = model_cost(
+            "reaf_resnet50",
+            "macs",
+            (3, 32, 32),
+            stem="cifar",
+            num_classes=100,
+            reaf="6-1-6",
+            width=width,
+        )
         return abs(cost - target)
 
     best = min(range(66, 140, 6), key=gap)  # C % lcm(6, 6) == 0, around the optimum
