@@ -173,13 +173,13 @@ def test_auto_does_not_time_tiny_calls() -> None:
     layer = REAFConv2d(16, 16, 3, 4, 3)
     x = torch.randn(2, 16, 6, 6)
     assert layer._useful_macs(x) == 2 * 16 * 36 * 12 * 9  # by hand: N * C_out * HW * M * k^2
-    assert layer.resolved_impl(x) == resolve_auto_impl(layer.spec, 3, "cpu") and not cache
+    assert layer.resolved_impl(x) == resolve_auto_impl(layer.spec, "cpu") and not cache
 
 
 def test_auto_fallback_rule_when_timing_is_not_allowed() -> None:
     """Deterministic mode (and compile/meta) never time: a fixed rule decides."""
-    assert resolve_auto_impl(parse_reaf("4-3-4"), 3, "cpu") == "masked"
-    assert resolve_auto_impl(parse_reaf("8-1-8"), 3, "cpu") == "gather"
+    assert resolve_auto_impl(parse_reaf("4-3-4"), "cpu") == "masked"
+    assert resolve_auto_impl(parse_reaf("8-1-8"), "cpu") == "gather"
     layer = REAFConv2d(16, 16, 3, 8, 1)
     torch.use_deterministic_algorithms(True)
     try:

@@ -118,7 +118,7 @@ def parse_reaf(reaf: str | Sequence[int] | REAFSpec) -> REAFSpec:
     raise ValueError(f"REAF setting {reaf!r} must be a 'G_I-G_M-G_O' string or a 2/3-tuple of ints")
 
 
-def resolve_auto_impl(spec: REAFSpec, kernel_size: int, device_type: str) -> str:
+def resolve_auto_impl(spec: REAFSpec, device_type: str) -> str:
     """The strategy ``auto`` falls back to when it cannot time candidates.
 
     Used under ``torch.compile`` tracing, on the meta device and when
@@ -288,7 +288,7 @@ class REAFConv2d(nn.Module):
         if self.impl != "auto":
             return self.impl
         if not _can_autotune(x) or self._useful_macs(x) < AUTOTUNE_MIN_MACS:
-            return resolve_auto_impl(self.spec, self.kernel_size, x.device.type)
+            return resolve_auto_impl(self.spec, x.device.type)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         key = (
             self.in_channels,
