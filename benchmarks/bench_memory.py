@@ -10,7 +10,9 @@ allocator has nothing cached yet).
     python benchmarks/bench_memory.py [--batch 32] [--device cpu]
 
 Target: REAF (auto) <= 1.10x ResNet50. ``gather`` stores a G_M-times copy of each
-REAF conv's input for backward; ``masked`` stores one dense weight per conv.
+REAF conv's input for backward; ``masked`` stores one dense weight per conv
+(both avoided by the recomputing autograd functions); ``decompose`` keeps only the
+input and compact weight, but builds a transient G_M-times copy of the output.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ CONFIGS = {
     "reaf 4-3-4 auto": ("reaf_resnet50", {"width": 72, "reaf": "4-3-4", "impl": "auto"}),
     "reaf 4-3-4 masked": ("reaf_resnet50", {"width": 72, "reaf": "4-3-4", "impl": "masked"}),
     "reaf 4-3-4 gather": ("reaf_resnet50", {"width": 72, "reaf": "4-3-4", "impl": "gather"}),
+    "reaf 4-3-4 decompose": ("reaf_resnet50", {"width": 72, "reaf": "4-3-4", "impl": "decompose"}),
     "reaf 4-3-4 loop": ("reaf_resnet50", {"width": 72, "reaf": "4-3-4", "impl": "loop"}),
     "reaf 8-1-8 auto": ("reaf_resnet50", {"width": 112, "reaf": "8-1-8", "impl": "auto"}),
 }

@@ -1,17 +1,19 @@
 """Forward + backward time of every REAF strategy on every distinct REAF layer shape.
 
-For REAF-ResNet50 (4-3-4, C=72) and (8-1-8, C=112) on CIFAR input, each distinct
-(in, out, stride, input size) of the REAF convs is timed with ``masked``,
-``gather``, ``loop`` and a dense ``nn.Conv2d`` of the same channels, interleaved,
+For REAF-ResNet50 (4-3-4, C=72), (8-4-70, C=88, C'=70) and (8-1-8, C=112) on
+CIFAR input, each distinct (in, out, stride, input size) of the REAF convs is
+timed with ``masked``, ``gather``, ``decompose``, ``loop`` and a dense
+``nn.Conv2d`` of the same channels, interleaved,
 median of ``--repeats``. Prints which strategy ``auto`` picks and its time
 relative to the fastest (the target is <= 1.10 on every shape).
 
-    python benchmarks/bench_reaf_conv.py [--batch 64] [--repeats 7] [--device cpu]
+    python benchmarks/bench_reaf_conv.py [--batch 64] [--repeats 7] [--models '8-4-70*']
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from pathlib import Path
 
@@ -24,8 +26,10 @@ from _timing import interleaved_medians, machine_description  # noqa: E402
 from reaf_lightning.layers import REAFConv2d  # noqa: E402
 from reaf_lightning.models import create_model  # noqa: E402
 
+STRATEGIES = ("masked", "gather", "decompose", "loop")
 MODELS = {
     "4-3-4 C=72": {"width": 72, "reaf": "4-3-4"},
+    "8-4-70 C=88": {"width": 88, "out_width": 70, "reaf": "8-4-70"},
     "8-1-8 C=112": {"width": 112, "reaf": "8-1-8"},
 }
 
@@ -58,7 +62,7 @@ def time_shape(
 ) -> dict[str, float]:
     x = torch.randn(batch, layer.in_channels, size, size, device=device, requires_grad=True)
     variants: dict[str, nn.Module] = {}
-    for impl in ("masked", "gather", "loop"):
+    for impl in STRATEGIES:
         v = REAFConv2d(
             layer.in_channels, layer.out_channels, 3, *layer.spec, stride=layer.stride, impl=impl
         ).to(device)
@@ -81,6 +85,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", default="*", help=f"glob over {', '.join(MODELS)}")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(
@@ -88,26 +93,30 @@ def main() -> None:
         f"median of {args.repeats} interleaved fwd+bwd"
     )
     print(
-        "| model | REAF conv (in->out, stride, input) | masked ms | gather ms | loop ms "
-        "| dense ms | auto picks | auto / best |"
+        "| model | REAF conv (in->out, stride, input) | "
+        + " | ".join(f"{impl} ms" for impl in STRATEGIES)
+        + " | dense ms | auto picks | auto / best |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|" + "---|" * len(STRATEGIES) + "---|---|---|")
     worst = 0.0
     for name, kwargs in MODELS.items():
+        if not fnmatch.fnmatch(name, args.models):
+            continue
         for layer, size in reaf_layer_shapes(kwargs):
             t = time_shape(layer, size, args.batch, device, args.repeats)
             probe = torch.randn(
                 args.batch, layer.in_channels, size, size, device=device, requires_grad=True
             )
             auto = layer.to(device).resolved_impl(probe)  # autotunes (cached per signature)
-            best = min(t[k] for k in ("masked", "gather", "loop"))
+            best = min(t[k] for k in STRATEGIES)
             ratio = t[auto] / best
             worst = max(worst, ratio)
             ms = {k: f"{v * 1e3:.1f}" for k, v in t.items()}
             print(
                 f"| {name} | {layer.in_channels}->{layer.out_channels}, s{layer.stride}, "
-                f"{size}x{size} | {ms['masked']} | {ms['gather']} | {ms['loop']} | "
-                f"{ms['dense']} | {auto} | {ratio:.2f} |",
+                f"{size}x{size} | "
+                + " | ".join(ms[impl] for impl in STRATEGIES)
+                + f" | {ms['dense']} | {auto} | {ratio:.2f} |",
                 flush=True,
             )
     print(f"\nworst auto / best: {worst:.2f} (target <= 1.10)")

@@ -21,6 +21,7 @@ FAMILIES = {
     "basic_reaf": ("reaf_resnet18", {"base_channels": 8, "width": 8, "reaf": "4-3-4"}),
     "bottleneck_reaf_masked": ("test_reaf_resnet", {"impl": "masked"}),
     "bottleneck_reaf_gather": ("test_reaf_resnet", {"impl": "gather"}),
+    "bottleneck_reaf_decompose": ("test_reaf_resnet", {"impl": "decompose"}),
     "bottleneck_reaf_loop": ("test_reaf_resnet", {"impl": "loop"}),
     "bottleneck_reaf_auto": ("test_reaf_resnet", {"impl": "auto", "reaf": "4-1-4"}),
     "bottleneck_reaf_all": ("test_reaf_resnet", {"reaf_convs": "all", "width": 8}),
@@ -75,7 +76,7 @@ def test_inductor_end_to_end() -> None:
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", ["masked", "gather", "loop", "auto"])
+@pytest.mark.parametrize("impl", ["masked", "gather", "decompose", "loop", "auto"])
 @pytest.mark.parametrize("name", ["test_reaf_resnet", "test_reaf_plus_resnet"])
 def test_channels_last_equals_contiguous(name: str, impl: str) -> None:
     """Training-mode outputs and gradients do not depend on the memory format."""

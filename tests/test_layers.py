@@ -18,7 +18,7 @@ from reaf_lightning.layers import (
     resolve_auto_impl,
 )
 
-IMPLS = ("masked", "gather", "loop")
+IMPLS = ("masked", "gather", "decompose", "loop")
 
 
 def _copy_pair(reaf: REAFConv2d, conv: nn.Conv2d) -> None:
@@ -104,7 +104,9 @@ def test_impls_agree_with_loop_reference(c_in, c_out, k, g_i, g_m, stride) -> No
         torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5, msg=f"impl={impl}")
         y.square().sum().backward()
         grads[impl] = (xi.grad, layer.weight.grad)
-    for impl in ("gather", "loop"):
+        with torch.no_grad():  # the plain-op path torch.compile traces
+            torch.testing.assert_close(layer(x), ref, rtol=1e-4, atol=1e-5, msg=f"impl={impl}")
+    for impl in IMPLS[1:]:
         torch.testing.assert_close(grads[impl][0], grads["masked"][0], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(grads[impl][1], grads["masked"][1], rtol=1e-4, atol=1e-4)
 
@@ -178,12 +180,15 @@ def test_auto_does_not_time_tiny_calls() -> None:
 
 def test_auto_fallback_rule_when_timing_is_not_allowed() -> None:
     """Deterministic mode (and compile/meta) never time: a fixed rule decides."""
-    assert resolve_auto_impl(parse_reaf("4-3-4"), "cpu") == "masked"
-    assert resolve_auto_impl(parse_reaf("8-1-8"), "cpu") == "gather"
+    assert resolve_auto_impl(parse_reaf("4-4-1"), "cpu") == "masked"  # dense: nothing to save
+    assert resolve_auto_impl(parse_reaf("4-3-4"), "cpu") == "decompose"
+    assert resolve_auto_impl(parse_reaf("8-1-8"), "cpu") == "decompose"
+    assert resolve_auto_impl(parse_reaf("4-3-4"), "cuda") == "masked"
+    assert resolve_auto_impl(parse_reaf("8-1-8"), "cuda") == "decompose"
     layer = REAFConv2d(16, 16, 3, 8, 1)
     torch.use_deterministic_algorithms(True)
     try:
-        assert layer.resolved_impl(torch.randn(1, 16, 4, 4)) == "gather"
+        assert layer.resolved_impl(torch.randn(1, 16, 4, 4)) == "decompose"
     finally:
         torch.use_deterministic_algorithms(False)
 
@@ -269,12 +274,13 @@ def test_reaf_plus_extra_parameters() -> None:
         REAFPlusConv2d(32, 63, 1, groups_out=2)
 
 
-@pytest.mark.parametrize("impl", ["masked", "gather"])
-def test_recomputing_backward_passes_gradcheck(impl: str) -> None:
+@pytest.mark.parametrize("impl", ["masked", "gather", "decompose"])
+@pytest.mark.parametrize("c_in,c_out,g_i,g_m", [(6, 6, 3, 2), (8, 12, 4, 2)])
+def test_recomputing_backward_passes_gradcheck(impl: str, c_in, c_out, g_i, g_m) -> None:
     """The memory-lean autograd functions have exact (float64 finite-difference) gradients."""
     torch.manual_seed(5)
-    layer = REAFConv2d(6, 6, 3, 3, 2, stride=2, bias=True, impl=impl).double()
-    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    layer = REAFConv2d(c_in, c_out, 3, g_i, g_m, stride=2, bias=True, impl=impl).double()
+    x = torch.randn(2, c_in, 5, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda inp, w, b: layer._run(impl, inp, w, b), (x, layer.weight, layer.bias)
     )

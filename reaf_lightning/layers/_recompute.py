@@ -142,3 +142,89 @@ class GatherConv2d(torch.autograd.Function):
         if grad_g is not None:  # each input channel feeds G_M combinations: sum their grads
             grad_x = torch.zeros_like(xc).index_add_(1, gather_index, grad_g)
         return *_cast_grads(ctx, grad_x, grad_w, grad_b), None, None, None, None, None
+
+
+def decompose_weight(weight: Tensor, slot_rows: Tensor, g_m: int) -> Tensor:
+    """Compact ``(C_out, G_M * A, k, k)`` weight -> the ``(G_M * C_out, A, k, k)`` grouped weight.
+
+    Row block ``s`` of the result is the ``(B, A, k, k)`` slice of the compact weight
+    that connects input group ``j`` to output group ``o`` for slot ``s = (j, o)``;
+    ``slot_rows[s] = o * G_M + m`` names it, ``m`` being ``j``'s place in ``o``'s combination.
+    """
+    c_out, merged, k, k2 = weight.shape
+    a = merged // g_m
+    g_o = slot_rows.numel() // g_m
+    b = c_out // g_o
+    per_slot = weight.reshape(g_o, b, g_m, a, k, k2).transpose(1, 2).reshape(g_o * g_m, b, a, k, k2)
+    return per_slot.index_select(0, slot_rows).reshape(g_m * c_out, a, k, k2)
+
+
+def sum_partials(partial: Tensor, partial_index: Tensor, g_m: int) -> Tensor:
+    """Output channel ``c`` = sum over ``m`` of ``partial[:, partial_index[m * C_out + c]]``."""
+    c_out = partial_index.numel() // g_m
+    out = partial.index_select(1, partial_index[:c_out])
+    for m in range(1, g_m):
+        out = out + partial.index_select(1, partial_index[m * c_out : (m + 1) * c_out])
+    return out
+
+
+class DecomposedConv2d(torch.autograd.Function):
+    """REAF conv as one ``groups = G_I`` conv plus a sum, saving only ``x`` and the compact weight.
+
+    A convolution is linear in its input channels, so output group ``o`` is the sum
+    over its ``G_M`` input groups ``j`` of ``conv(x_j, W_oj)``. Stacking, per input
+    group ``j``, the ``W_oj`` of every output group that reads ``j`` gives one grouped
+    convolution with ``G_I`` groups of ``A`` inputs each: exactly the REAF FLOPs, in
+    a few wide groups oneDNN/cuDNN handle well. Its ``G_M * C_out`` partial outputs
+    are then summed ``G_M`` at a time. Backward needs no scatter-add: every partial
+    channel feeds exactly one output channel, so its gradient is a gather
+    (``partial_source``), which also keeps this deterministic on CUDA.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        slot_rows: Tensor,
+        partial_index: Tensor,
+        partial_source: Tensor,
+        g_i: int,
+        g_m: int,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+    ) -> Tensor:
+        xc, wc, bc = _cast_and_remember(ctx, x, weight, bias, (stride, padding, dilation))
+        with torch.autocast(x.device.type, enabled=False):
+            grouped = decompose_weight(wc, slot_rows, g_m)
+            partial = torch.nn.functional.conv2d(xc, grouped, None, stride, padding, dilation, g_i)
+            out = sum_partials(partial, partial_index, g_m)
+            if bc is not None:
+                out = out + bc[:, None, None]
+        ctx.save_for_backward(xc, wc, slot_rows, partial_source)
+        ctx.g_i, ctx.g_m = g_i, g_m
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        xc, wc, slot_rows, partial_source = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grouped = decompose_weight(wc, slot_rows, ctx.g_m)
+        grad_partial = grad_out.to(xc.dtype).index_select(1, partial_source)
+        grad_x, grad_grouped, _ = _conv_backward(
+            ctx, grad_partial, xc, grouped, ctx.g_i, [need_x, need_w, False]
+        )
+        grad_w = None
+        if grad_grouped is not None:  # undo decompose_weight: a permutation of (B, A, k, k) blocks
+            c_out, merged, k, k2 = wc.shape
+            a, g_o = merged // ctx.g_m, slot_rows.numel() // ctx.g_m
+            b = c_out // g_o
+            blocks = grad_grouped.reshape(g_o * ctx.g_m, b, a, k, k2)
+            per_slot = blocks.index_select(0, torch.argsort(slot_rows))  # inverse permutation
+            grad_w = per_slot.reshape(g_o, ctx.g_m, b, a, k, k2).transpose(1, 2).reshape_as(wc)
+        grad_b = grad_out.sum((0, 2, 3)) if need_b else None
+        nones = (None,) * 8
+        return *_cast_grads(ctx, grad_x, grad_w, grad_b), *nones

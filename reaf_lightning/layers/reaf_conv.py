@@ -10,7 +10,7 @@ combination ``E_l``, so only ``C_out * G_M * C_in / G_I * k * k`` weights exist.
 Special cases: ``G_M = 1`` (and so ``G_I = G_O = g``) is ``nn.Conv2d(groups=g)``;
 ``1-1-1`` is the dense convolution.
 
-Three execution strategies compute the same function from the same compact
+Four execution strategies compute the same function from the same compact
 parameters; which one is fastest depends on the shape and the device (see
 ``BENCHMARKS.md``):
 
@@ -20,10 +20,16 @@ parameters; which one is fastest depends on the shape and the device (see
 * ``gather``: ``index_select`` the input channels of every combination (a
   ``G_M``-times larger copy of the input) and run one grouped convolution
   with ``groups = G_O``. Exact FLOPs, extra memory.
+* ``decompose``: split the sum over input groups instead of gathering them.
+  Output group ``o`` is ``sum_{j in E_o} conv(x_j, W_oj)``, so one grouped
+  convolution with ``groups = G_I`` (input group ``j`` against the stacked
+  ``W_oj`` of every output group that reads it) yields ``G_M * C_out`` partial
+  outputs, summed ``G_M`` at a time. Exact FLOPs in ``G_I`` wide groups; a
+  transient ``G_M``-times copy of the output, nothing extra kept for backward.
 * ``loop``: one convolution per output group over its gathered input. Exact
-  FLOPs, ``G_O`` kernel launches.
+  FLOPs, ``G_O`` kernel launches; the readable reference.
 
-``impl="auto"`` (the default) times the three on the first call with each new
+``impl="auto"`` (the default) times the four on the first call with each new
 input signature, like ``torch.backends.cudnn.benchmark``, and caches the winner.
 """
 
@@ -38,7 +44,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reaf_lightning.layers._recompute import GatherConv2d, MaskedConv2d, scatter_dense
+from reaf_lightning.layers._recompute import (
+    DecomposedConv2d,
+    GatherConv2d,
+    MaskedConv2d,
+    decompose_weight,
+    scatter_dense,
+    sum_partials,
+)
 
 __all__ = [
     "REAF_IMPLS",
@@ -49,7 +62,7 @@ __all__ = [
     "resolve_auto_impl",
 ]
 
-REAF_IMPLS = ("auto", "masked", "gather", "loop")
+REAF_IMPLS = ("auto", "masked", "gather", "decompose", "loop")
 
 
 class REAFSpec(tuple):
@@ -121,17 +134,19 @@ def parse_reaf(reaf: str | Sequence[int] | REAFSpec) -> REAFSpec:
 def resolve_auto_impl(spec: REAFSpec, device_type: str) -> str:
     """The strategy ``auto`` falls back to when it cannot time candidates.
 
-    Used under ``torch.compile`` tracing, on the meta device and when
-    deterministic algorithms are requested (a timing-dependent choice would make
-    runs differ in the last bits). The rule follows the measurements in
-    BENCHMARKS.md: ``masked`` wastes ``G_I / G_M`` of its FLOPs but runs the
-    best-tuned kernel, and wins while that waste is at most 2x (4x on CUDA);
-    sparser settings use the grouped convolution of ``gather``.
+    Used under ``torch.compile`` tracing, on the meta device, when deterministic
+    algorithms are requested (a timing-dependent choice would make runs differ in
+    the last bits) and for calls too small to time. On the CPU the rule follows
+    BENCHMARKS.md: ``decompose`` (exact FLOPs in ``G_I`` wide groups) was fastest or
+    within a few percent on every REAF-ResNet50 layer shape of Table 3. On CUDA,
+    where no measurement exists yet, dense kernels are assumed to stay ahead while
+    ``masked`` wastes at most 4x (G_M / G_I >= 1/4).
     """
     if spec.g_m == spec.g_i:
         return "masked"  # a dense convolution: every strategy is the same work
-    density = spec.g_m / spec.g_i
-    return "masked" if density >= (0.25 if device_type == "cuda" else 0.5) else "gather"
+    if device_type == "cuda" and spec.g_m / spec.g_i >= 0.25:
+        return "masked"
+    return "decompose"
 
 
 _AUTOTUNE_CACHE: dict[tuple, str] = {}
@@ -157,6 +172,44 @@ def _can_autotune(x: Tensor) -> bool:
     )
 
 
+def _decomposition_indices(
+    combinations: Sequence[tuple[int, ...]], out_per_group: int
+) -> dict[str, Tensor]:
+    """Index tensors of the ``decompose`` strategy.
+
+    A *slot* is an (input group ``j``, output group ``o`` reading ``j``) pair; slots
+    are ordered by ``j``, then ``o``, because a ``groups = G_I`` convolution must
+    produce the partial outputs of input group ``j`` as one contiguous block. With
+    ``m`` = the place of ``j`` in combination ``o`` and ``B`` = ``out_per_group``:
+
+    * ``slot_rows[s] = o * G_M + m``: the compact-weight block slot ``s`` uses;
+    * ``partial_index[m * C_out + o * B + b]``: the partial channel holding the
+      ``m``-th term of output channel ``o * B + b`` (forward gathers and sums);
+    * ``partial_source[s * B + b] = o * B + b``: the output channel partial channel
+      ``s * B + b`` feeds (backward gathers the output gradient with it).
+    """
+    g_m = len(combinations[0])
+    g_i = max(max(combo) for combo in combinations) + 1
+    slots = [
+        (o, combo.index(j))
+        for j in range(g_i)
+        for o, combo in enumerate(combinations)
+        if j in combo
+    ]
+    slot_of = {pair: s for s, pair in enumerate(slots)}
+    b = torch.arange(out_per_group)
+    partial_index = torch.cat(
+        [slot_of[(o, m)] * out_per_group + b for m in range(g_m) for o in range(len(combinations))]
+    )
+    partial_source = torch.cat([o * out_per_group + b for o, _ in slots])
+    slot_rows = torch.tensor([o * g_m + m for o, m in slots], dtype=torch.long)
+    return {
+        "slot_rows": slot_rows,
+        "partial_index": partial_index,
+        "partial_source": partial_source,
+    }
+
+
 class REAFConv2d(nn.Module):
     """Convolution where each output-channel group sees its own combination of input groups.
 
@@ -171,7 +224,8 @@ class REAFConv2d(nn.Module):
         padding: zero padding; ``None`` means ``dilation * (k - 1) // 2`` ("same" for stride 1).
         dilation: kernel dilation.
         bias: add a learnable bias per output channel.
-        impl: ``"auto"``, ``"masked"``, ``"gather"`` or ``"loop"`` (see module docstring).
+        impl: ``"auto"``, ``"masked"``, ``"gather"``, ``"decompose"`` or ``"loop"`` (see the
+            module docstring).
             All give the same numbers; ``auto`` times them once per input signature and
             keeps the fastest (see :meth:`resolved_impl`).
 
@@ -248,6 +302,8 @@ class REAFConv2d(nn.Module):
             channels.repeat_interleave(self.out_per_group, dim=0),
             persistent=False,
         )
+        for name, index in _decomposition_indices(combos, self.out_per_group).items():
+            self.register_buffer(name, index, persistent=False)
         self.reset_parameters()
 
     @property
@@ -325,9 +381,12 @@ class REAFConv2d(nn.Module):
         x = x.detach().requires_grad_(needs_grad)
         weight = self.weight.detach().requires_grad_(needs_grad)
         bias = None if self.bias is None else self.bias.detach()
-        candidates = ("masked", "gather", "loop") if self.g_m < self.g_i else ("masked",)
-        if len(candidates) == 1:
-            return candidates[0]
+        if self.g_m == self.g_i:
+            return "masked"  # a dense convolution: every strategy is the same work
+        # For G_M = 1, gather and decompose are the same grouped convolution.
+        candidates = ("masked", "decompose", "loop")
+        if self.g_m > 1:
+            candidates += ("gather",)
         sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
 
         def run(impl: str) -> None:
@@ -336,16 +395,22 @@ class REAFConv2d(nn.Module):
                 if needs_grad:
                     torch.autograd.grad(y.sum(), (x, weight))
 
-        times: dict[str, list[float]] = {impl: [] for impl in candidates}
-        for impl in candidates:  # warm-up: first calls allocate and pick kernels
+        def timed(impl: str) -> float:
+            sync()
+            start = time.perf_counter()
             run(impl)
+            sync()
+            return time.perf_counter() - start
+
+        # Warm-up (first calls allocate and pick kernels). A candidate already 3x slower
+        # than the best is not timed again: on a slow strategy (gather over 70 groups)
+        # the repeats would cost seconds per layer shape and could not change the answer.
+        warmup = {impl: timed(impl) for impl in candidates}
+        candidates = tuple(c for c in candidates if warmup[c] <= 3 * min(warmup.values()))
+        times: dict[str, list[float]] = {impl: [] for impl in candidates}
         for _ in range(repeats):
             for impl in candidates:  # interleaved, so load bursts hit every candidate
-                sync()
-                start = time.perf_counter()
-                run(impl)
-                sync()
-                times[impl].append(time.perf_counter() - start)
+                times[impl].append(timed(impl))
         # Minimum, not median: background load only ever adds time (as timeit argues).
         return min(candidates, key=lambda impl: min(times[impl]))
 
@@ -382,6 +447,19 @@ class REAFConv2d(nn.Module):
                     x, weight, bias, self.gather_index, self.g_o, *pair, dilation
                 )
             return self._conv(x.index_select(1, self.gather_index), weight, bias, groups=self.g_o)
+        if impl == "decompose":
+            if self.g_m == 1:  # one partial per output channel: the grouped conv itself
+                return self._conv(x, weight, bias, groups=self.g_i)
+            if lean:
+                return DecomposedConv2d.apply(
+                    x, weight, bias, self.slot_rows, self.partial_index, self.partial_source,
+                    self.g_i, self.g_m, *pair, dilation,
+                )  # fmt: skip
+            grouped = decompose_weight(weight, self.slot_rows, self.g_m)
+            out = sum_partials(
+                self._conv(x, grouped, None, groups=self.g_i), self.partial_index, self.g_m
+            )
+            return out if bias is None else out + bias[:, None, None]
         b = self.out_per_group
         outputs = []
         for l in range(self.g_o):
