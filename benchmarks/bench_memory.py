@@ -30,6 +30,10 @@ CONFIGS = {
     "reaf 4-3-4 masked": ("reaf_resnet50", {"width": 72, "reaf": "4-3-4", "impl": "masked"}),
     "reaf 4-3-4 gather": ("reaf_resnet50", {"width": 72, "reaf": "4-3-4", "impl": "gather"}),
     "reaf 4-3-4 decompose": ("reaf_resnet50", {"width": 72, "reaf": "4-3-4", "impl": "decompose"}),
+    "reaf 4-3-4 decompose_loop": (
+        "reaf_resnet50",
+        {"width": 72, "reaf": "4-3-4", "impl": "decompose_loop"},
+    ),
     "reaf 4-3-4 loop": ("reaf_resnet50", {"width": 72, "reaf": "4-3-4", "impl": "loop"}),
     "reaf 8-1-8 auto": ("reaf_resnet50", {"width": 112, "reaf": "8-1-8", "impl": "auto"}),
 }

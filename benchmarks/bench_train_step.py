@@ -6,7 +6,7 @@ baseline (baseline, model, baseline, model, ...); the reported ratio is the
 median of the per-pair ratios, so background load cancels out.
 
     python benchmarks/bench_train_step.py                     # all Table 3 rows, CPU, batch 32
-    python benchmarks/bench_train_step.py --rows '*4-3-4' --impls auto,masked,gather,loop
+    python benchmarks/bench_train_step.py --rows '*4-3-4,*8-4-70' --impls auto,gather,loop
     python benchmarks/bench_train_step.py --device cuda --batch 256 --amp bf16 --channels-last
 
 Targets: <= 1.10 for G_M/G_I >= 1/2, <= 1.25 for G_M = 1.
@@ -90,7 +90,7 @@ def paired_ratio(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="*", help="glob over Table 3 row ids")
+    parser.add_argument("--rows", default="*", help="comma-separated globs over Table 3 row ids")
     parser.add_argument("--impls", default="auto", help="comma-separated REAF strategies")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=32, help="input resolution")
@@ -125,7 +125,7 @@ def main() -> None:
         args.channels_last,
     )
     for row in paper_rows("table3"):
-        if row.baseline or not fnmatch.fnmatch(row.id, args.rows):
+        if row.baseline or not any(fnmatch.fnmatch(row.id, g) for g in args.rows.split(",")):
             continue
         spec = parse_reaf(row.kwargs["reaf"])
         # Issue 5: <= 1.10 when G_M/G_I >= 1/2, else <= 1.25 for the G_M = 1 settings.

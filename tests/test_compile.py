@@ -22,6 +22,7 @@ FAMILIES = {
     "bottleneck_reaf_masked": ("test_reaf_resnet", {"impl": "masked"}),
     "bottleneck_reaf_gather": ("test_reaf_resnet", {"impl": "gather"}),
     "bottleneck_reaf_decompose": ("test_reaf_resnet", {"impl": "decompose"}),
+    "bottleneck_reaf_decompose_loop": ("test_reaf_resnet", {"impl": "decompose_loop"}),
     "bottleneck_reaf_loop": ("test_reaf_resnet", {"impl": "loop"}),
     "bottleneck_reaf_auto": ("test_reaf_resnet", {"impl": "auto", "reaf": "4-1-4"}),
     "bottleneck_reaf_all": ("test_reaf_resnet", {"reaf_convs": "all", "width": 8}),
@@ -76,7 +77,9 @@ def test_inductor_end_to_end() -> None:
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", ["masked", "gather", "decompose", "loop", "auto"])
+@pytest.mark.parametrize(
+    "impl", ["masked", "gather", "decompose", "decompose_loop", "loop", "auto"]
+)
 @pytest.mark.parametrize("name", ["test_reaf_resnet", "test_reaf_plus_resnet"])
 def test_channels_last_equals_contiguous(name: str, impl: str) -> None:
     """Training-mode outputs and gradients do not depend on the memory format."""

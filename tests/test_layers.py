@@ -18,7 +18,7 @@ from reaf_lightning.layers import (
     resolve_auto_impl,
 )
 
-IMPLS = ("masked", "gather", "decompose", "loop")
+IMPLS = ("masked", "gather", "decompose", "decompose_loop", "loop")
 
 
 def _copy_pair(reaf: REAFConv2d, conv: nn.Conv2d) -> None:
@@ -274,7 +274,7 @@ def test_reaf_plus_extra_parameters() -> None:
         REAFPlusConv2d(32, 63, 1, groups_out=2)
 
 
-@pytest.mark.parametrize("impl", ["masked", "gather", "decompose"])
+@pytest.mark.parametrize("impl", ["masked", "gather", "decompose", "decompose_loop"])
 @pytest.mark.parametrize("c_in,c_out,g_i,g_m", [(6, 6, 3, 2), (8, 12, 4, 2)])
 def test_recomputing_backward_passes_gradcheck(impl: str, c_in, c_out, g_i, g_m) -> None:
     """The memory-lean autograd functions have exact (float64 finite-difference) gradients."""

@@ -159,6 +159,28 @@ def decompose_weight(weight: Tensor, slot_rows: Tensor, g_m: int) -> Tensor:
     return per_slot.index_select(0, slot_rows).reshape(g_m * c_out, a, k, k2)
 
 
+def grouped_partials(
+    x: Tensor, grouped: Tensor, g_i: int, per_group: bool, conv_args: tuple
+) -> Tensor:
+    """The ``G_M * C_out`` partial outputs: ``groups = G_I`` conv, or ``G_I`` dense convs.
+
+    The two compute the same numbers. oneDNN's NCHW grouped convolution runs at
+    about half the speed of the same work split into dense convolutions over channel
+    slices at high resolution, and ahead of them at low resolution, so ``auto`` times
+    both (``decompose`` / ``decompose_loop``).
+    """
+    if not per_group:
+        return torch.nn.functional.conv2d(x, grouped, None, *conv_args, g_i)
+    a, rows = x.shape[1] // g_i, grouped.shape[0] // g_i
+    parts = [
+        torch.nn.functional.conv2d(
+            x[:, j * a : (j + 1) * a], grouped[j * rows : (j + 1) * rows], None, *conv_args
+        )
+        for j in range(g_i)
+    ]
+    return torch.cat(parts, dim=1)
+
+
 def sum_partials(partial: Tensor, partial_index: Tensor, g_m: int) -> Tensor:
     """Output channel ``c`` = sum over ``m`` of ``partial[:, partial_index[m * C_out + c]]``."""
     c_out = partial_index.numel() // g_m
@@ -169,13 +191,14 @@ def sum_partials(partial: Tensor, partial_index: Tensor, g_m: int) -> Tensor:
 
 
 class DecomposedConv2d(torch.autograd.Function):
-    """REAF conv as one ``groups = G_I`` conv plus a sum, saving only ``x`` and the compact weight.
+    """REAF conv as a ``groups = G_I`` conv plus a sum, saving only ``x`` and the compact weight.
 
     A convolution is linear in its input channels, so output group ``o`` is the sum
     over its ``G_M`` input groups ``j`` of ``conv(x_j, W_oj)``. Stacking, per input
     group ``j``, the ``W_oj`` of every output group that reads ``j`` gives one grouped
     convolution with ``G_I`` groups of ``A`` inputs each: exactly the REAF FLOPs, in
-    a few wide groups oneDNN/cuDNN handle well. Its ``G_M * C_out`` partial outputs
+    ``G_I`` wide groups (run as one grouped conv, or ``per_group`` as ``G_I`` dense
+    convs over channel slices: see :func:`grouped_partials`). The ``G_M * C_out`` partial outputs
     are then summed ``G_M`` at a time. Backward needs no scatter-add: every partial
     channel feeds exactly one output channel, so its gradient is a gather
     (``partial_source``), which also keeps this deterministic on CUDA.
@@ -192,19 +215,21 @@ class DecomposedConv2d(torch.autograd.Function):
         partial_source: Tensor,
         g_i: int,
         g_m: int,
+        per_group: bool,
         stride: tuple[int, int],
         padding: tuple[int, int],
         dilation: tuple[int, int],
     ) -> Tensor:
-        xc, wc, bc = _cast_and_remember(ctx, x, weight, bias, (stride, padding, dilation))
+        conv_args = (stride, padding, dilation)
+        xc, wc, bc = _cast_and_remember(ctx, x, weight, bias, conv_args)
         with torch.autocast(x.device.type, enabled=False):
             grouped = decompose_weight(wc, slot_rows, g_m)
-            partial = torch.nn.functional.conv2d(xc, grouped, None, stride, padding, dilation, g_i)
+            partial = grouped_partials(xc, grouped, g_i, per_group, conv_args)
             out = sum_partials(partial, partial_index, g_m)
             if bc is not None:
                 out = out + bc[:, None, None]
         ctx.save_for_backward(xc, wc, slot_rows, partial_source)
-        ctx.g_i, ctx.g_m = g_i, g_m
+        ctx.g_i, ctx.g_m, ctx.per_group = g_i, g_m, per_group
         return out
 
     @staticmethod
@@ -214,9 +239,24 @@ class DecomposedConv2d(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grouped = decompose_weight(wc, slot_rows, ctx.g_m)
         grad_partial = grad_out.to(xc.dtype).index_select(1, partial_source)
-        grad_x, grad_grouped, _ = _conv_backward(
-            ctx, grad_partial, xc, grouped, ctx.g_i, [need_x, need_w, False]
-        )
+        mask = [need_x, need_w, False]
+        if ctx.per_group:  # the backward of each dense conv over its channel slice
+            a, rows = xc.shape[1] // ctx.g_i, grouped.shape[0] // ctx.g_i
+            parts = [
+                _conv_backward(
+                    ctx,
+                    grad_partial[:, j * rows : (j + 1) * rows],
+                    xc[:, j * a : (j + 1) * a],
+                    grouped[j * rows : (j + 1) * rows],
+                    1,
+                    mask,
+                )
+                for j in range(ctx.g_i)
+            ]
+            grad_x = torch.cat([p[0] for p in parts], dim=1) if need_x else None
+            grad_grouped = torch.cat([p[1] for p in parts], dim=0) if need_w else None
+        else:
+            grad_x, grad_grouped, _ = _conv_backward(ctx, grad_partial, xc, grouped, ctx.g_i, mask)
         grad_w = None
         if grad_grouped is not None:  # undo decompose_weight: a permutation of (B, A, k, k) blocks
             c_out, merged, k, k2 = wc.shape
@@ -226,5 +266,5 @@ class DecomposedConv2d(torch.autograd.Function):
             per_slot = blocks.index_select(0, torch.argsort(slot_rows))  # inverse permutation
             grad_w = per_slot.reshape(g_o, ctx.g_m, b, a, k, k2).transpose(1, 2).reshape_as(wc)
         grad_b = grad_out.sum((0, 2, 3)) if need_b else None
-        nones = (None,) * 8
+        nones = (None,) * 9
         return *_cast_grads(ctx, grad_x, grad_w, grad_b), *nones

@@ -10,7 +10,7 @@ combination ``E_l``, so only ``C_out * G_M * C_in / G_I * k * k`` weights exist.
 Special cases: ``G_M = 1`` (and so ``G_I = G_O = g``) is ``nn.Conv2d(groups=g)``;
 ``1-1-1`` is the dense convolution.
 
-Four execution strategies compute the same function from the same compact
+Five execution strategies compute the same function from the same compact
 parameters; which one is fastest depends on the shape and the device (see
 ``BENCHMARKS.md``):
 
@@ -26,10 +26,12 @@ parameters; which one is fastest depends on the shape and the device (see
   ``W_oj`` of every output group that reads it) yields ``G_M * C_out`` partial
   outputs, summed ``G_M`` at a time. Exact FLOPs in ``G_I`` wide groups; a
   transient ``G_M``-times copy of the output, nothing extra kept for backward.
+* ``decompose_loop``: the same, with the grouped convolution run as ``G_I``
+  dense convolutions over channel slices (faster on oneDNN at high resolution).
 * ``loop``: one convolution per output group over its gathered input. Exact
   FLOPs, ``G_O`` kernel launches; the readable reference.
 
-``impl="auto"`` (the default) times the four on the first call with each new
+``impl="auto"`` (the default) times them all on the first call with each new
 input signature, like ``torch.backends.cudnn.benchmark``, and caches the winner.
 """
 
@@ -49,6 +51,7 @@ from reaf_lightning.layers._recompute import (
     GatherConv2d,
     MaskedConv2d,
     decompose_weight,
+    grouped_partials,
     scatter_dense,
     sum_partials,
 )
@@ -62,7 +65,7 @@ __all__ = [
     "resolve_auto_impl",
 ]
 
-REAF_IMPLS = ("auto", "masked", "gather", "decompose", "loop")
+REAF_IMPLS = ("auto", "masked", "gather", "decompose", "decompose_loop", "loop")
 
 
 class REAFSpec(tuple):
@@ -224,8 +227,8 @@ class REAFConv2d(nn.Module):
         padding: zero padding; ``None`` means ``dilation * (k - 1) // 2`` ("same" for stride 1).
         dilation: kernel dilation.
         bias: add a learnable bias per output channel.
-        impl: ``"auto"``, ``"masked"``, ``"gather"``, ``"decompose"`` or ``"loop"`` (see the
-            module docstring).
+        impl: ``"auto"``, ``"masked"``, ``"gather"``, ``"decompose"``, ``"decompose_loop"``
+            or ``"loop"`` (see the module docstring).
             All give the same numbers; ``auto`` times them once per input signature and
             keeps the fastest (see :meth:`resolved_impl`).
 
@@ -385,8 +388,8 @@ class REAFConv2d(nn.Module):
             return "masked"  # a dense convolution: every strategy is the same work
         # For G_M = 1, gather and decompose are the same grouped convolution.
         candidates = ("masked", "decompose", "loop")
-        if self.g_m > 1:
-            candidates += ("gather",)
+        if self.g_m > 1:  # for G_M = 1 these are decompose's and loop's convolutions
+            candidates += ("gather", "decompose_loop")
         sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
 
         def run(impl: str) -> None:
@@ -447,19 +450,21 @@ class REAFConv2d(nn.Module):
                     x, weight, bias, self.gather_index, self.g_o, *pair, dilation
                 )
             return self._conv(x.index_select(1, self.gather_index), weight, bias, groups=self.g_o)
-        if impl == "decompose":
-            if self.g_m == 1:  # one partial per output channel: the grouped conv itself
-                return self._conv(x, weight, bias, groups=self.g_i)
+        if impl == "decompose" and self.g_m == 1:  # one partial per output: a grouped conv
+            return self._conv(x, weight, bias, groups=self.g_i)
+        if impl == "decompose" or (impl == "decompose_loop" and self.g_m > 1):
+            per_group = impl == "decompose_loop"
             if lean:
                 return DecomposedConv2d.apply(
                     x, weight, bias, self.slot_rows, self.partial_index, self.partial_source,
-                    self.g_i, self.g_m, *pair, dilation,
+                    self.g_i, self.g_m, per_group, *pair, dilation,
                 )  # fmt: skip
             grouped = decompose_weight(weight, self.slot_rows, self.g_m)
-            out = sum_partials(
-                self._conv(x, grouped, None, groups=self.g_i), self.partial_index, self.g_m
-            )
+            conv_args = (self.stride, self.padding, self.dilation)
+            partial = grouped_partials(x, grouped, self.g_i, per_group, conv_args)
+            out = sum_partials(partial, self.partial_index, self.g_m)
             return out if bias is None else out + bias[:, None, None]
+        # loop (and decompose_loop for G_M = 1, where the two loops are the same convs)
         b = self.out_per_group
         outputs = []
         for l in range(self.g_o):

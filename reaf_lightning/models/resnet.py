@@ -142,7 +142,7 @@ class ResNet(nn.Module):
         reaf: the REAF setting of the 3x3 conv, or ``None`` for a plain network.
         reaf_convs: ``"middle"`` (the paper's default) or ``"all"`` convs of a block.
         reaf_plus_groups: ``g_O`` of REAF+ on each bottleneck's third conv; ``None`` = off.
-        impl: REAF execution strategy, ``"auto"``, ``"masked"``, ``"gather"`` or ``"loop"``.
+        impl: REAF execution strategy, one of ``REAF_IMPLS`` (default ``"auto"``, timed per layer).
         base_channels: stem width; stage ``s`` outputs ``base * s * expansion``
             channels (64 in every paper model; smaller for tests).
         zero_init_residual: zero the last BN of each block (Goyal et al.); off, as in the paper.
