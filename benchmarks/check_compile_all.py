@@ -27,7 +27,7 @@ def main() -> None:
     print(
         f"# check_compile_all: backend={args.backend}, device={device}, torch {torch.__version__}"
     )
-    print("| model | fullgraph compile + eval forward | max abs diff vs eager | seconds |")
+    print("| model | fullgraph compile + eval forward | max diff / max abs output | seconds |")
     print("|---|---|---|---|")
     failures = 0
     for name in list_models(args.pattern):
@@ -39,8 +39,12 @@ def main() -> None:
         try:
             compiled = torch.compile(copy.deepcopy(model), backend=args.backend, fullgraph=True)
             with torch.no_grad():
-                diff = (compiled(x) - model(x)).abs().max().item()
-            status = "ok" if diff < 1e-3 else "MISMATCH"
+                reference = model(x)
+                # Relative to the output's scale: random-init deep nets in eval mode
+                # (running stats 0/1) produce logits in the hundreds, where fp32
+                # reassociation by a compiler moves the last digits by ~1e-2 absolute.
+                diff = ((compiled(x) - reference).abs().max() / reference.abs().max()).item()
+            status = "ok" if diff < 1e-4 else "MISMATCH"
         except Exception as err:  # report every model, then fail at the end
             status, diff = (
                 f"FAILED: {type(err).__name__}: {str(err).splitlines()[0][:80]}",
