@@ -432,8 +432,9 @@ class REAFConv2d(nn.Module):
         return self._run(self.resolved_impl(x), x, self.weight, self.bias)
 
     def _run(self, impl: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        # Eager autograd would keep the dense weight (masked) or the G_M-times input copy
-        # (gather) alive until backward; the recomputing functions keep neither. Under
+        # Eager autograd would keep the dense weight (masked), the G_M-times input copy
+        # (gather) or the decomposed weight (decompose*) alive until backward; the
+        # recomputing functions keep only the input and the compact weight. Under
         # torch.compile the plain ops are traced and AOTAutograd's partitioner decides.
         lean = not torch.compiler.is_compiling() and torch.is_grad_enabled()
         pair = (self.stride, self.stride), (self.padding, self.padding)
