@@ -171,14 +171,8 @@ def grouped_partials(
     """
     if not per_group:
         return torch.nn.functional.conv2d(x, grouped, None, *conv_args, g_i)
-    a, rows = x.shape[1] // g_i, grouped.shape[0] // g_i
-    parts = [
-        torch.nn.functional.conv2d(
-            x[:, j * a : (j + 1) * a], grouped[j * rows : (j + 1) * rows], None, *conv_args
-        )
-        for j in range(g_i)
-    ]
-    return torch.cat(parts, dim=1)
+    pairs = zip(x.chunk(g_i, dim=1), grouped.chunk(g_i, dim=0))
+    return torch.cat([torch.nn.functional.conv2d(xj, wj, None, *conv_args) for xj, wj in pairs], 1)
 
 
 def sum_partials(partial: Tensor, partial_index: Tensor, g_m: int) -> Tensor:
@@ -188,6 +182,24 @@ def sum_partials(partial: Tensor, partial_index: Tensor, g_m: int) -> Tensor:
     for m in range(1, g_m):
         out = out + partial.index_select(1, partial_index[m * c_out : (m + 1) * c_out])
     return out
+
+
+def decomposed_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    slot_rows: Tensor,
+    partial_index: Tensor,
+    g_i: int,
+    g_m: int,
+    per_group: bool,
+    conv_args: tuple,
+) -> Tensor:
+    """The ``decompose`` strategy in plain ops: what ``torch.compile`` traces and what
+    :class:`DecomposedConv2d` runs in forward."""
+    grouped = decompose_weight(weight, slot_rows, g_m)
+    out = sum_partials(grouped_partials(x, grouped, g_i, per_group, conv_args), partial_index, g_m)
+    return out if bias is None else out + bias[:, None, None]
 
 
 class DecomposedConv2d(torch.autograd.Function):
@@ -223,11 +235,9 @@ class DecomposedConv2d(torch.autograd.Function):
         conv_args = (stride, padding, dilation)
         xc, wc, bc = _cast_and_remember(ctx, x, weight, bias, conv_args)
         with torch.autocast(x.device.type, enabled=False):
-            grouped = decompose_weight(wc, slot_rows, g_m)
-            partial = grouped_partials(xc, grouped, g_i, per_group, conv_args)
-            out = sum_partials(partial, partial_index, g_m)
-            if bc is not None:
-                out = out + bc[:, None, None]
+            out = decomposed_conv2d(
+                xc, wc, bc, slot_rows, partial_index, g_i, g_m, per_group, conv_args
+            )
         ctx.save_for_backward(xc, wc, slot_rows, partial_source)
         ctx.g_i, ctx.g_m, ctx.per_group = g_i, g_m, per_group
         return out
@@ -241,18 +251,12 @@ class DecomposedConv2d(torch.autograd.Function):
         grad_partial = grad_out.to(xc.dtype).index_select(1, partial_source)
         mask = [need_x, need_w, False]
         if ctx.per_group:  # the backward of each dense conv over its channel slice
-            a, rows = xc.shape[1] // ctx.g_i, grouped.shape[0] // ctx.g_i
-            parts = [
-                _conv_backward(
-                    ctx,
-                    grad_partial[:, j * rows : (j + 1) * rows],
-                    xc[:, j * a : (j + 1) * a],
-                    grouped[j * rows : (j + 1) * rows],
-                    1,
-                    mask,
-                )
-                for j in range(ctx.g_i)
-            ]
+            slices = zip(
+                grad_partial.chunk(ctx.g_i, dim=1),
+                xc.chunk(ctx.g_i, dim=1),
+                grouped.chunk(ctx.g_i, dim=0),
+            )
+            parts = [_conv_backward(ctx, g, xj, wj, 1, mask) for g, xj, wj in slices]
             grad_x = torch.cat([p[0] for p in parts], dim=1) if need_x else None
             grad_grouped = torch.cat([p[1] for p in parts], dim=0) if need_w else None
         else:

@@ -50,10 +50,8 @@ from reaf_lightning.layers._recompute import (
     DecomposedConv2d,
     GatherConv2d,
     MaskedConv2d,
-    decompose_weight,
-    grouped_partials,
+    decomposed_conv2d,
     scatter_dense,
-    sum_partials,
 )
 
 __all__ = [
@@ -386,9 +384,8 @@ class REAFConv2d(nn.Module):
         bias = None if self.bias is None else self.bias.detach()
         if self.g_m == self.g_i:
             return "masked"  # a dense convolution: every strategy is the same work
-        # For G_M = 1, gather and decompose are the same grouped convolution.
         candidates = ("masked", "decompose", "loop")
-        if self.g_m > 1:  # for G_M = 1 these are decompose's and loop's convolutions
+        if self.g_m > 1:  # for G_M = 1 they run decompose's and loop's convolutions
             candidates += ("gather", "decompose_loop")
         sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
 
@@ -460,11 +457,11 @@ class REAFConv2d(nn.Module):
                     x, weight, bias, self.slot_rows, self.partial_index, self.partial_source,
                     self.g_i, self.g_m, per_group, *pair, dilation,
                 )  # fmt: skip
-            grouped = decompose_weight(weight, self.slot_rows, self.g_m)
             conv_args = (self.stride, self.padding, self.dilation)
-            partial = grouped_partials(x, grouped, self.g_i, per_group, conv_args)
-            out = sum_partials(partial, self.partial_index, self.g_m)
-            return out if bias is None else out + bias[:, None, None]
+            return decomposed_conv2d(
+                x, weight, bias, self.slot_rows, self.partial_index, self.g_i, self.g_m,
+                per_group, conv_args,
+            )  # fmt: skip
         # loop (and decompose_loop for G_M = 1, where the two loops are the same convs)
         b = self.out_per_group
         outputs = []
