@@ -28,7 +28,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-__all__ = ["EveryEpochLastCheckpoint", "PreemptionCheckpoint"]
+__all__ = ["EveryEpochLastCheckpoint", "PreemptionCheckpoint", "standard_callbacks"]
 
 
 class EveryEpochLastCheckpoint(ModelCheckpoint):
@@ -98,3 +98,12 @@ class PreemptionCheckpoint(Callback):
             dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
         name = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
         return Path(dirpath) / name
+
+
+def standard_callbacks() -> list[Callback]:
+    """The callbacks every ``reaf-lightning`` run gets, in addition to those of its config.
+
+    ``reaf-lightning`` passes them as LightningCLI ``trainer_defaults``, which
+    Lightning appends to the configured ``trainer.callbacks``.
+    """
+    return [PreemptionCheckpoint()]
