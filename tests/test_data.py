@@ -24,6 +24,7 @@ from reaf_lightning.data import (
     DatasetNotFoundError,
     DigitsDataModule,
     apply_crop_flip,
+    load_cifar100_split,
     normalize_uint8,
     sample_crop_flip_params,
 )
@@ -188,6 +189,15 @@ def test_cifar_reads_pickles_shapes_labels_and_pixels(cifar_root):
     xt, yt = next(iter(dm.train_dataloader()))
     assert xt.shape == (8, 3, 32, 32) and yt.shape == (8,)
     assert set(yt.tolist()) <= set(written["train"][b"fine_labels"])
+
+
+def test_cifar_reads_protocol_2_pickles_like_the_official_files(tmp_path):
+    written = write_cifar100(tmp_path, n_train=4, n_test=3, protocol=2)
+    test_file = tmp_path / "cifar-100-python" / "test"  # as numpy < 2 names its functions:
+    test_file.write_bytes(test_file.read_bytes().replace(b"numpy._core.", b"numpy.core."))
+    images, labels = load_cifar100_split(tmp_path, "test")
+    assert labels.tolist() == written["test"][b"fine_labels"]
+    assert np.array_equal(images[2], _row_to_image(written["test"][b"data"][2]))
 
 
 def test_cifar_val_split_fraction_holds_out_train_images(cifar_root):

@@ -89,13 +89,13 @@ class _ArrayUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),  # files pickled with numpy < 2
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> object:
-        module = module.replace("numpy.core.", "numpy._core.")  # files pickled by numpy < 2
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"it holds a '{module}.{name}' object, not image arrays")
         return super().find_class(module, name)
