@@ -25,7 +25,6 @@ follows; anything else is refused, naming the file and the mode:
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from collections.abc import Sequence
@@ -111,7 +110,7 @@ def load_rgb(path: str) -> Image.Image:
 
 
 def _entries(directory: str) -> list[os.DirEntry[str]]:
-    """A folder's entries by name; unreadable folders and symlink loops as one-line errors."""
+    """A folder's entries, sorted by name; an unreadable folder is a one-line error."""
     try:
         with os.scandir(directory) as it:
             return sorted(it, key=lambda entry: entry.name)
@@ -119,17 +118,16 @@ def _entries(directory: str) -> list[os.DirEntry[str]]:
         raise DatasetPermissionError(
             f"cannot list folder '{directory}': permission denied"
         ) from err
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise DatasetLayoutError(f"'{directory}' is a symlink loop") from err
-        raise
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_dir()`` (following links), its errors (a link to itself ...) as one line."""
     try:
         return entry.is_dir()
     except PermissionError as err:
         raise DatasetPermissionError(f"cannot inspect '{entry.path}': permission denied") from err
+    except OSError as err:
+        raise DatasetLayoutError(f"cannot inspect '{entry.path}': {err.strerror}") from err
 
 
 def _image_files(class_dir: str) -> list[str]:
