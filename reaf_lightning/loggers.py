@@ -145,7 +145,8 @@ def start_wandb_run(
         init_timeout: seconds ``wandb.init`` may wait for the server online
             before the run goes offline.
         **init_kwargs: any other ``wandb.init`` argument (``project``, ``name``,
-            ``dir``, ``id``, ``resume``, ``group``, ``tags``, ``config``...).
+            ``dir``, ``id``, ``resume``, ``group``, ``tags``, ``config``...);
+            ``reinit`` defaults to ``"finish_previous"``.
 
     Returns:
         The run and the mode it runs in.
@@ -156,12 +157,16 @@ def start_wandb_run(
     if init_kwargs.get("dir"):
         Path(init_kwargs["dir"]).mkdir(parents=True, exist_ok=True)  # else W&B uses /tmp
     settings = wandb.Settings(init_timeout=init_timeout)
+    # A new start in the same process (notebooks, tests, successive CLI calls) is a new
+    # session; W&B's default outside notebooks would silently return the previous run.
+    init_kwargs.setdefault("reinit", "finish_previous")
     try:
         run = wandb.init(mode=resolved, settings=settings, **init_kwargs)
     except Exception as err:  # W&B raises several types (CommError, UsageError, timeouts)
         if resolved != "online":
             raise
         rank_zero_warn(f"wandb.init failed online ({type(err).__name__}: {err}); going offline")
+        wandb.teardown()  # the W&B service still holds the run id of the failed start
         resolved, reason = "offline", "wandb.init failed online"
         run = wandb.init(mode=resolved, settings=settings, **init_kwargs)
     if resolved == "offline":
