@@ -64,6 +64,15 @@ class EveryEpochLastCheckpoint(ModelCheckpoint):
     parent checkpoints at), ``last.ckpt`` is written unless the parent already
     wrote a checkpoint at this global step. ``save_last="link"`` is left to the
     parent.
+
+    Private API that remains, and why: Lightning has no public way to write
+    ``last.ckpt`` outside its top-k logic, so this subclass calls
+    ``ModelCheckpoint._save_last_checkpoint`` with the parent's own checks
+    (``_should_skip_saving_checkpoint``, ``_should_save_on_train_epoch_end``,
+    ``_monitor_candidates``). The alternative, a second ``ModelCheckpoint``
+    without monitor, would write every epoch's weights twice and give
+    ``--ckpt_path last`` two candidates. The CLI's tests on resuming catch a
+    change of these methods.
     """
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
