@@ -255,6 +255,7 @@ class WandbLogger(LightningWandbLogger):
         prefix: prefix of every metric key.
         checkpoint_name: name of the model artifact.
         mode: ``auto``, ``online``, ``offline`` or ``disabled`` (see :func:`start_wandb_run`).
+        offline: Lightning's switch, the same as ``mode="offline"``.
         init_timeout: seconds ``wandb.init`` may wait online before going offline.
         probe_timeout: seconds of the TCP probe of the server in ``auto`` mode.
         **kwargs: any other ``wandb.init`` argument.
@@ -277,6 +278,7 @@ class WandbLogger(LightningWandbLogger):
         prefix: str = "",
         checkpoint_name: str | None = None,
         mode: Mode = "auto",
+        offline: bool = False,
         init_timeout: float = 60.0,
         probe_timeout: float = 3.0,
         **kwargs: Any,
@@ -309,7 +311,7 @@ class WandbLogger(LightningWandbLogger):
             save_dir=save_dir,
             **{k: v for k, v in self._init_kwargs.items() if k != "dir"},
         )
-        self._mode = mode
+        self._mode = "offline" if offline else mode
         self._timeouts = {"init_timeout": init_timeout, "probe_timeout": probe_timeout}
         self.resolved_mode: str | None = None  # set when the run starts
 
