@@ -240,8 +240,10 @@ class WandbLogger(LightningWandbLogger):
 
     Args:
         name: display name of the run (the CLI uses the experiment's name).
-        save_dir: directory that receives ``wandb/``; the CLI sets it to the run
-            directory (``trainer.default_root_dir``) when left ``None``.
+        save_dir: the experiment's run directory, which receives ``wandb/``; the
+            CLI sets it to ``trainer.default_root_dir`` when left ``None``. One
+            directory per experiment: a W&B run recorded there is continued.
+            ``None`` outside the CLI: ``logs``, and always a new run.
         version: alias of ``id``, as in Lightning's logger.
         id: W&B run id; default: the run already recorded in ``save_dir``, else a new one.
         project: W&B project.
@@ -290,12 +292,13 @@ class WandbLogger(LightningWandbLogger):
                 f"init_timeout and probe_timeout must be > 0, "
                 f"got {init_timeout!r} and {probe_timeout!r}"
             )
+        recorded = recorded_run_id(save_dir) if save_dir else None
         save_dir = save_dir or "logs"
         self._init_kwargs: dict[str, Any] = {
             "name": name,
             "project": project,
             "dir": save_dir,
-            "id": id or version or recorded_run_id(save_dir) or uuid.uuid4().hex[:12],
+            "id": id or version or recorded or uuid.uuid4().hex[:12],
             "resume": resume,
             "entity": entity,
             "group": group,

@@ -105,7 +105,7 @@ def test_fit_resume_and_validate_are_one_wandb_run(tmp_path, monkeypatch):
         assert isinstance(record["git_dirty"], bool)
 
 
-def test_the_run_id_is_the_one_recorded_in_the_run_directory(tmp_path):
+def test_the_run_id_is_the_one_recorded_in_the_run_directory(tmp_path, monkeypatch):
     # W&B names its folders [offline-]run-<YYYYmmdd_HHMMSS>-<id>; ids may hold hyphens.
     assert recorded_run_id(tmp_path) is None
     (tmp_path / "wandb" / "run-20260101_120000-older").mkdir(parents=True)
@@ -118,6 +118,10 @@ def test_the_run_id_is_the_one_recorded_in_the_run_directory(tmp_path):
     assert WandbLogger(save_dir=str(tmp_path), id="mine").version == "mine"
     fresh = [WandbLogger(save_dir=str(tmp_path / d)).version for d in ("x", "y")]
     assert fresh[0] != fresh[1] and all(fresh)
+    # Without a run directory (save_dir=None: ./logs, shared by anything) nothing is continued.
+    (tmp_path / "logs" / "wandb" / "run-20260101_120000-shared").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert WandbLogger().version not in ("shared", None)
 
 
 @pytest.mark.slow
