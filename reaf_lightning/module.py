@@ -6,9 +6,9 @@ schedules, and one ``torchmetrics.MetricCollection`` per split reporting what
 the paper reports (top-1/top-5 accuracy and error). The schedules:
 
 * ``multistep`` — x``gamma`` at fixed epochs: the paper's CIFAR-100 recipe
-  (x0.2 at epochs 60, 120, 160);
+  (x0.2 at epochs 60, 120, 160; paper §IV-A);
 * ``step`` — x``gamma`` every ``step_size`` epochs: the paper's ImageNet
-  recipe (x0.1 every 30 epochs);
+  recipe (x0.1 every 30 epochs; paper §IV-B);
 * ``cosine`` — ours, used by the quick start;
 * each after an optional linear per-iteration warm-up (ours: the paper gives
   none; the CIFAR-100 recipe uses one epoch, as the public CIFAR code it
