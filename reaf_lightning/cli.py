@@ -49,7 +49,11 @@ from lightning.pytorch.cli import (
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from reaf_lightning.callbacks import EveryEpochLastCheckpoint, PreemptionCheckpoint
+from reaf_lightning.callbacks import (
+    EveryEpochLastCheckpoint,
+    PreemptionCheckpoint,
+    standard_callbacks,
+)
 from reaf_lightning.checkpointing import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -68,7 +72,8 @@ from reaf_lightning.cli_errors import (
     is_user_error,
     unwrap,
 )
-from reaf_lightning.module import ImageClassifier, NonFiniteTrainingError
+from reaf_lightning.errors import NumericalError
+from reaf_lightning.module import ImageClassifier
 
 __all__ = ["DEBUG_ENV", "DEFAULT_ROOT_DIR", "ReafLightningCLI", "main", "run"]
 
@@ -171,7 +176,7 @@ class ReafLightningCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         callbacks = _as_list(config.get("callbacks"))
         if not any(isinstance(c, PreemptionCheckpoint) for c in callbacks):
-            kwargs.setdefault("callbacks", [*callbacks, PreemptionCheckpoint()])
+            kwargs.setdefault("callbacks", [*callbacks, *standard_callbacks()])
         plugins = _as_list(config.get("plugins"))
         strategy = config.get("strategy", "auto")
         own_io = (
@@ -305,7 +310,7 @@ def main(args: ArgsType = None) -> None:
     except SIGTERMException as err:  # a SystemExit: must come before the generic one
         _preempted(err)
         raise SystemExit(EXIT_PREEMPTED) from None
-    except NonFiniteTrainingError as err:
+    except NumericalError as err:
         if debug:
             raise
         _error(describe_error(err))

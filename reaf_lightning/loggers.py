@@ -1,49 +1,64 @@
-"""Weights & Biases logging that never blocks a training run (issue 3, item 4).
+"""Weights & Biases logging: one W&B run per experiment, and never a blocked training run.
 
-The paper's experiments are long GPU jobs, often on cluster nodes without
-internet access. :class:`WandbLogger` is Lightning's logger with one policy
-added: in ``mode="auto"`` it logs *online* only when W&B credentials exist
-(``WANDB_API_KEY`` or a ``.netrc`` entry for the W&B host) **and** the host
-answers a quick TCP probe; otherwise it writes a real offline run under
-``<save_dir>/wandb/offline-run-*`` that ``wandb sync`` uploads later. An
-online start that still fails (server down, timeout) falls back to offline
-instead of killing the job. ``WANDB_MODE`` (``offline``/``disabled``/``online``)
-always wins, as W&B users expect.
+Not part of the paper; these make its long experiments traceable on clusters:
+
+* **Offline fallback.** :func:`start_wandb_run` (also used by ``reaf-analysis``
+  for its own runs) goes online in ``mode="auto"`` only when W&B credentials
+  exist (``WANDB_API_KEY`` or a ``.netrc`` entry) and the server answers a
+  quick TCP probe; otherwise, or when an online start fails, it writes a real
+  offline run that ``wandb sync`` uploads later. ``WANDB_MODE`` always wins.
+* **One run per experiment.** :class:`WandbLogger` reuses the id of the W&B
+  run already recorded in its ``save_dir`` (the run directory), with
+  ``resume="allow"``: a resumed ``fit`` continues the same W&B run, and
+  ``validate``/``test``/``predict`` of a trained run log into it. A run
+  directory without W&B files gets a new random id *(ours: an id derived from
+  the path alone would merge unrelated runs that happen to share a path, e.g.
+  a deleted and retrained experiment, or two users' ``logs/`` trees)*.
+* **Provenance.** :func:`provenance` — package version, git commit of the
+  package's own source and the command line — is what
+  :class:`~reaf_lightning.callbacks.LogProvenance` records with every stage.
 """
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
+import re
+import shlex
 import socket
+import subprocess
+import sys
 import threading
+import uuid
+import warnings
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-__all__ = ["WandbLogger", "resolve_wandb_mode"]
+from reaf_lightning.errors import ConfigError
+
+__all__ = [
+    "WandbLogger",
+    "provenance",
+    "recorded_run_id",
+    "resolve_wandb_mode",
+    "start_wandb_run",
+]
 
 Mode = Literal["auto", "online", "offline", "disabled"]
 MODES = ("auto", "online", "offline", "disabled")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"W&B mode={mode!r} is not one of {', '.join(MODES)}")
-
-
-def _wandb_host(env: Mapping[str, str]) -> tuple[str, int]:
-    """(host, port) of the W&B server, from ``WANDB_BASE_URL``."""
-    url = urlsplit(env.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return url.hostname or "", port
+#: W&B's run folders: ``[offline-]run-<YYYYmmdd_HHMMSS>-<id>``.
+_RUN_FOLDER = re.compile(r"^(?:offline-)?run-(?P<time>\d{8}_\d{6})-(?P<id>.+)$")
 
 
 def _has_credentials(env: Mapping[str, str], host: str) -> bool:
@@ -51,21 +66,16 @@ def _has_credentials(env: Mapping[str, str], host: str) -> bool:
     if env.get("WANDB_API_KEY"):
         return True
     path = Path(env.get("NETRC") or "~/.netrc").expanduser()
-    if not path.is_file():
-        return False
     try:
-        entry = netrc.netrc(path).authenticators(host)
+        entry = netrc.netrc(path).authenticators(host) if path.is_file() else None
     except (netrc.NetrcParseError, OSError):
         return False
     return bool(entry and entry[2])
 
 
 def _reachable(host: str, port: int, timeout: float) -> bool:
-    """A TCP connection to the W&B server opens within ``timeout`` seconds.
-
-    The attempt runs in a daemon thread so that a slow DNS lookup (which the
-    socket timeout does not cover) cannot hold the training up either.
-    """
+    """A TCP connection opens within ``timeout`` s (in a daemon thread, so a slow DNS
+    lookup, which the socket timeout does not cover, cannot hold the run up either)."""
     result: list[bool] = []
 
     def attempt() -> None:
@@ -92,20 +102,22 @@ def resolve_wandb_mode(
         probe_timeout: seconds the reachability probe may take in ``auto`` mode.
 
     Returns:
-        The mode and a one-line human reason (empty when nothing was decided for the user).
+        The mode and a one-line reason (empty when nothing was decided for the user).
     """
     env = os.environ if env is None else env
-    _check_mode(mode)
+    if mode not in MODES:
+        raise ConfigError(f"W&B mode={mode!r} is not one of {', '.join(MODES)}")
     forced = (env.get("WANDB_MODE") or "").lower()
     if forced in ("offline", "dryrun"):
         return "offline", f"WANDB_MODE={forced}"
     if forced == "disabled":
         return "disabled", "WANDB_MODE=disabled"
-    if forced in ("online", "run") or mode == "online":
+    if forced in ("online", "run"):
         return "online", ""
-    if mode in ("offline", "disabled"):
+    if mode != "auto":
         return mode, ""
-    host, port = _wandb_host(env)
+    url = urlsplit(env.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
     if not _has_credentials(env, host):
         return "offline", f"no W&B credentials for {host} (WANDB_API_KEY or ~/.netrc)"
     if not _reachable(host, port, probe_timeout):
@@ -113,110 +125,218 @@ def resolve_wandb_mode(
     return "online", ""
 
 
-class WandbLogger(_LightningWandbLogger):
-    """Lightning's ``WandbLogger`` that falls back to offline instead of hanging or failing.
+def start_wandb_run(
+    mode: Mode = "auto",
+    *,
+    probe_timeout: float = 3.0,
+    init_timeout: float = 60.0,
+    **init_kwargs: Any,
+) -> tuple[Any, str]:
+    """``wandb.init(**init_kwargs)`` that falls back to offline instead of hanging or failing.
 
-    The decision is taken lazily, when the run is first used (on global rank 0
-    only), so building the logger — e.g. to validate a config — touches
-    neither the network nor the disk.
+    The one place where the package starts W&B runs (training's logger and
+    ``reaf-analysis``), so that both behave the same without credentials or
+    network.
 
     Args:
-        project: W&B project.
-        name: display name of the run (the CLI uses the experiment's name).
-        save_dir: directory that receives ``wandb/``; the CLI sets it to
-            ``trainer.default_root_dir`` when left ``None``.
-        mode: ``auto`` (online when credentials exist and the server answers,
-            else offline), ``online``, ``offline`` or ``disabled``.
-            ``WANDB_MODE`` in the environment overrides it.
-        group: W&B group, e.g. the paper table an experiment belongs to.
-        tags: W&B tags.
-        entity: W&B entity (user or team); ``None`` uses the account default.
-        init_timeout: seconds ``wandb.init`` may wait for the server before the
-            logger gives up and goes offline.
+        mode: ``auto`` (online when credentials exist and the server answers),
+            ``online``, ``offline`` or ``disabled``; ``WANDB_MODE`` overrides it.
         probe_timeout: seconds of the TCP probe of the server in ``auto`` mode.
-        log_model: upload checkpoints as W&B artifacts (online runs only).
+        init_timeout: seconds ``wandb.init`` may wait for the server online
+            before the run goes offline.
+        **init_kwargs: any other ``wandb.init`` argument (``project``, ``name``,
+            ``dir``, ``id``, ``resume``, ``group``, ``tags``, ``config``...);
+            ``reinit`` defaults to ``"finish_previous"``.
+
+    Returns:
+        The run and the mode it runs in.
+    """
+    import wandb
+
+    resolved, reason = resolve_wandb_mode(mode, probe_timeout=probe_timeout)
+    if init_kwargs.get("dir"):
+        Path(init_kwargs["dir"]).mkdir(parents=True, exist_ok=True)  # else W&B uses /tmp
+    settings = wandb.Settings(init_timeout=init_timeout)
+    # A new start in the same process (notebooks, tests, successive CLI calls) is a new
+    # session; W&B's default outside notebooks would silently return the previous run.
+    init_kwargs.setdefault("reinit", "finish_previous")
+    try:
+        run = wandb.init(mode=resolved, settings=settings, **init_kwargs)
+    except Exception as err:  # W&B raises several types (CommError, UsageError, timeouts)
+        if resolved != "online":
+            raise
+        rank_zero_warn(f"wandb.init failed online ({type(err).__name__}: {err}); going offline")
+        wandb.teardown()  # the W&B service still holds the run id of the failed start
+        resolved, reason = "offline", "wandb.init failed online"
+        run = wandb.init(mode=resolved, settings=settings, **init_kwargs)
+    if resolved == "offline":
+        where = Path(run.dir).parent
+        rank_zero_info(
+            f"W&B logs offline ({reason or 'requested'}) to {where}; "
+            f"upload later with: wandb sync {where}"
+        )
+    return run, resolved
+
+
+def recorded_run_id(save_dir: str | os.PathLike[str]) -> str | None:
+    """The id of the newest W&B run recorded in ``<save_dir>/wandb``, online or offline."""
+    folders = (_RUN_FOLDER.match(p.name) for p in Path(save_dir, "wandb").glob("*run-*"))
+    newest = max((m for m in folders if m), key=lambda m: m["time"], default=None)
+    return newest["id"] if newest else None
+
+
+@lru_cache(maxsize=1)
+def _source_commit() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the package's own source, wherever the command was started.
+
+    A git checkout (also an editable install) answers with ``git`` run in the
+    package's folder, not the current directory; an installed copy with the
+    commit pip recorded when installing from a repository (PEP 610
+    ``direct_url.json``); otherwise ``(None, None)``.
+    """
+    source = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    # Tracked here: this folder is the package's checkout, not a venv inside another repo.
+    if git("ls-files", "--error-unmatch", Path(__file__).name) is not None:
+        commit = git("rev-parse", "HEAD")
+        return commit, bool(git("status", "--porcelain", "--untracked-files=no"))
+    try:
+        direct_url = distribution("reaf-lightning").read_text("direct_url.json") or "{}"
+    except PackageNotFoundError:
+        return None, None
+    return json.loads(direct_url).get("vcs_info", {}).get("commit_id"), None
+
+
+def provenance() -> dict[str, Any]:
+    """What produced a run: package version, git commit of its source, the command line."""
+    try:
+        version = distribution("reaf-lightning").version
+    except PackageNotFoundError:
+        version = None
+    commit, dirty = _source_commit()
+    return {
+        "package_version": version,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "command": shlex.join(sys.argv),
+    }
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's ``WandbLogger``, one W&B run per run directory, with the offline fallback.
+
+    The W&B run starts lazily, on first use and on global rank 0 only, through
+    :func:`start_wandb_run`; building the logger (e.g. to check a config) only
+    lists ``<save_dir>/wandb`` to find the experiment's run id.
+
+    Args:
+        name: display name of the run (the CLI uses the experiment's name).
+        save_dir: the experiment's run directory, which receives ``wandb/``; the
+            CLI sets it to ``trainer.default_root_dir`` when left ``None``. One
+            directory per experiment: a W&B run recorded there is continued.
+            ``None`` outside the CLI: ``logs``, and always a new run.
+        version: alias of ``id``, as in Lightning's logger.
+        id: W&B run id; default: the run already recorded in ``save_dir``, else a new one.
+        project: W&B project.
+        entity: W&B entity (user or team); ``None`` uses the account default.
+        group: W&B group, e.g. the paper table an experiment belongs to.
+        job_type: W&B job type.
+        tags: W&B tags.
+        notes: W&B notes.
+        resume: ``wandb.init``'s ``resume``; ``"allow"`` continues a run with this id.
+        log_model: upload checkpoints as W&B artifacts.
+        prefix: prefix of every metric key.
+        checkpoint_name: name of the model artifact.
+        mode: ``auto``, ``online``, ``offline`` or ``disabled`` (see :func:`start_wandb_run`).
+        offline: Lightning's switch, the same as ``mode="offline"``.
+        init_timeout: seconds ``wandb.init`` may wait online before going offline.
+        probe_timeout: seconds of the TCP probe of the server in ``auto`` mode.
+        **kwargs: any other ``wandb.init`` argument.
     """
 
     def __init__(
         self,
-        project: str = "reaf-lightning",
         name: str | None = None,
         save_dir: str | None = None,
-        mode: Mode = "auto",
-        group: str | None = None,
-        tags: Sequence[str] | None = None,
+        version: str | None = None,
+        id: str | None = None,  # noqa: A002 (wandb's and Lightning's name)
+        project: str = "reaf-lightning",
         entity: str | None = None,
+        group: str | None = None,
+        job_type: str | None = None,
+        tags: Sequence[str] | None = None,
+        notes: str | None = None,
+        resume: Literal["allow", "must", "never", "auto"] | None = "allow",
+        log_model: bool | Literal["all"] = False,
+        prefix: str = "",
+        checkpoint_name: str | None = None,
+        mode: Mode = "auto",
+        offline: bool = False,
         init_timeout: float = 60.0,
         probe_timeout: float = 3.0,
-        log_model: bool | Literal["all"] = False,
+        **kwargs: Any,
     ) -> None:
-        _check_mode(mode)
+        if mode not in MODES:
+            raise ConfigError(f"W&B mode={mode!r} is not one of {', '.join(MODES)}")
         if init_timeout <= 0 or probe_timeout <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"init_timeout and probe_timeout must be > 0, "
                 f"got {init_timeout!r} and {probe_timeout!r}"
             )
+        recorded = recorded_run_id(save_dir) if save_dir else None
+        save_dir = save_dir or "logs"
+        self._init_kwargs: dict[str, Any] = {
+            "name": name,
+            "project": project,
+            "dir": save_dir,
+            "id": id or version or recorded or uuid.uuid4().hex[:12],
+            "resume": resume,
+            "entity": entity,
+            "group": group,
+            "job_type": job_type,
+            "tags": list(tags) if tags else None,
+            "notes": notes,
+            **kwargs,
+        }
         super().__init__(
-            name=name,
-            save_dir=save_dir or "logs",
-            project=project,
             log_model=log_model,
-            group=group,
-            tags=list(tags) if tags else None,
-            entity=entity,
+            prefix=prefix,
+            checkpoint_name=checkpoint_name,
+            save_dir=save_dir,
+            **{k: v for k, v in self._init_kwargs.items() if k != "dir"},
         )
-        self._wandb_init.pop("anonymous", None)  # deprecated in W&B; it only prints a warning
-        self._mode: Mode = mode
-        self._init_timeout = float(init_timeout)
-        self._probe_timeout = float(probe_timeout)
-        self.resolved_mode: str | None = None
+        self._mode = "offline" if offline else mode
+        self._timeouts = {"init_timeout": init_timeout, "probe_timeout": probe_timeout}
+        self.resolved_mode: str | None = None  # set when the run starts
 
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        """The W&B run, started on first use in the mode chosen by :func:`resolve_wandb_mode`."""
-        if self._experiment is not None or getattr(self, "_attach_id", None) is not None:
+        """The W&B run, started on first use by :func:`start_wandb_run`."""
+        if self.resolved_mode is not None:
             return super().experiment
-        import wandb
-
-        mode, reason = resolve_wandb_mode(self._mode, probe_timeout=self._probe_timeout)
-        if mode == "offline" and self._log_model:
-            rank_zero_warn("W&B is offline, so log_model is ignored (checkpoints stay on disk)")
-            self._log_model = False
-        Path(self._save_dir).mkdir(parents=True, exist_ok=True)  # else W&B falls back to /tmp
-        self._start(wandb, mode)
-        if mode == "online" and self._experiment is None:
-            reason = "wandb.init failed online"
-            mode = "offline"
-            self._log_model = False
-            self._start(wandb, mode)
-        self.resolved_mode = mode
-        if mode == "offline":
-            run_dir = getattr(self._experiment, "dir", None)
-            where = Path(run_dir).parent if run_dir else Path(self._save_dir) / "wandb"
-            rank_zero_info(
-                f"W&B logs offline ({reason or 'requested'}) to {where}; "
-                f"upload later with: wandb sync {where}"
-            )
-        return self._experiment
-
-    def _start(self, wandb: Any, mode: str) -> None:
-        """``wandb.init`` in ``mode``; on an online failure leave ``_experiment`` unset."""
-        self._wandb_init["mode"] = mode
-        self._wandb_init["settings"] = wandb.Settings(init_timeout=self._init_timeout)
-        try:
-            super().experiment  # noqa: B018  (the parent property creates the run)
-        except Exception as err:  # W&B raises several types (CommError, UsageError, timeouts)
-            if mode != "online":
-                raise
-            rank_zero_warn(f"wandb.init failed online ({type(err).__name__}: {err}); going offline")
-            self._experiment = None
-            wandb.finish()
+        run, self.resolved_mode = start_wandb_run(self._mode, **self._timeouts, **self._init_kwargs)
+        with warnings.catch_warnings():  # Lightning adopts the run just started, as it should
+            warnings.filterwarnings("ignore", message="There is a wandb run already in progress")
+            experiment = super().experiment
+        # Lightning defines its x-axis only for runs it starts itself.
+        run.define_metric("trainer/global_step")
+        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+        return experiment
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
         """Keep the best monitored score in the run summary (the "final metric" of a run)."""
         super().after_save_checkpoint(checkpoint_callback)
         score = checkpoint_callback.best_model_score
-        if score is not None and checkpoint_callback.monitor and self._experiment is not None:
-            self._experiment.summary[f"best/{checkpoint_callback.monitor}"] = float(score)
+        if score is not None and checkpoint_callback.monitor:
+            self.experiment.summary[f"best/{checkpoint_callback.monitor}"] = float(score)

@@ -13,10 +13,14 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities.model_summary import ModelSummary
+from reliability_helpers import one_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from reaf_lightning import ImageClassifier
+from reaf_lightning.callbacks import LogComplexity
+from reaf_lightning.data import DigitsDataModule
 from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_macs, count_parameters
 from reaf_lightning.module import lr_factor
@@ -251,7 +255,7 @@ class _CaptureLogger(Logger):
 def test_complexity_logged_once_for_the_fed_image_size():
     logger = _CaptureLogger()
     model = ImageClassifier("test_reaf_resnet", num_classes=NUM_CLASSES)
-    _trainer(logger=logger, max_epochs=2, limit_val_batches=1).fit(
+    _trainer(logger=logger, max_epochs=2, limit_val_batches=1, callbacks=[LogComplexity()]).fit(
         model, _loader(8, 4, size=16), _loader(4, 4, size=16)
     )
     calls = [c for c in logger.hparams_calls if "complexity/macs" in c]
@@ -260,6 +264,16 @@ def test_complexity_logged_once_for_the_fed_image_size():
     assert calls[0]["complexity/params"] == count_parameters(reference)
     assert calls[0]["complexity/macs"] == count_macs(reference, (3, 16, 16))
     assert calls[0]["complexity/input_size"] == [3, 16, 16]
+
+
+def test_model_summary_counts_the_flops_of_the_data_image_size():
+    # Lightning's summary runs example_input_array, sized from the data module; its FLOP
+    # counter counts 2 per multiply-accumulate of convolutions and linear layers.
+    model = ImageClassifier("test_resnet", num_classes=NUM_CLASSES)
+    data = DigitsDataModule(batch_size=16, image_size=12, num_workers=0)
+    _trainer(max_steps=1, limit_val_batches=0).fit(model, datamodule=data)
+    reference = create_model("test_resnet", num_classes=NUM_CLASSES)
+    assert ModelSummary(model).total_flops == 2 * count_macs(reference, (3, 12, 12))
 
 
 def test_predict_returns_class_probabilities():

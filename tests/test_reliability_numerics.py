@@ -1,21 +1,30 @@
-"""Issue 6, item 5: a NaN/inf loss or weight stops the run and never replaces a good checkpoint.
+"""A NaN/inf loss or weight stops the run (exit 3) and never replaces a good checkpoint.
 
-Faults are injected into real ``reaf-lightning fit`` runs (tiny config, 4 steps
-per epoch) at a known epoch and batch by the callbacks of
-``reliability_helpers``: NaN images (a non-finite loss) or a NaN weight after
-an optimizer step (a diverged update whose loss was still finite).
+The policy lives in :class:`reaf_lightning.callbacks.NonFiniteLossPolicy` and
+:class:`~reaf_lightning.callbacks.FiniteCheckpointGuard`. Faults are injected
+into real ``reaf-lightning fit`` runs (tiny config, 4 steps per epoch) at a
+known epoch and batch by the callbacks of ``reliability_helpers``: NaN images
+(a non-finite loss) or a NaN weight after an optimizer step (a diverged update
+whose loss was still finite).
 """
 
 from __future__ import annotations
 
+import copy
+import csv
 import math
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from reliability_helpers import one_thread, tiny_config, write_config  # noqa: F401 (fixture)
+from torch.utils.data import DataLoader, TensorDataset
 
-from reaf_lightning.cli import main, run
+from reaf_lightning import ImageClassifier
+from reaf_lightning.callbacks import NonFiniteLossPolicy
+from reaf_lightning.cli import main
 
 BATCHES = 4
 
@@ -56,6 +65,12 @@ def _stops(args: list[str], capsys) -> str:
     return line.removeprefix("reaf-lightning: error: ")
 
 
+def _run_dir(root: Path) -> Path:
+    """The run directory: ``<default_root_dir>/seed<N>`` with an integer seed (the config's
+    is 0), ``<default_root_dir>`` itself where the CLI does not add the seed."""
+    return next(p for p in (root / "seed0", root) if (p / "checkpoints").is_dir())
+
+
 def _epoch0_checkpoint_is_intact(root: Path) -> None:
     """last.ckpt is still the one written after epoch 0, complete and finite."""
     files = sorted(p.name for p in (root / "checkpoints").iterdir())
@@ -69,14 +84,14 @@ def _epoch0_checkpoint_is_intact(root: Path) -> None:
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(config, tmp_path, capsys):
     line = _stops(["fit", "--config", str(config), *_inject("PoisonBatch", 1, 1)], capsys)
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last = _run_dir(tmp_path / "run") / "checkpoints" / "last.ckpt"
     assert line.startswith(
         f"non-finite training loss (nan) at epoch 1, global step {BATCHES + 1} (batch 1 of the "
         f"epoch); training stopped (model.nan_policy=stop) and the last good checkpoint {last} "
         "is kept"
     )
     assert "model.nan_policy=skip" in line
-    _epoch0_checkpoint_is_intact(tmp_path / "run")
+    _epoch0_checkpoint_is_intact(_run_dir(tmp_path / "run"))
 
 
 def test_nan_weights_are_never_saved(config, tmp_path, capsys):
@@ -89,13 +104,13 @@ def test_nan_weights_are_never_saved(config, tmp_path, capsys):
         f"non-finite values in net.conv1.weight at epoch 1, global step {2 * BATCHES}: "
         "not saving this checkpoint"
     )
-    _epoch0_checkpoint_is_intact(tmp_path / "run")
+    _epoch0_checkpoint_is_intact(_run_dir(tmp_path / "run"))
 
 
 def test_skip_policy_skips_the_bad_batch_and_nothing_else(config, tmp_path):
     record = tmp_path / "record"
     with pytest.warns(UserWarning, match="skipping a batch") as warned:
-        cli = run(
+        main(
             [
                 "fit",
                 "--config",
@@ -110,8 +125,11 @@ def test_skip_policy_skips_the_bad_batch_and_nothing_else(config, tmp_path):
     message = next(str(w.message) for w in warned if "skipping a batch" in str(w.message))
     assert f"at epoch 1, global step {BATCHES + 1} (batch 1 of the epoch)" in message
     assert "1 batch(es) skipped so far" in message
-    assert cli.trainer.state.finished and cli.trainer.global_step == 2 * BATCHES
-    assert cli.model.skipped_batches == 1
+    run_dir = _run_dir(tmp_path / "run")
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 2 * BATCHES)  # finished, step counted
+    (policy,) = [v for k, v in last["callbacks"].items() if k.startswith("NonFiniteLossPolicy")]
+    assert policy == {"skipped_batches": 1}
 
     before = torch.load(record / "bad" / "before.pt")
     after = torch.load(record / "bad" / "after.pt")
@@ -122,10 +140,70 @@ def test_skip_policy_skips_the_bad_batch_and_nothing_else(config, tmp_path):
     changed = [n for n in before if not torch.equal(before[n], after[n])]
     assert "net.conv1.weight" in changed and any("running_mean" in n for n in changed)
 
-    for name, value in cli.model.state_dict().items():
+    for name, value in last["state_dict"].items():
         if value.is_floating_point():
             assert torch.isfinite(value).all(), name
-    assert math.isfinite(cli.trainer.callback_metrics["val/loss"].item())
+    (metrics_file,) = (tmp_path / "run").rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics_file.open()))
+    assert {float(r["train/skipped_batches"]) for r in rows if r["train/skipped_batches"]} == {1.0}
+    val_losses = [float(r["val/loss"]) for r in rows if r["val/loss"]]
+    assert len(val_losses) == 2 and all(math.isfinite(v) for v in val_losses)
+
+
+class _PoisonAndWatch(Callback):
+    """NaN images in batch ``bad``; keeps weights, buffers and optimizer state around it."""
+
+    def __init__(self, bad: int) -> None:
+        self.bad, self.states = bad, {}
+
+    def _state(self, trainer, pl_module) -> dict:
+        return copy.deepcopy(
+            {"module": pl_module.state_dict(), "optimizer": trainer.optimizers[0].state_dict()}
+        )
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.bad:
+            batch[0].fill_(float("nan"))
+        self.states[("before", batch_idx)] = self._state(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.states[("after", batch_idx)] = self._state(trainer, pl_module)
+
+
+def _differs(a: dict, b: dict) -> list[str]:
+    """Names of the tensors (weights, buffers, momentum buffers) that differ."""
+    names = [n for n in a["module"] if not torch.equal(a["module"][n], b["module"][n])]
+    for i, state in a["optimizer"]["state"].items():
+        if not torch.equal(state["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"]):
+            names.append(f"momentum[{i}]")
+    return names
+
+
+def test_skipped_batch_leaves_momentum_and_weight_decay_alone():
+    # Gradients are dropped before the optimizer step: SGD must not move the weights through
+    # momentum or weight decay either, and the next good batch must update all of them.
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 3, 8, 8), torch.randint(0, 10, (12,))
+    model = ImageClassifier(
+        "test_resnet", num_classes=10, lr=0.1, weight_decay=1e-2, nan_policy="skip"
+    )
+    watch = _PoisonAndWatch(bad=1)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[watch, NonFiniteLossPolicy()],
+    )
+    with pytest.warns(UserWarning, match="skipping a batch"):
+        trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=4))
+    states = watch.states
+    assert _differs(states[("before", 1)], states[("after", 1)]) == []
+    changed = _differs(states[("before", 2)], states[("after", 2)])
+    assert "net.conv1.weight" in changed and "momentum[0]" in changed
+    assert trainer.global_step == 3
 
 
 def test_skip_policy_stops_when_the_model_has_diverged(config, capsys):
@@ -156,4 +234,4 @@ def test_nan_policy_is_validated(config, capsys):
         main(["fit", "--config", str(config), "--model.nan_policy", "ignore"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "model.nan_policy: got 'ignore', expected one of 'stop', 'skip'" in err
+    assert "nan_policy" in err and "ignore" in err and "Traceback" not in err

@@ -1,6 +1,12 @@
-"""Issue 6, item 8: without network and without credentials a run neither hangs nor fails.
+"""W&B logging: one run per experiment, what every run records, and never a blocked run.
 
-Two real ``reaf-lightning fit`` processes with the project's W&B logger in its
+The fast tests run ``reaf-lightning`` in this process with ``WANDB_MODE=offline``
+and read the offline run files back (``wandb_records``): a fit, its resumed
+continuation and a ``validate`` of the trained run are one W&B run, and each
+records the package version, the git commit of the package's source and the
+command line, also when started outside the repository.
+
+Slow: two real ``reaf-lightning fit`` processes with the project's W&B logger in its
 default ``mode: auto`` and no ``WANDB_MODE``: one without any credentials, one
 with an API key but no way to reach the server. Where the machine allows it
 (root, ``unshare -n``), both run in a network namespace of their own with no
@@ -13,6 +19,8 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -21,12 +29,102 @@ from pathlib import Path
 
 import pytest
 import torch
+import wandb
 from reliability_helpers import one_thread, tiny_config, write_config  # noqa: F401 (fixture)
 from wandb_records import run_contents
 
+from reaf_lightning.cli import main
+from reaf_lightning.loggers import WandbLogger, recorded_run_id
+
 TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 
 
+def _run_dir(root: Path) -> Path:
+    """``<default_root_dir>/seed0`` for the tiny config's seed 0, where the CLI adds it."""
+    return next(p for p in (root / "seed0", root) if (p / "checkpoints").is_dir())
+
+
+def _launch(monkeypatch, *args: str) -> None:
+    """``reaf-lightning ARGS`` in this process, with ``sys.argv`` as a shell would set it."""
+    monkeypatch.setattr(sys, "argv", ["reaf-lightning", *args])
+    try:
+        main(list(args))
+    except SystemExit as exit_:
+        assert exit_.code in (0, None), f"reaf-lightning {shlex.join(args)} exited {exit_.code}"
+
+
+def test_fit_resume_and_validate_are_one_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("REAF_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)  # outside the repository: the commit comes from the package
+    root = tmp_path / "run"
+    cfg = tiny_config(root, max_epochs=1, train_batches=2)
+    cfg["trainer"]["logger"] = {
+        "class_path": "reaf_lightning.loggers.WandbLogger",
+        "init_args": {
+            "name": "tiny",
+            "group": "tables",
+            "job_type": "train",
+            "tags": ["a", "b"],
+            "notes": "one experiment",
+        },
+    }
+    config = str(write_config(tmp_path / "tiny.yaml", cfg))
+    commands = [
+        ("fit", "--config", config),
+        ("fit", "--config", config, "--trainer.max_epochs", "2", "--ckpt_path", "last"),
+        ("validate", "--config", config, "--ckpt_path", "last"),
+    ]
+    for command in commands:
+        _launch(monkeypatch, *command)
+    wandb.finish()  # the last run is still open in this process; a CLI process would exit,
+    wandb.teardown()  # and this waits until W&B's service has written everything
+
+    files = sorted(glob.glob(str(_run_dir(root) / "wandb" / "offline-run-*" / "run-*.wandb")))
+    runs = [run_contents(f) for f in files]  # in start order (the folders begin with the time)
+    assert len(runs) == 3
+    assert len({r["run"]["id"] for r in runs}) == 1  # one W&B run, resumed twice
+    first = runs[0]["run"]
+    assert (first["name"], first["group"], first["job_type"]) == ("tiny", "tables", "train")
+    assert (first["tags"], first["notes"]) == (["a", "b"], "one experiment")
+
+    steps = [[h["trainer/global_step"] for h in r["history"] if "val/acc1" in h] for r in runs]
+    assert steps[:2] == [[1], [3]]  # the resumed fit continues at epoch 1 (2 steps per epoch)
+    assert len(steps[2]) == 1
+
+    pyproject = (REPO / "pyproject.toml").read_text()  # (tomllib needs Python 3.11)
+    version = re.search(r'^version = "(.+)"$', pyproject, re.MULTILINE)[1]
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    for run, command in zip(runs, commands):
+        record = run["config"][f"provenance/{command[0]}"]
+        assert record["command"] == shlex.join(["reaf-lightning", *command])
+        assert (record["package_version"], record["git_commit"]) == (version, head)
+        assert isinstance(record["git_dirty"], bool)
+
+
+def test_the_run_id_is_the_one_recorded_in_the_run_directory(tmp_path, monkeypatch):
+    # W&B names its folders [offline-]run-<YYYYmmdd_HHMMSS>-<id>; ids may hold hyphens.
+    assert recorded_run_id(tmp_path) is None
+    (tmp_path / "wandb" / "run-20260101_120000-older").mkdir(parents=True)
+    (tmp_path / "wandb" / "offline-run-20260102_090000-new-er").mkdir()
+    (tmp_path / "wandb" / "latest-run").mkdir()
+    assert recorded_run_id(tmp_path) == "new-er"
+    # The logger picks it up without starting anything; an explicit id wins; a directory
+    # without W&B files gets a new id of its own.
+    assert WandbLogger(save_dir=str(tmp_path)).version == "new-er"
+    assert WandbLogger(save_dir=str(tmp_path), id="mine").version == "mine"
+    fresh = [WandbLogger(save_dir=str(tmp_path / d)).version for d in ("x", "y")]
+    assert fresh[0] != fresh[1] and all(fresh)
+    # Without a run directory (save_dir=None: ./logs, shared by anything) nothing is continued.
+    (tmp_path / "logs" / "wandb" / "run-20260101_120000-shared").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert WandbLogger().version not in ("shared", None)
+
+
+@pytest.mark.slow
 def _network_namespace() -> list[str]:
     """``["unshare", "-n"]`` when this user may create a network namespace, else ``[]``."""
     if shutil.which("unshare") is None:
@@ -41,6 +139,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_no_network_and_no_credentials_means_offline_not_failure(tmp_path):
     isolate = _network_namespace()
     cases = {

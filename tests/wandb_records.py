@@ -60,7 +60,10 @@ def _items(updates) -> dict[str, Any]:
 
 
 def run_contents(path: str | Path) -> dict[str, Any]:
-    """``{"config": {...}, "history": [{...}, ...], "summary": {...}}`` of a run file."""
+    """``{"run": {...}, "config": {...}, "history": [{...}, ...], "summary": {...}}`` of a
+    run file; ``run`` holds what ``wandb.init`` was given: id, name, project, group,
+    job_type, notes and tags."""
+    run: dict[str, Any] = {}
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
@@ -69,9 +72,19 @@ def run_contents(path: str | Path) -> dict[str, Any]:
         if kind == "config":
             config.update(_items(record.config.update))
         elif kind == "run":
-            config.update(_items(record.run.config.update))
+            r = record.run
+            run = {
+                "id": r.run_id,
+                "name": r.display_name,
+                "project": r.project,
+                "group": r.run_group,
+                "job_type": r.job_type,
+                "notes": r.notes,
+                "tags": list(r.tags),
+            }
+            config.update(_items(r.config.update))
         elif kind == "history":
             history.append(_items(record.history.item))
         elif kind == "summary":
             summary.update(_items(record.summary.update))
-    return {"config": config, "history": history, "summary": summary}
+    return {"run": run, "config": config, "history": history, "summary": summary}
