@@ -28,6 +28,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from reaf_lightning.report.record import MetricsFile
+
 __all__ = ["EveryEpochLastCheckpoint", "PreemptionCheckpoint", "standard_callbacks"]
 
 
@@ -106,4 +108,4 @@ def standard_callbacks() -> list[Callback]:
     ``reaf-lightning`` passes them as LightningCLI ``trainer_defaults``, which
     Lightning appends to the configured ``trainer.callbacks``.
     """
-    return [PreemptionCheckpoint()]
+    return [PreemptionCheckpoint(), MetricsFile()]

@@ -49,7 +49,10 @@ from lightning.pytorch.cli import (
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from reaf_lightning.callbacks import EveryEpochLastCheckpoint, PreemptionCheckpoint
+from reaf_lightning.callbacks import (
+    EveryEpochLastCheckpoint,
+    standard_callbacks,
+)
 from reaf_lightning.checkpointing import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -170,8 +173,10 @@ class ReafLightningCLI(LightningCLI):
         """
         config = self._get(self.config_init, "trainer", default={})
         callbacks = _as_list(config.get("callbacks"))
-        if not any(isinstance(c, PreemptionCheckpoint) for c in callbacks):
-            kwargs.setdefault("callbacks", [*callbacks, PreemptionCheckpoint()])
+        have = {type(c) for c in callbacks}
+        missing = [s for s in standard_callbacks() if type(s) not in have]
+        if missing:
+            kwargs.setdefault("callbacks", [*callbacks, *missing])
         plugins = _as_list(config.get("plugins"))
         strategy = config.get("strategy", "auto")
         own_io = (
