@@ -66,9 +66,10 @@ class MetricsFile(Callback):
     ``fit.best`` is the best value of every ``val/`` metric over the
     validation epochs of the fit (maximum for accuracies, minimum for errors
     and the loss; each metric on its own, so the best top-1 and best top-5 may
-    come from different epochs). It is kept in the checkpoint
+    come from different epochs). Best and final are kept in the checkpoint
     (:meth:`state_dict`), so a fit resumed with ``--ckpt_path last`` still
-    knows the epochs before the interruption. ``params_m`` and ``gmacs`` come
+    knows the epochs before the interruption (and a finished run resumed
+    again, as a requeued job would, writes the same file). ``params_m`` and ``gmacs`` come
     from the module's ``complexity(input_size)`` (the image size actually
     fed), the seed from Lightning's ``PL_GLOBAL_SEED``. Only global rank 0
     writes, through :func:`reaf_lightning.io.atomic_outputs`, so the file is
@@ -77,6 +78,7 @@ class MetricsFile(Callback):
 
     def __init__(self) -> None:
         self._best: dict[str, float] = {}
+        self._final: dict[str, float] = {}
         self._epoch: int | None = None
         self._input_size: tuple[int, ...] | None = None
 
@@ -96,10 +98,11 @@ class MetricsFile(Callback):
         self._remember_input(batch)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": dict(self._best), "epoch": self._epoch}
+        return {"best": dict(self._best), "final": dict(self._final), "epoch": self._epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._best = dict(state_dict.get("best", {}))
+        self._final = dict(state_dict.get("final", {}))
         self._epoch = state_dict.get("epoch")
 
     # -- when to write -------------------------------------------------------------------------
@@ -108,7 +111,7 @@ class MetricsFile(Callback):
             return
         metrics = _logged(trainer, "val/")
         if trainer.state.fn == TrainerFn.FITTING:
-            self._epoch = trainer.current_epoch
+            self._epoch, self._final = trainer.current_epoch, metrics
             for name, value in metrics.items():
                 if _better(name, value, self._best.get(name, math.nan)):
                     self._best[name] = value
@@ -117,7 +120,7 @@ class MetricsFile(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = self._epoch if self._epoch is not None else trainer.current_epoch - 1
-        final = {"epoch": epoch, **_logged(trainer, "val/")}
+        final = {"epoch": epoch, **self._final}
         self._write(trainer, pl_module, "fit", {"final": final, "best": dict(self._best)})
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
