@@ -29,7 +29,7 @@ SWEEPS = REPO / "configs" / "sweeps"
 
 def _array(*args: str, task: int | None = None, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    environ.update(REAF_DRY_RUN="1", **env)
+    environ.update({"REAF_DRY_RUN": "1", **env})
     if task is not None:
         environ["SLURM_ARRAY_TASK_ID"] = str(task)
     return subprocess.run(
