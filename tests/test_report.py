@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -287,3 +290,37 @@ def test_resumed_fit_keeps_the_best_of_earlier_epochs(tmp_path):
     assert record["fit"]["final"]["epoch"] == 3
     for name, value in record["fit"]["best"].items():
         assert value == pytest.approx(val[name].max() if "acc" in name else val[name].min())
+
+
+@pytest.mark.slow
+def test_metrics_file_under_ddp_holds_the_synchronised_metrics(tmp_path, monkeypatch):
+    """Two gloo processes: one file, by rank 0, with the metrics over both ranks' images."""
+    overlay = _overlay(tmp_path / "tiny.yaml", REAF, False)
+    run_dir = tmp_path / "logs" / "ddp"
+    common = ["--config", QUICKSTART, "--config", str(overlay), "--seed_everything", "0"]
+    common += ["--trainer.default_root_dir", str(run_dir)]
+    env = {k: v for k, v in os.environ.items() if k != "REAF_DEBUG"}
+    ddp = [sys.executable, "-m", "reaf_lightning.cli", "fit", *common]
+    ddp += [
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--data.init_args.batch_size",
+        "8",
+    ]
+    done = subprocess.run(ddp, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = run_dir.rglob("metrics.json")
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+    final = json.loads(path.read_text())["fit"]["final"]
+    # the same 32 validation images (2 ranks x 2 batches x 8) in one process: 2 batches of 16
+    monkeypatch.chdir(tmp_path)
+    single = run(
+        ["validate", *common[:4], "--seed_everything", "false", "--data.init_args.batch_size"]
+        + ["16", "--trainer.default_root_dir", str(tmp_path / "single")]
+        + ["--ckpt_path", str(path.parent / "checkpoints" / "last.ckpt")]
+    )
+    for name in ("val/acc1", "val/acc5", "val/err1", "val/loss"):
+        expected = float(single.trainer.callback_metrics[name])
+        assert final[name] == pytest.approx(expected, rel=1e-5, abs=1e-6), name

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from reaf_lightning.errors import ConfigError
 from reaf_lightning.io import atomic_outputs
@@ -88,13 +88,29 @@ class MetricsFile(Callback):
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
             self._input_size = tuple(images.shape[1:])
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._remember_input(batch)
 
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):  # noqa: ANN001
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._remember_input(batch)
 
-    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):  # noqa: ANN001
+    def on_test_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._remember_input(batch)
 
     def state_dict(self) -> dict[str, Any]:
@@ -154,7 +170,7 @@ def _read_existing(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        print(f"warning: replacing unreadable {path} ({err})", file=sys.stderr)
+        rank_zero_warn(f"replacing the unreadable {path} ({type(err).__name__}: {err})")
         return {}
     return record if isinstance(record, dict) else {}
 
