@@ -1,10 +1,11 @@
-"""Throughput of the device-resident CIFAR loader vs the usual DataLoader path.
+"""Throughput of CIFAR-100 training batches: per-image CPU augmentation vs ``gpu_augment``.
 
-Both paths produce the paper's CIFAR-100 training batches (SPEC section 4:
-random crop 32 with padding 4, horizontal flip, normalisation) *on the target
-device*: the DataLoader path decodes/augments per image in worker processes
-and copies each batch to the device; the device path keeps the uint8 dataset on
-the device and augments whole batches there (``gpu_augment=True``).
+Both paths deliver the same training batches (random crop 32 with padding 4,
+horizontal flip, normalisation) *on the target device*: the DataLoader path
+augments and normalises each image in worker processes and copies float
+batches; ``gpu_augment=True`` has the loader gather uint8 images only and
+augments whole batches on the device (``CIFAR100DataModule.augment_batch``,
+what ``on_after_batch_transfer`` runs inside a Trainer).
 
 Synthetic data in the real ``cifar-100-python`` format is written to a
 temporary folder, so no download is needed. Each path runs for about
@@ -21,12 +22,12 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
-from reaf_lightning.data import CIFAR100DataModule, DeviceCIFARLoader
+from reaf_lightning.data import CIFAR100DataModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_data import write_cifar100  # noqa: E402
@@ -37,13 +38,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(loader: Iterable, device: torch.device, seconds: float) -> tuple[float, int]:
+def measure(
+    loader: Iterable, on_device: Callable[[torch.Tensor], torch.Tensor], device, seconds: float
+) -> tuple[float, int]:
     """Images per second over about ``seconds`` (after one warm-up batch), and images seen."""
     n_images = 0
     start = None
     while True:
         for x, y in loader:
-            x = x.to(device, non_blocking=True)
+            x = on_device(x.to(device, non_blocking=True))
             y = y.to(device, non_blocking=True)
             if start is None:  # warm-up: worker start-up, first transfer, kernel caches
                 _sync(device)
@@ -67,24 +70,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         write_cifar100(tmp, n_train=args.n_images, n_test=16)
-        dm = CIFAR100DataModule(
-            root=tmp,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            pin_memory=device.type == "cuda",
-        )
-        dm.setup("fit")
-        train = dm.dataset("train")  # uint8 images + labels, the same data for both paths
-        loaders = {
-            "dataloader": dm.train_dataloader(),
-            # what gpu_augment=True builds inside a Trainer, here on the chosen device
-            "device": DeviceCIFARLoader(
-                train.images, train.labels, args.batch_size, dm.mean, dm.std, device=device
-            ),
-        }
         results = {}
-        for name, loader in loaders.items():
-            ips, n = measure(loader, device, args.seconds)
+        for name, gpu_augment in (("dataloader", False), ("device", True)):
+            dm = CIFAR100DataModule(
+                root=tmp,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                pin_memory=device.type == "cuda",
+                gpu_augment=gpu_augment,
+            )
+            dm.setup("fit")
+            on_device = dm.augment_batch if gpu_augment else (lambda x: x)
+            ips, n = measure(dm.train_dataloader(), on_device, device, args.seconds)
             results[name] = ips
             print(f"{name:>10}: {ips:12,.0f} images/s  ({n} images, device={device})")
     print(f"     ratio: {results['device'] / results['dataloader']:.1f}x (device / dataloader)")

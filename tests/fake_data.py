@@ -37,7 +37,11 @@ def _cifar_split(rng: np.random.Generator, n: int, num_classes: int, prefix: str
 
 
 def write_cifar100(
-    root: str | Path, n_train: int = 64, n_test: int = 32, seed: int = 0
+    root: str | Path,
+    n_train: int = 64,
+    n_test: int = 32,
+    seed: int = 0,
+    protocol: int = pickle.DEFAULT_PROTOCOL,
 ) -> dict[str, dict]:
     """Write a fake CIFAR-100 in the ``cifar-100-python`` layout under ``root``.
 
@@ -46,6 +50,8 @@ def write_cifar100(
     uint8, channel-major: 1024 red, 1024 green, 1024 blue values, each row-major
     32x32; ``b"fine_labels"``/``b"coarse_labels"`` lists; ``b"filenames"``;
     meta has ``b"fine_label_names"`` and ``b"coarse_label_names"``).
+
+    ``protocol=2`` writes the pickle protocol of the official (Python 2) files.
 
     Returns:
         ``{"train": dict, "test": dict, "meta": dict}``, the dicts written, so a
@@ -64,7 +70,7 @@ def write_cifar100(
     }
     for name, payload in out.items():
         with open(base / name, "wb") as f:
-            pickle.dump(payload, f)
+            pickle.dump(payload, f, protocol=protocol)
     return out
 
 

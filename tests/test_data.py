@@ -3,156 +3,29 @@
 from __future__ import annotations
 
 import json
-import math
-import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-import torchvision
 import torchvision.transforms.v2.functional as TF
-from fake_data import write_cifar100, write_corrupt_image, write_image_folder
-from PIL import Image
-from sklearn.datasets import load_digits
+from fake_data import write_cifar100
 from torch.utils.data import DistributedSampler
 
 from reaf_lightning.data import (
     CIFAR100_MEAN,
     CIFAR100_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     CIFAR100DataModule,
     CIFAR100Dataset,
-    CorruptImageError,
-    CorruptImageWarning,
     DatasetLayoutError,
     DatasetNotFoundError,
-    DeviceCIFARLoader,
-    DigitsDataModule,
-    ImageFolderDataModule,
-    ImageNetDataModule,
     apply_crop_flip,
-    default_eval_resize,
+    load_cifar100_split,
     normalize_uint8,
     sample_crop_flip_params,
-    verify_images,
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Digits
-# ---------------------------------------------------------------------------------------------
-def _bilinear_reference(img: np.ndarray, size: int) -> np.ndarray:
-    """Plain-loop bilinear resize with half-pixel centres (align_corners=False semantics)."""
-    h, w = img.shape
-    out = np.zeros((size, size), dtype=np.float64)
-    for i in range(size):
-        for j in range(size):
-            y = max((i + 0.5) * h / size - 0.5, 0.0)
-            x = max((j + 0.5) * w / size - 0.5, 0.0)
-            y0, x0 = min(int(y), h - 1), min(int(x), w - 1)
-            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
-            dy, dx = y - y0, x - x0
-            out[i, j] = (
-                img[y0, x0] * (1 - dy) * (1 - dx)
-                + img[y0, x1] * (1 - dy) * dx
-                + img[y1, x0] * dy * (1 - dx)
-                + img[y1, x1] * dy * dx
-            )
-    return out
-
-
-@pytest.fixture(scope="module")
-def digits():
-    d = load_digits()
-    return d.images, d.target
-
-
-@pytest.fixture(scope="module")
-def digits_dm():
-    dm = DigitsDataModule(batch_size=50)
-    dm.setup("fit")
-    return dm
-
-
-def test_digits_sizes_and_disjoint_split(digits, digits_dm):
-    _, target = digits
-    n = len(target)
-    n_val = math.ceil(0.2 * n)  # train_test_split rounds the test share up
-    assert len(digits_dm.val_dataset) == n_val
-    assert len(digits_dm.train_dataset) == n - n_val
-    tr, va = set(digits_dm.train_indices.tolist()), set(digits_dm.val_indices.tolist())
-    assert not tr & va and tr | va == set(range(n))
-    assert digits_dm.num_classes == len(np.unique(target))
-
-
-def test_digits_stratified(digits, digits_dm):
-    _, target = digits
-    val_counts = np.bincount(target[digits_dm.val_indices], minlength=10)
-    all_counts = np.bincount(target, minlength=10)
-    # every class in proportion: within one image of val_fraction * class size
-    assert np.all(np.abs(val_counts - 0.2 * all_counts) <= 1.0), (val_counts, all_counts)
-
-
-def test_digits_batches_are_3x32x32_with_correct_labels_and_pixels(digits, digits_dm):
-    images, target = digits
-    x, y = next(iter(digits_dm.val_dataloader()))
-    assert x.shape == (50, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
-    # the val loader is unshuffled, in sorted index order
-    idx = digits_dm.val_indices[:50]
-    assert torch.equal(y, torch.from_numpy(target[idx]))
-    mean, std = digits_dm.mean, digits_dm.std
-    for k in (0, 7, 49):
-        raw = x[k] * std[0] + mean[0]  # un-normalise
-        assert torch.equal(raw[0], raw[1]) and torch.equal(raw[1], raw[2])
-        ref = np.clip(_bilinear_reference(images[idx[k]] / 16.0, 32), 0.0, 1.0)
-        np.testing.assert_allclose(raw[0].numpy(), ref, atol=1e-5)
-
-
-def test_digits_normalisation_uses_train_split_stats(digits_dm):
-    # normalised train split has mean 0 / std 1 exactly when the stats come from it
-    xs = torch.cat([x for x, _ in digits_dm.train_dataloader()])
-    assert abs(float(xs.mean())) < 1e-4
-    assert abs(float(xs.std()) - 1.0) < 1e-3
-    # the stats are in [0, 1] pixel units and identical across the replicated channels
-    assert 0.0 < digits_dm.mean[0] < 1.0 and digits_dm.mean[0] == digits_dm.mean[2]
-
-
-def test_digits_deterministic_and_seed_dependent():
-    a, b, c = DigitsDataModule(seed=3), DigitsDataModule(seed=3), DigitsDataModule(seed=4)
-    for dm in (a, b, c):
-        dm.setup("fit")
-    assert np.array_equal(a.val_indices, b.val_indices)
-    assert torch.equal(a.train_dataset.tensors[0], b.train_dataset.tensors[0])
-    assert not np.array_equal(a.val_indices, c.val_indices)
-
-
-def test_digits_augment_is_a_shift_of_the_source(digits_dm):
-    dm = DigitsDataModule(augment=True)
-    dm.setup("fit")
-    src = digits_dm.train_dataset.tensors[0]
-    fill = -dm.mean[0] / dm.std[0]
-    shift = 2
-    for i in (0, 5):
-        out, label = dm.train_dataset[i]
-        assert int(label) == int(digits_dm.train_dataset.tensors[1][i])
-        padded = torch.nn.functional.pad(src[i] - fill, (shift,) * 4) + fill
-        matches = [
-            torch.allclose(out, padded[:, oy : oy + 32, ox : ox + 32], atol=1e-6)
-            for oy in range(2 * shift + 1)
-            for ox in range(2 * shift + 1)
-        ]
-        assert any(matches)
-
-
-@pytest.mark.parametrize(
-    "kwargs", [{"batch_size": 0}, {"val_fraction": 1.0}, {"image_size": -1}, {"num_workers": -2}]
-)
-def test_digits_bad_arguments(kwargs):
-    with pytest.raises(ValueError, match=next(iter(kwargs))):
-        DigitsDataModule(**kwargs)
+from reaf_lightning.errors import ConfigError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,18 +74,27 @@ def test_cifar_reads_pickles_shapes_labels_and_pixels(cifar_root):
     assert set(yt.tolist()) <= set(written["train"][b"fine_labels"])
 
 
+def test_cifar_reads_protocol_2_pickles_like_the_official_files(tmp_path):
+    written = write_cifar100(tmp_path, n_train=4, n_test=3, protocol=2)
+    test_file = tmp_path / "cifar-100-python" / "test"  # as numpy < 2 names its functions:
+    test_file.write_bytes(test_file.read_bytes().replace(b"numpy._core.", b"numpy.core."))
+    images, labels = load_cifar100_split(tmp_path, "test")
+    assert labels.tolist() == written["test"][b"fine_labels"]
+    assert np.array_equal(images[2], _row_to_image(written["test"][b"data"][2]))
+
+
 def test_cifar_val_split_fraction_holds_out_train_images(cifar_root):
     root, written = cifar_root
     dm = CIFAR100DataModule(root=str(root), batch_size=64, num_workers=0, val_split=0.25)
     dm.setup("fit")
-    n_val = len(dm.dataset("val"))
-    assert n_val == 10 and len(dm.dataset("train")) == 30
+    n_val = len(dm.val_dataset)
+    assert n_val == 10 and len(dm.train_dataset) == 30
     val_pixels = _unnormalise_to_uint8(
-        torch.stack([dm.dataset("val")[i][0] for i in range(n_val)]), dm.mean, dm.std
+        torch.stack([dm.val_dataset[i][0] for i in range(n_val)]), dm.mean, dm.std
     )
     train_rows = {bytes(r) for r in written["train"][b"data"]}
     assert all(bytes(p.numpy().reshape(-1)) in train_rows for p in val_pixels)
-    assert len(dm.dataset("test")) == 24
+    assert len(dm.test_dataset) == 24 and dm.predict_dataset is dm.test_dataset
 
 
 def test_cifar_missing_root_is_one_clear_error(tmp_path):
@@ -244,15 +126,55 @@ def test_cifar_damaged_pickle_is_named(cifar_root):
 
 
 def test_cifar_download_offline_is_clear(tmp_path, monkeypatch):
-    import torchvision.datasets
+    import torchvision.datasets.utils
 
-    def offline(*args, **kwargs):
+    def offline(*args, **kwargs):  # the network, not the code under test, is replaced
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", offline)
     dm = CIFAR100DataModule(root=str(tmp_path / "c"), download=True, num_workers=0)
     with pytest.raises(DatasetNotFoundError, match="downloading CIFAR-100 .* failed"):
         dm.prepare_data()
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` - what a crafted data file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_pickle_that_would_run_code_is_refused_without_running_it(cifar_root, tmp_path):
+    root, written = cifar_root
+    marker = tmp_path / "payload-ran"
+    import pickle
+
+    content = dict(written["train"])
+    content[b"data"] = _Payload(marker)
+    (root / "cifar-100-python" / "train").write_bytes(pickle.dumps(content))
+    with pytest.raises(DatasetLayoutError, match="posix.system|os.system") as err:
+        CIFAR100DataModule(root=str(root), num_workers=0).setup("fit")
+    assert not marker.exists() and "cifar-100-python/train" in str(err.value)
+
+
+def test_cifar_pickle_without_images_is_one_line(cifar_root):
+    root, _ = cifar_root
+    write_cifar100(root, n_train=0, n_test=4)
+    with pytest.raises(DatasetLayoutError, match="holds no images") as err:
+        CIFAR100DataModule(root=str(root), num_workers=0).setup("fit")
+    assert "\n" not in str(err.value)
+
+
+def test_cifar_hyperparameters_are_the_settings(cifar_root):
+    root, _ = cifar_root
+    dm = CIFAR100DataModule(root=str(root), batch_size=16, gpu_augment=True, mean=(0, 0, 0))
+    assert dm.hparams["mean"] == (0, 0, 0) and dm.hparams["gpu_augment"] is True
+    assert (dm.image_size, dm.num_classes, dm.std) == (32, 100, CIFAR100_STD)
 
 
 @pytest.mark.parametrize(
@@ -266,7 +188,7 @@ def test_cifar_download_offline_is_clear(tmp_path, monkeypatch):
     ],
 )
 def test_cifar_bad_arguments(kwargs):
-    with pytest.raises(ValueError, match=next(iter(kwargs))):
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):
         CIFAR100DataModule(**kwargs)
 
 
@@ -310,238 +232,74 @@ def test_crop_flip_params_are_uniform():
     assert not none.any()
 
 
-def _device_loader(images, labels, **kw):
-    kw.setdefault("batch_size", 5)
-    return DeviceCIFARLoader(images, labels, mean=CIFAR100_MEAN, std=CIFAR100_STD, **kw)
-
-
-def test_device_loader_without_augmentation_equals_plain_path(cifar_root):
+def test_gpu_augment_without_augmentation_equals_cpu_path(cifar_root):
     root, _ = cifar_root
-    dm = CIFAR100DataModule(root=str(root), batch_size=7, num_workers=0, augment=False)
-    dm.setup("fit")
-    ds = dm.dataset("train")
-    ref_x = torch.stack([ds[i][0] for i in range(len(ds))])
-    ref_y = torch.tensor([ds[i][1] for i in range(len(ds))])
-    loader = _device_loader(ds.images, ds.labels, batch_size=7, augment=False, shuffle=False)
-    got_x, got_y = (torch.cat(t) for t in zip(*loader, strict=True))
-    assert torch.equal(got_x, ref_x) and torch.equal(got_y, ref_y)
-    # same through the data module switch
-    dm_gpu = CIFAR100DataModule(root=str(root), batch_size=7, num_workers=0, gpu_augment=True)
-    dm_gpu.setup("fit")
-    vx = torch.cat([x for x, _ in dm_gpu.val_dataloader()])
-    vds = dm.dataset("val")
-    assert torch.equal(vx, torch.stack([vds[i][0] for i in range(len(vds))]))
+    cpu = CIFAR100DataModule(root=str(root), batch_size=7, num_workers=0, augment=False)
+    dev = CIFAR100DataModule(
+        root=str(root), batch_size=7, num_workers=0, augment=False, gpu_augment=True
+    )
+    for dm in (cpu, dev):
+        dm.setup("fit")
+    assert cpu.batch_augmentation is None and dev.batch_augmentation == dev.augment_batch
+    ref = torch.stack([cpu.train_dataset[i][0] for i in range(len(cpu.train_dataset))])
+    raw = torch.stack([dev.train_dataset[i][0] for i in range(len(dev.train_dataset))])
+    assert raw.dtype == torch.uint8  # the loader only gathers; the device normalises
+    assert torch.equal(dev.augment_batch(raw), ref)  # bit-identical arithmetic
+    # evaluation batches are normalised by the loader on both paths (the hook skips them)
+    vx = torch.cat([x for x, _ in dev.val_dataloader()])
+    assert torch.equal(vx, torch.cat([x for x, _ in cpu.val_dataloader()]))
 
 
 @pytest.mark.parametrize("path", ["device", "dataloader"])
 def test_augmented_images_are_crop_flips_of_their_source(path):
     gen = torch.Generator().manual_seed(2)
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    ids = torch.arange(6)  # label = source index, so shuffled batches can be traced
     if path == "device":
-        batches = list(_device_loader(images, ids, batch_size=4, seed=3))
-        xs, ys = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        xs = CIFAR100DataModule(gpu_augment=True, seed=3).augment_batch(images)
     else:
-        ds = CIFAR100Dataset(images, ids, CIFAR100_MEAN, CIFAR100_STD, augment=True)
+        ds = CIFAR100Dataset(images, torch.arange(6), CIFAR100_MEAN, CIFAR100_STD, augment=True)
         xs = torch.stack([ds[i][0] for i in range(6)])
-        ys = ids
-    assert sorted(ys.tolist()) == list(range(6))
-    for x, src in zip(xs, ys, strict=True):
-        candidates = torch.stack(_all_crop_flips(images[int(src)]))
-        normed = normalize_uint8(candidates, CIFAR100_MEAN, CIFAR100_STD)
+    for x, src in zip(xs, images, strict=True):
+        normed = normalize_uint8(torch.stack(_all_crop_flips(src)), CIFAR100_MEAN, CIFAR100_STD)
         assert any(torch.equal(x, c) for c in normed)
 
 
-def test_device_loader_shards_by_rank_with_epoch_permutation():
-    n, world = 11, 2
-    images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
-    ids = torch.arange(n)
-    seen = {}
-    for epoch in (0, 1):
-        for rank in range(world):
-            loader = _device_loader(images, ids, batch_size=4, rank=rank, world_size=world)
-            loader.set_epoch(epoch)
-            assert len(loader) == 2  # ceil(ceil(11 / 2) / 4)
-            seen[epoch, rank] = torch.cat([y for _, y in loader]).tolist()
-        a, b = seen[epoch, 0], seen[epoch, 1]
-        assert len(a) == len(b) == 6  # equal shards: 11 padded to 12
-        assert set(a) | set(b) == set(range(n))
-        assert len(set(a) & set(b)) <= 1  # only the padding sample repeats
-    assert seen[0, 0] != seen[1, 0]  # new permutation each epoch
-    # reproducible
-    again = _device_loader(images, ids, batch_size=4, rank=1, world_size=world)
-    again.set_epoch(1)
-    assert torch.cat([y for _, y in again]).tolist() == seen[1, 1]
-    with pytest.raises(ValueError, match="rank"):
-        _device_loader(images, ids, rank=2, world_size=2)
-
-
-# ---------------------------------------------------------------------------------------------
-# ImageFolder / ImageNet
-# ---------------------------------------------------------------------------------------------
-def _folder_dm(root, **kw):
-    kw.setdefault("image_size", 32)
-    kw.setdefault("batch_size", 4)
-    kw.setdefault("num_workers", 0)
-    kw.setdefault("verify_cache", None)
-    return ImageFolderDataModule(str(root), **kw)
-
-
-def test_image_folder_labels_follow_torchvision_imagefolder(tmp_path):
-    classes = ("zebra", "ant", "moth")
-    write_image_folder(tmp_path, classes=classes, n_per_class=3, size=(48, 40))
-    dm = _folder_dm(tmp_path)
-    assert dm.num_classes == 3 and dm.classes == sorted(classes)
-    dm.setup("fit")
-    for split in ("train", "val"):
-        ref = torchvision.datasets.ImageFolder(str(tmp_path / split))
-        got = [(str(p), y) for p, y in getattr(dm, f"{split}_dataset").samples]
-        assert got == [(str(p), y) for p, y in ref.samples]
-    x, y = next(iter(dm.val_dataloader()))
-    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
-    assert y.tolist() == [s[1] for s in dm.val_dataset.samples[:4]]
-    xt, _ = next(iter(dm.train_dataloader()))
-    assert xt.shape == (4, 3, 32, 32)
-
-
-def test_image_folder_eval_transform_is_resize_then_centre_crop(tmp_path):
-    written = write_image_folder(tmp_path, classes=("a", "b"), n_per_class=1, size=(100, 80))
-    dm = _folder_dm(tmp_path, image_size=64, resize_size=72, mean=(0, 0, 0), std=(1, 1, 1))
-    dm.setup("fit")
-    path, label = written["val"][0]
-    x, y = dm.val_dataset[0]
-    assert y == label
-    # independent reference with PIL: 100 x 80 -> shorter side 72 -> 90 x 72, centre 64 x 64
-    img = Image.open(path).convert("RGB").resize((90, 72), Image.Resampling.BILINEAR)
-    ref = np.asarray(img.crop((13, 4, 77, 68)), dtype=np.float32).transpose(2, 0, 1) / 255
-    torch.testing.assert_close(x, torch.from_numpy(ref), atol=1e-6, rtol=0)
-    # small images: eval resize defaults to the image size itself; larger: /0.875
-    assert default_eval_resize(32) == 32 and default_eval_resize(224) == 256
-
-
-def test_imagenet_module_uses_paper_transforms_and_reads_jpeg(tmp_path):
-    write_image_folder(tmp_path, classes=("n01", "n02"), n_per_class=2, size=260, ext=".JPEG")
-    dm = ImageNetDataModule(str(tmp_path), batch_size=2, num_workers=0, verify_cache=None)
-    assert dm.num_classes == 2 and dm.image_size == 224 and dm.resize_size == 256
-    assert dm.mean == IMAGENET_MEAN and dm.std == IMAGENET_STD
-    dm.setup("fit")
-    x, y = next(iter(dm.val_dataloader()))
-    assert x.shape == (2, 3, 224, 224) and y.tolist() == [0, 0]
-    names = [type(t).__name__ for t in dm.train_transform().transforms]
-    assert names[:2] == ["RandomResizedCrop", "RandomHorizontalFlip"]
-
-
-def test_image_folder_missing_root_and_split(tmp_path):
-    with pytest.raises(DatasetNotFoundError, match="does not exist") as err:
-        _folder_dm(tmp_path / "nope").setup("fit")
-    assert str(tmp_path / "nope") in str(err.value)
-    write_image_folder(tmp_path / "d", splits=("train",))
-    with pytest.raises(DatasetNotFoundError, match=str(tmp_path / "d" / "val")):
-        _ = _folder_dm(tmp_path / "d").num_classes
-
-
-def test_image_folder_empty_class_folder_is_named(tmp_path):
-    write_image_folder(tmp_path, classes=("a", "b"), n_per_class=1)
-    (tmp_path / "val" / "c").mkdir()
-    (tmp_path / "train" / "c").mkdir()
-    (tmp_path / "train" / "c" / "notes.txt").write_text("not an image")
-    with pytest.raises(DatasetLayoutError, match="without any image") as err:
-        _folder_dm(tmp_path).setup("fit")
-    assert str(tmp_path / "train" / "c") in str(err.value)
-    assert str(tmp_path / "val" / "c") in str(err.value)
-
-
-def test_image_folder_mismatched_classes_are_named(tmp_path):
-    write_image_folder(tmp_path, classes=("a", "b", "c"), splits=("train",), n_per_class=1)
-    write_image_folder(tmp_path, classes=("a", "b", "d"), splits=("val",), n_per_class=1)
-    with pytest.raises(DatasetLayoutError, match=r"only in train: \['c'\]; only in val: \['d'\]"):
-        _ = _folder_dm(tmp_path).num_classes
-
-
-def test_image_folder_flat_val_gets_a_hint(tmp_path):
-    write_image_folder(tmp_path, classes=("a",), splits=("train",), n_per_class=1)
-    (tmp_path / "val").mkdir()
-    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
-    with pytest.raises(DatasetLayoutError, match="1 loose images"):
-        _folder_dm(tmp_path).setup("fit")
-
-
-def _write_with_corrupt(tmp_path):
-    write_image_folder(tmp_path, classes=("a", "b"), n_per_class=2, size=36)
-    bad_train = write_corrupt_image(tmp_path / "train" / "a" / "a_9.png")
-    bad_val = write_corrupt_image(tmp_path / "val" / "b" / "b_5.JPEG")
-    return bad_train, bad_val
-
-
-def test_corrupt_image_skipped_with_warning_naming_file_and_count(tmp_path):
-    bad_train, _ = _write_with_corrupt(tmp_path)
-    dm = _folder_dm(tmp_path, resize_size=32)
-    dm.setup("fit")  # skip mode: no up-front verification, set-up succeeds
-    ds = dm.train_dataset
-    # replace the random training transform by the deterministic eval one for comparison
-    ds.transform = dm.eval_transform()
-    bad_index = [p for p, _ in ds.samples].index(str(bad_train))
-    with pytest.warns(CorruptImageWarning, match="a_9.png") as rec:
-        x, y = ds[bad_index]
-    assert "1 unreadable file(s) skipped" in str(rec[0].message)
-    nxt = ds[bad_index + 1]
-    assert torch.equal(x, nxt[0]) and y == nxt[1]  # substitute = next readable sample
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the same file warns only once
-        ds[bad_index]
-    dm_val = _folder_dm(tmp_path, batch_size=5)
-    dm_val.setup("validate")
-    with pytest.warns(CorruptImageWarning, match="b_5.JPEG.*1 unreadable"):
-        ((x, y),) = list(dm_val.val_dataloader())
-    assert x.shape == (5, 3, 32, 32)
-    assert y.tolist() == [0, 0, 1, 1, 0]  # the corrupt last file is replaced by the first one
-
-
-def test_corrupt_image_error_mode_refuses_at_setup_naming_every_file(tmp_path):
-    bad_train, bad_val = _write_with_corrupt(tmp_path)
-    cache = tmp_path / "cache.json"
-    dm = _folder_dm(tmp_path, on_corrupt="error", verify_cache=str(cache))
-    with pytest.raises(CorruptImageError, match="2 corrupt image") as err:
-        dm.setup("fit")
-    assert str(bad_train) in str(err.value) and str(bad_val) in str(err.value)
-    # after removing them, set-up passes and the cache remembers the good files
-    bad_train.unlink()
-    bad_val.unlink()
-    _folder_dm(tmp_path, on_corrupt="error", verify_cache=str(cache)).setup("fit")
-    assert len(json.loads(cache.read_text())["ok"]) == 8
-
-
-def test_verify_cache_skips_unchanged_files_and_rechecks_changed_ones(tmp_path):
-    written = write_image_folder(tmp_path, classes=("a",), n_per_class=2, splits=("train",))
-    paths = [str(p) for p, _ in written["train"]]
-    cache = tmp_path / "v.json"
-    assert verify_images(paths, cache_file=cache) == {}
-    write_corrupt_image(paths[0])  # content (and size) changes -> re-verified
-    assert list(verify_images(paths, cache_file=cache)) == [paths[0]]
+def test_device_draws_follow_the_seed():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    a, b = (CIFAR100DataModule(gpu_augment=True, seed=5).augment_batch(images) for _ in range(2))
+    c = CIFAR100DataModule(gpu_augment=True, seed=6).augment_batch(images)
+    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 # ---------------------------------------------------------------------------------------------
 # Real Lightning Trainer: epochs, and DDP sharding with 2 CPU processes (gloo)
 # ---------------------------------------------------------------------------------------------
-class _SeenRecorder(pl.LightningModule):
-    """Linear classifier that records which samples (labels are unique ids) each rank sees."""
+def _is_normalised_crop_flip(image: torch.Tensor, source: torch.Tensor) -> bool:
+    """Whether ``image`` is one of the 162 normalised crops/flips of ``source`` (via unfold)."""
+    windows = TF.pad(source, [4]).unfold(1, 32, 1).unfold(2, 32, 1)  # (3, 9, 9, 32, 32)
+    windows = windows.permute(1, 2, 0, 3, 4).reshape(-1, 3, 32, 32)
+    normed = normalize_uint8(torch.cat([windows, windows.flip(-1)]), CIFAR100_MEAN, CIFAR100_STD)
+    return bool((normed == image).flatten(1).all(1).any())
 
-    def __init__(self, out_dir: str) -> None:
+
+class _SeenRecorder(pl.LightningModule):
+    """Linear classifier that records which samples (labels are unique ids) each rank sees,
+    and whether every training image is a crop/flip of its source (``sources[label]``)."""
+
+    def __init__(self, out_dir: str, sources: torch.Tensor) -> None:
         super().__init__()
         self.out_dir = out_dir
+        self.sources = sources
         self.lin = torch.nn.Linear(3 * 32 * 32, 100)
         self.seen: dict[str, list[int]] = {}
-        self.loader_epochs: list[int] = []
-
-    def on_train_epoch_start(self) -> None:
-        loader = self.trainer.train_dataloader
-        if isinstance(loader, DeviceCIFARLoader):
-            self.loader_epochs.append(loader.epoch)
+        self.crops_ok: list[bool] = []
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
         self.seen.setdefault(f"train{self.current_epoch}", []).extend(y.tolist())
+        for image, label in zip(x, y.tolist(), strict=True):
+            self.crops_ok.append(_is_normalised_crop_flip(image, self.sources[label]))
         return torch.nn.functional.cross_entropy(self.lin(x.flatten(1)), y)
 
     def validation_step(self, batch, batch_idx):
@@ -549,14 +307,17 @@ class _SeenRecorder(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         path = Path(self.out_dir) / f"rank{self.global_rank}.json"
-        path.write_text(json.dumps({"seen": self.seen, "loader_epochs": self.loader_epochs}))
+        path.write_text(json.dumps({"seen": self.seen, "crops_ok": all(self.crops_ok)}))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _fit(root, out_dir, devices: int, gpu_augment: bool) -> list[dict]:
+def _fit(root, written, out_dir, devices: int, gpu_augment: bool) -> list[dict]:
     out_dir.mkdir()
+    sources = torch.zeros(100, 3, 32, 32, dtype=torch.uint8)
+    for row, label in zip(written["train"][b"data"], written["train"][b"fine_labels"]):
+        sources[label] = torch.from_numpy(row.reshape(3, 32, 32))
     dm = CIFAR100DataModule(root=str(root), batch_size=4, num_workers=0, gpu_augment=gpu_augment)
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -570,14 +331,15 @@ def _fit(root, out_dir, devices: int, gpu_augment: bool) -> list[dict]:
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(_SeenRecorder(str(out_dir)), datamodule=dm)
+    trainer.fit(_SeenRecorder(str(out_dir), sources), datamodule=dm)
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(devices)]
 
 
-def test_trainer_single_process_device_loader_follows_epochs(cifar_root, tmp_path):
-    root, written = cifar_root
-    (rank0,) = _fit(root, tmp_path / "out", devices=1, gpu_augment=True)
-    assert rank0["loader_epochs"] == [0, 1]  # Lightning called set_epoch via .sampler
+def test_trainer_applies_the_device_augmentation_to_training_batches_only(tmp_path):
+    root = tmp_path / "cifar"
+    written = write_cifar100(root, n_train=12, n_test=6, seed=4)
+    (rank0,) = _fit(root, written, tmp_path / "out", devices=1, gpu_augment=True)
+    assert rank0["crops_ok"]  # uint8 batches became normalised crops/flips on the "device"
     ids = sorted(written["train"][b"fine_labels"])
     assert sorted(rank0["seen"]["train0"]) == sorted(rank0["seen"]["train1"]) == ids
     assert rank0["seen"]["train0"] != rank0["seen"]["train1"]  # reshuffled
@@ -590,7 +352,7 @@ def test_ddp_two_processes_shard_like_lightnings_sampler(tmp_path, monkeypatch, 
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     root = tmp_path / "cifar"
     written = write_cifar100(root, n_train=22, n_test=10, seed=2)  # 22 ids: 11 per rank
-    ranks = _fit(root, tmp_path / "out", devices=2, gpu_augment=gpu_augment)
+    ranks = _fit(root, written, tmp_path / "out", devices=2, gpu_augment=gpu_augment)
     ids = written["train"][b"fine_labels"]  # unique, so a label identifies its image
     for epoch in (0, 1):
         a, b = (set(r["seen"][f"train{epoch}"]) for r in ranks)
@@ -600,28 +362,24 @@ def test_ddp_two_processes_shard_like_lightnings_sampler(tmp_path, monkeypatch, 
             ref = DistributedSampler(range(22), num_replicas=2, rank=rank, shuffle=True, seed=0)
             ref.set_epoch(epoch)
             assert ranks[rank]["seen"][f"train{epoch}"] == [ids[i] for i in ref]
-            assert ranks[rank]["loader_epochs"] == ([0, 1] if gpu_augment else [])
+            assert ranks[rank]["crops_ok"]
     assert ranks[0]["seen"]["train0"] != ranks[0]["seen"]["train1"]
     val = written["test"][b"fine_labels"]
     assert ranks[0]["seen"]["val0"] == val[0::2] and ranks[1]["seen"]["val0"] == val[1::2]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_device_loader_on_cuda_matches_cpu_reference():
+def test_device_augmentation_on_cuda_matches_cpu_reference():
     gen = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    ids = torch.arange(10)
-    plain = _device_loader(images, ids, augment=False, shuffle=False, device="cuda")
-    x, y = (torch.cat(t) for t in zip(*plain, strict=True))
-    assert x.is_cuda and torch.equal(y.cpu(), ids)
-    torch.testing.assert_close(x.cpu(), normalize_uint8(images, CIFAR100_MEAN, CIFAR100_STD))
-    aug = _device_loader(images, ids, batch_size=10, device="cuda")
-    ((xa, ya),) = list(aug)
-    for out, src in zip(xa.cpu(), ya.cpu(), strict=True):
-        normed = normalize_uint8(
-            torch.stack(_all_crop_flips(images[int(src)])), CIFAR100_MEAN, CIFAR100_STD
-        )
-        assert any(torch.allclose(out, c) for c in normed)
+    plain = CIFAR100DataModule(augment=False, gpu_augment=True).augment_batch(images.cuda())
+    torch.testing.assert_close(plain.cpu(), normalize_uint8(images, CIFAR100_MEAN, CIFAR100_STD))
+    out = CIFAR100DataModule(gpu_augment=True).augment_batch(images.cuda())
+    assert out.is_cuda
+    for x, src in zip(out.cpu(), images, strict=True):
+        normed = normalize_uint8(torch.stack(_all_crop_flips(src)), CIFAR100_MEAN, CIFAR100_STD)
+        assert any(torch.allclose(x, c) for c in normed)
 
 
 def test_benchmark_script_runs(capsys):
@@ -631,19 +389,6 @@ def test_benchmark_script_runs(capsys):
     spec = importlib.util.spec_from_file_location("bench_cifar_loader", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    res = bench.main(
-        [
-            "--device",
-            "cpu",
-            "--n-images",
-            "300",
-            "--num-workers",
-            "0",
-            "--seconds",
-            "0.1",
-            "--batch-size",
-            "32",
-        ]
-    )
+    res = bench.main("--device cpu --n-images 300 --num-workers 0 --seconds 0.1".split())
     assert set(res) == {"dataloader", "device"} and min(res.values()) > 0
     assert "ratio:" in capsys.readouterr().out

@@ -1,17 +1,24 @@
-"""LightningDataModules for the REAF experiments (SPEC section 4).
+"""LightningDataModules for the REAF experiments (paper §IV).
 
-* :class:`CIFAR100DataModule` - the paper's CIFAR-100 recipe, optional
-  device-resident fast path (:class:`DeviceCIFARLoader`).
+* :class:`CIFAR100DataModule` - CIFAR-100 with crop + flip augmentation, on the
+  CPU or batched on the training device (``gpu_augment``).
 * :class:`ImageFolderDataModule` / :class:`ImageNetDataModule` - any
-  ``root/{train,val}/<class>/*`` tree; ImageNet with the paper's transforms.
+  ``root/{train,val}/<class>/*`` tree; ImageNet with the paper's scale
+  augmentation as an option (``augmentation="scale_jitter"``).
 * :class:`DigitsDataModule` - scikit-learn digits, the download-free quick start.
 
-Every module exposes ``num_classes`` (linked into the model by the CLI) and
-the ``mean``/``std`` it normalises with. ``batch_size`` is per device.
+All derive from :class:`BaseDataModule`: public ``num_classes`` (linked into
+the model by the CLI), ``image_size``, ``mean`` and ``std``; ``batch_size`` is
+per device; every setting is saved in checkpoints
+(``datamodule_hyper_parameters``). Dataset problems raise the
+:class:`~reaf_lightning.errors.DataError` subclasses of :mod:`.errors`.
 """
 
-from .augment import apply_crop_flip, normalize_uint8, random_crop_flip, sample_crop_flip_params
+from .augment import apply_crop_flip, normalize_uint8, sample_crop_flip_params
+from .base import BaseDataModule
 from .cifar import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
     CIFAR100_URL,
     CIFAR100DataModule,
     CIFAR100Dataset,
@@ -19,20 +26,23 @@ from .cifar import (
     load_cifar100_classes,
     load_cifar100_split,
 )
-from .device_loader import DeviceCIFARLoader
 from .digits import DigitsDataModule
-from .errors import CorruptImageError, DatasetLayoutError, DatasetNotFoundError
-from .image_folder import (
-    IMG_EXTENSIONS,
+from .errors import (
+    CorruptImageError,
     CorruptImageWarning,
+    DatasetLayoutError,
+    DatasetNotFoundError,
+    DatasetPermissionError,
+)
+from .image_folder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     ImageFileDataset,
     ImageFolderDataModule,
     ImageNetDataModule,
     default_eval_resize,
-    scan_image_folder,
-    verify_images,
 )
-from .stats import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
+from .images import IMG_EXTENSIONS, load_rgb, scan_image_folder, verify_images
 
 __all__ = [
     "CIFAR100_MEAN",
@@ -40,26 +50,27 @@ __all__ = [
     "CIFAR100_URL",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "IMG_EXTENSIONS",
+    "BaseDataModule",
     "CIFAR100DataModule",
     "CIFAR100Dataset",
     "CorruptImageError",
     "CorruptImageWarning",
-    "IMG_EXTENSIONS",
+    "DatasetLayoutError",
+    "DatasetNotFoundError",
+    "DatasetPermissionError",
+    "DigitsDataModule",
     "ImageFileDataset",
     "ImageFolderDataModule",
     "ImageNetDataModule",
-    "default_eval_resize",
-    "scan_image_folder",
-    "verify_images",
-    "DatasetLayoutError",
-    "DatasetNotFoundError",
-    "DeviceCIFARLoader",
-    "DigitsDataModule",
     "apply_crop_flip",
     "check_cifar100_files",
+    "default_eval_resize",
     "load_cifar100_classes",
     "load_cifar100_split",
+    "load_rgb",
     "normalize_uint8",
-    "random_crop_flip",
     "sample_crop_flip_params",
+    "scan_image_folder",
+    "verify_images",
 ]

@@ -1,16 +1,14 @@
 """Vectorised random crop + horizontal flip + normalisation on batched tensors.
 
-Implements the paper's CIFAR-100 augmentation (SPEC section 4: random crop 32
-with zero padding 4, random horizontal flip, per-channel normalisation) as
-pure tensor functions that act on a whole batch at once, on any device. They
-are the core of the device-resident CIFAR loader (:mod:`.device_loader`) and
-produce the same distribution as ``torchvision.transforms.RandomCrop(32,
-padding=4)`` followed by ``RandomHorizontalFlip()``: a crop offset drawn
-uniformly from ``{0, ..., 2 * padding}`` in each axis, independently per
-image, and a flip with probability 1/2.
-
-The crop and the flip are fused into one ``torch.gather`` over the padded
-images (no per-image Python loop), which is what makes the GPU path fast.
+The CIFAR-100 augmentation (the paper's "crop translation and flipping",
+§IV-A; random crop 32 with zero padding 4 and a flip with probability 1/2 are
+ours, see :mod:`.cifar`) as pure tensor functions acting on a whole batch at
+once, on any device: the device-side path of ``CIFAR100DataModule(gpu_augment=True)``.
+They draw from the same distribution as ``torchvision.transforms.v2.RandomCrop(32,
+padding=4)`` followed by ``RandomHorizontalFlip()``: a crop offset uniform in
+``{0, ..., 2 * padding}`` in each axis and a flip with probability 1/2,
+independently per image. Crop and flip are one ``torch.gather`` over the
+padded images (no per-image Python loop).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sample_crop_flip_params", "apply_crop_flip", "random_crop_flip", "normalize_uint8"]
+__all__ = ["apply_crop_flip", "normalize_uint8", "sample_crop_flip_params"]
 
 
 def sample_crop_flip_params(
@@ -90,19 +88,6 @@ def apply_crop_flip(
     flat_idx = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w)
     out = torch.gather(padded.reshape(b, c, -1), 2, flat_idx.expand(b, c, h * w))
     return out.reshape(b, c, h, w)
-
-
-def random_crop_flip(
-    images: torch.Tensor,
-    padding: int = 4,
-    flip: bool = True,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Random crop (zero padding ``padding``) and random horizontal flip of a batch."""
-    oy, ox, flips = sample_crop_flip_params(
-        images.shape[0], padding, flip, device=images.device, generator=generator
-    )
-    return apply_crop_flip(images, oy, ox, flips, padding)
 
 
 def normalize_uint8(

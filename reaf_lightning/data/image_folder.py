@@ -1,225 +1,78 @@
-"""Folder-per-class image data modules, including ImageNet with the paper's transforms.
+"""Folder-per-class image data modules, ImageNet with the paper's augmentation as an option.
 
-SPEC section 4 (ImageNet recipe): training with ``RandomResizedCrop(224)`` and
-a random horizontal flip; evaluation with ``Resize(256)`` and
-``CenterCrop(224)``; ImageNet mean/std. :class:`ImageFolderDataModule`
-generalises this to any ``root/train/<class>/*`` + ``root/val/<class>/*`` tree.
+The paper (§IV-B) on ImageNet: "The image is resized for scale augmentation. A
+224x224 crop is randomly sampled from an image or its horizontal flip, with
+per-pixel normalization" - the wording of He et al. 2016, whose recipe draws
+the shorter side uniformly from [256, 480]. ``augmentation="scale_jitter"``
+is that recipe. Ours, because the paper does not give them:
 
-Robustness *(ours)*: every layout problem (missing root or split folder, a
-class folder without images, different class sets in train/ and val/) is
-found in ``setup`` and reported as one clear line naming the path. Corrupt
-image files are handled according to ``on_corrupt``:
+* ``augmentation="random_resized_crop"`` (default): torchvision's reference
+  ImageNet recipe, the common modern substitute for scale augmentation.
+* normalisation by a per-*channel* mean/std (ImageNet's torchvision values)
+  instead of He et al.'s per-*pixel* mean image, which would need a pass over
+  the training set; the colour (PCA lighting) augmentation of He et al. is not
+  mentioned by the paper and not used.
+* evaluation: shorter side resized to ``resize_size`` (256 for 224) and a
+  centre crop, a single view (He et al. report 10-crop testing).
 
-* ``"skip"`` (default): nothing is checked up front (so start-up stays fast on
-  1.3 M ImageNet files); a file that fails to decode during training is
-  skipped lazily - ``__getitem__`` returns the next readable sample instead,
-  and a :class:`CorruptImageWarning` names the file and the number of files
-  of that dataset skipped so far (once per file and per process: DataLoader
-  workers and DDP ranks each warn and count separately).
-* ``"error"``: all images are verified at set-up (``PIL.Image.verify``,
-  cheap: headers and chunk checksums, no full decode), and set-up fails
-  naming every corrupt file. Verified files can be remembered in a JSON cache
-  (keyed by path, size and modification time) so later runs and the other
-  DDP ranks only ``stat`` the files. Should a file that passed ``verify`` still
-  fail to decode later, the error names it.
+Robustness (ours): every layout problem is found in ``prepare_data``/``setup``
+and reported as one line naming the path. Undecodable images follow
+``on_corrupt``:
+
+* ``"skip"`` (default): nothing is checked up front (start-up stays fast on
+  1.3 M files); a file that fails to decode is replaced by the next readable
+  sample, with a :class:`CorruptImageWarning` naming it and counting the files
+  skipped so far (per process: DataLoader workers and DDP ranks count apart).
+* ``"error"``: every image is decoded at set-up (in parallel; verdicts cached
+  by path, size and modification time, so the next set-up only ``stat``s) and
+  set-up fails with the count and the first files. Unreadable files are
+  reported as permission problems, not as corrupt images.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
-import lightning.pytorch as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ._common import check_non_negative_int, check_positive_int, check_stats, make_loader
-from .errors import CorruptImageError, DatasetLayoutError, DatasetNotFoundError
-from .stats import IMAGENET_MEAN, IMAGENET_STD
+from reaf_lightning.errors import ConfigError
+
+from .base import BaseDataModule, check_positive_int
+from .errors import CorruptImageError, CorruptImageWarning, DatasetPermissionError
+from .images import load_rgb, scan_image_folder, verify_images
 
 __all__ = [
-    "IMG_EXTENSIONS",
-    "CorruptImageWarning",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "ImageFileDataset",
     "ImageFolderDataModule",
     "ImageNetDataModule",
-    "scan_image_folder",
-    "verify_images",
+    "default_eval_resize",
 ]
 
-#: File extensions treated as images (torchvision's list), compared case-insensitively.
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: The standard ImageNet statistics (torchvision's reference scripts; ours, see above).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-#: What PIL raises for unreadable files: UnidentifiedImageError and truncation are OSErrors,
-#: some damaged PNG chunks raise SyntaxError, some decoders ValueError.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-_LAYOUT = "expected '{root}/train/<class>/<image>' and '{root}/val/<class>/<image>'"
-
-
-class CorruptImageWarning(UserWarning):
-    """An image file could not be decoded and was skipped."""
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
-
-
-def _class_dirs(split_dir: Path) -> list[str]:
-    return sorted(
-        e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")
-    )
-
-
-def _check_split_dir(root: Path, split: str) -> Path:
-    if not root.is_dir():
-        raise DatasetNotFoundError(
-            f"image folder root '{root}' does not exist; {_LAYOUT.format(root=root)}"
-        )
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise DatasetNotFoundError(
-            f"split folder '{split_dir}' does not exist; {_LAYOUT.format(root=root)}"
-        )
-    return split_dir
-
-
-def _split_classes(root: Path, split: str) -> list[str]:
-    split_dir = _check_split_dir(root, split)
-    classes = _class_dirs(split_dir)
-    if not classes:
-        loose = sum(1 for e in os.scandir(split_dir) if e.is_file() and _is_image(e.name))
-        hint = (
-            f" (it holds {loose} loose images: sort them into one folder per class, e.g. with "
-            f"the ILSVRC2012 'valprep.sh' script for ImageNet val)"
-            if loose
-            else ""
-        )
-        raise DatasetLayoutError(
-            f"split folder '{split_dir}' has no class folders{hint}; {_LAYOUT.format(root=root)}"
-        )
-    return classes
-
-
-def _checked_classes(root: Path, splits: Sequence[str]) -> list[str]:
-    """Class folder names of the first split, after checking every split has the same set."""
-    per_split = {s: _split_classes(root, s) for s in splits}
-    first = splits[0]
-    for other in splits[1:]:
-        a, b = set(per_split[first]), set(per_split[other])
-        if a != b:
-            raise DatasetLayoutError(
-                f"class folders differ between '{root / first}' and '{root / other}': "
-                f"only in {first}: {sorted(a - b)}; only in {other}: {sorted(b - a)}"
-            )
-    return per_split[first]
-
-
-def scan_image_folder(
-    root: str | Path, splits: Sequence[str] = ("train", "val")
-) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
-    """Index ``root/<split>/<class>/*`` and check the layout.
-
-    Classes are the sorted folder names of the first split (labels are their
-    index, as in ``torchvision.datasets.ImageFolder``); files within a class
-    are sorted by name. Only files with an :data:`IMG_EXTENSIONS` suffix count.
-
-    Returns:
-        ``(classes, {split: [(path, label), ...]})``.
-
-    Raises:
-        DatasetNotFoundError: the root or a split folder is missing.
-        DatasetLayoutError: a split has no class folders, some class folders hold
-            no images, or the splits have different class sets.
-    """
-    root = Path(root)
-    classes = _checked_classes(root, splits)
-    samples: dict[str, list[tuple[str, int]]] = {}
-    empty: list[str] = []
-    for split in splits:
-        items: list[tuple[str, int]] = []
-        for label, cls in enumerate(classes):
-            d = root / split / cls
-            files = sorted(e.path for e in os.scandir(d) if e.is_file() and _is_image(e.name))
-            if not files:
-                empty.append(str(d))
-            items.extend((f, label) for f in files)
-        samples[split] = items
-    if empty:
-        raise DatasetLayoutError(
-            f"class folder(s) without any image ({', '.join(IMG_EXTENSIONS)}): {', '.join(empty)}"
-        )
-    return classes, samples
-
-
-def _verify_one(path: str) -> str | None:
-    """None if PIL can open and verify ``path``, else the reason."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except _DECODE_ERRORS as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def _file_key(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def verify_images(
-    paths: Sequence[str], cache_file: str | Path | None = None, threads: int = 8
-) -> dict[str, str]:
-    """Verify image files with ``PIL.Image.verify``; return ``{path: reason}`` of corrupt ones.
-
-    Args:
-        paths: image files.
-        cache_file: optional JSON file remembering files that verified fine
-            (with their size and mtime); such files are not opened again while
-            unchanged. Written atomically (temporary name, then rename).
-        threads: verification threads (the work is I/O bound).
-    """
-    cache: dict[str, list[int]] = {}
-    cache_path = Path(cache_file) if cache_file is not None else None
-    if cache_path is not None and cache_path.is_file():
-        try:
-            cache = json.loads(cache_path.read_text()).get("ok", {})
-        except (OSError, ValueError):
-            cache = {}  # unreadable cache: verify everything again
-    keys = {p: _file_key(p) for p in paths}
-    todo = [p for p in paths if keys[p] is None or cache.get(os.path.abspath(p)) != keys[p]]
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        reasons = dict(zip(todo, pool.map(_verify_one, todo), strict=True))
-    bad = {p: r for p, r in reasons.items() if r is not None}
-    if cache_path is not None:
-        ok = {os.path.abspath(p): keys[p] for p in paths if p not in bad and keys[p] is not None}
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"ok": ok}))
-            os.replace(tmp, cache_path)
-        except OSError as exc:
-            warnings.warn(f"could not write verification cache '{cache_path}': {exc}", stacklevel=2)
-    return bad
-
-
-def _load_rgb(path: str) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")  # forces the full decode inside the try of the caller
+Augmentation = Literal["random_resized_crop", "scale_jitter"]
+OnCorrupt = Literal["skip", "error"]
+_SHOWN = 5  # files named in a set-up error
 
 
 class ImageFileDataset(Dataset):
-    """``(path, label)`` samples decoded with PIL, with corrupt files skipped or refused.
+    """``(path, label)`` samples decoded to RGB, corrupt files skipped or refused.
+
+    Attributes:
+        samples: ``(path, class_index)`` pairs in loader order, as
+            ``torchvision.datasets.ImageFolder.samples``.
+        skipped: files skipped so far by this process.
 
     Args:
         samples: ``(path, label)`` pairs.
@@ -233,16 +86,12 @@ class ImageFileDataset(Dataset):
         self,
         samples: Sequence[tuple[str, int]],
         transform: Callable[[Image.Image], torch.Tensor],
-        on_corrupt: str = "skip",
+        on_corrupt: OnCorrupt = "skip",
     ) -> None:
-        if on_corrupt not in ("skip", "error"):
-            raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
-        if not samples:
-            raise ValueError("ImageFileDataset needs at least one sample")
         self.samples = list(samples)
         self.transform = transform
         self.on_corrupt = on_corrupt
-        self.skipped: set[str] = set()  # per process
+        self.skipped: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -254,58 +103,54 @@ class ImageFileDataset(Dataset):
             if path in self.skipped:
                 continue
             try:
-                img = _load_rgb(path)
-            except _DECODE_ERRORS as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                image = load_rgb(path)
+            except CorruptImageError as err:
                 if self.on_corrupt == "error":
-                    raise CorruptImageError(f"cannot decode image '{path}' ({reason})") from exc
+                    raise
                 self.skipped.add(path)
                 warnings.warn(
-                    f"skipping unreadable image '{path}' ({reason}); "
-                    f"{len(self.skipped)} unreadable file(s) skipped so far by this dataset "
-                    f"(counted per process)",
+                    f"skipped: {err}; {len(self.skipped)} unreadable file(s) skipped so far "
+                    "by this dataset (counted per process)",
                     CorruptImageWarning,
                     stacklevel=2,
                 )
                 continue
-            return self.transform(img), label
+            return self.transform(image), label
         raise CorruptImageError(f"none of the {n} images of this dataset can be decoded")
 
 
 def default_eval_resize(image_size: int) -> int:
-    """Resize side before the centre crop: ``round(image_size / 0.875)``, or ``image_size``
-    itself for small images (<= 64 px), where an extra 14% border would crop away a large
-    part of an already tiny object."""
+    """Evaluation resize side: ``round(image_size / 0.875)`` (256 for 224), or ``image_size``
+    itself for small images (<= 64 px), where a 14% border would crop away much of a tiny
+    object."""
     return image_size if image_size <= 64 else round(image_size / 0.875)
 
 
-class ImageFolderDataModule(pl.LightningDataModule):
-    """Any folder-per-class dataset: ``root/train/<class>/*`` and ``root/val/<class>/*``.
+class ImageFolderDataModule(BaseDataModule):
+    """Any folder-per-class dataset: ``root/train/<class>/**`` and ``root/val/<class>/**``.
 
-    Training transform: ``RandomResizedCrop(image_size)`` + horizontal flip.
-    Evaluation transform: ``Resize(resize_size)`` (shorter side) +
-    ``CenterCrop(image_size)``, where ``resize_size`` defaults to
-    ``round(image_size / 0.875)`` (256 for 224) and, for ``image_size <= 64``,
-    to ``image_size`` itself. ``num_classes`` is the number of class folders;
-    labels follow the sorted folder names (torchvision's ImageFolder order).
-    The validation split doubles as the test split.
-
-    Under DDP ``batch_size`` is per device (per process): the global batch is
-    ``batch_size * devices * num_nodes``. Lightning inserts the
-    ``DistributedSampler``.
+    Labels follow the sorted class folder names and files the order of
+    ``torchvision.datasets.ImageFolder``; ``num_classes`` is the number of class
+    folders. The validation split doubles as the test and the predict split
+    (ImageNet's labelled test set is not public); its ``samples`` name the file
+    behind every prediction, in loader order.
 
     Args:
         root: dataset root holding ``train/`` and ``val/``.
-        image_size: side of the network input.
+        image_size: side of the network input (the crop).
         batch_size: images per batch, per device.
         num_workers: DataLoader worker processes.
         pin_memory: pin host memory; ``None`` means "if CUDA is available".
         mean: per-channel normalisation mean (default ImageNet's).
         std: per-channel normalisation std (default ImageNet's).
-        resize_size: evaluation resize side (see above for the default).
-        on_corrupt: ``"skip"`` (lazy, warn and substitute) or ``"error"``
-            (verify everything at set-up and refuse); see the module docstring.
-        verify_cache: JSON file remembering verified images in ``"error"`` mode;
+        resize_size: evaluation resize side (default :func:`default_eval_resize`).
+        augmentation: ``"random_resized_crop"`` (ours) or ``"scale_jitter"``
+            (the paper's, see the module doc) for training images.
+        scale_jitter_range: inclusive range of the shorter side for
+            ``"scale_jitter"`` (He et al.: 256 to 480); the low end must be
+            at least ``image_size``.
+        on_corrupt: ``"skip"`` or ``"error"`` (see the module doc).
+        verify_cache: JSON file caching the ``"error"`` mode's verdicts;
             ``"auto"`` puts it under ``~/.cache/reaf_lightning/``, ``None`` disables it.
         drop_last: drop the last incomplete training batch.
     """
@@ -320,77 +165,69 @@ class ImageFolderDataModule(pl.LightningDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         resize_size: int | None = None,
-        on_corrupt: str = "skip",
+        augmentation: Augmentation = "random_resized_crop",
+        scale_jitter_range: tuple[int, int] = (256, 480),
+        on_corrupt: OnCorrupt = "skip",
         verify_cache: str | None = "auto",
         drop_last: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            mean=mean,
+            std=std,
+            drop_last=drop_last,
+        )
+        self.save_hyperparameters()
         self.root = Path(root)
-        self.image_size = check_positive_int("image_size", image_size)
-        self.batch_size = check_positive_int("batch_size", batch_size)
-        self.num_workers = check_non_negative_int("num_workers", num_workers)
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        self._mean = check_stats("mean", mean)
-        self._std = check_stats("std", std)
-        if resize_size is None:
-            resize_size = default_eval_resize(image_size)
-        check_positive_int("resize_size", resize_size)
-        if resize_size < image_size:
-            raise ValueError(
-                f"resize_size ({resize_size}) must be >= image_size ({image_size}) "
-                f"for the centre crop"
+        self.resize_size = check_positive_int(
+            "resize_size",
+            default_eval_resize(image_size) if resize_size is None else resize_size,
+            minimum=image_size,
+        )
+        _check_choice("augmentation", augmentation, Augmentation)
+        _check_choice("on_corrupt", on_corrupt, OnCorrupt)
+        self.augmentation = augmentation
+        low, high = (int(v) for v in scale_jitter_range)
+        if augmentation == "scale_jitter" and not image_size <= low <= high:
+            raise ConfigError(
+                f"scale_jitter_range must be (low, high) with image_size ({image_size}) <= low "
+                f"<= high, got {tuple(scale_jitter_range)}"
             )
-        self.resize_size = resize_size
-        if on_corrupt not in ("skip", "error"):
-            raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
+        self.scale_jitter_range = (low, high)
         self.on_corrupt = on_corrupt
         self.verify_cache = verify_cache
-        self.drop_last = bool(drop_last)
         self._classes: list[str] | None = None
         self._samples: dict[str, list[tuple[str, int]]] | None = None
         self._verified = False
-        self.save_hyperparameters()
 
     # -- dataset facts -------------------------------------------------------------------------
     @property
     def classes(self) -> list[str]:
-        """Class folder names in label order (checks the folder layout on first use)."""
-        if self._classes is None:
-            self._classes = _checked_classes(self.root, ("train", "val"))
-        return self._classes
+        """Class folder names in label order (the layout is checked on first use)."""
+        return self._index()[0]
 
     @property
-    def num_classes(self) -> int:
+    def num_classes(self) -> int:  # type: ignore[override]
         """Number of class folders; the CLI links this into the model."""
         return len(self.classes)
 
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self._mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self._std
-
     def train_transform(self) -> v2.Compose:
-        return v2.Compose(
-            [
-                v2.RandomResizedCrop(self.image_size, antialias=True),
-                v2.RandomHorizontalFlip(),
-                *self._to_tensor(),
-            ]
-        )
+        if self.augmentation == "scale_jitter":
+            low, high = self.scale_jitter_range
+            geometry = [v2.RandomResize(low, high + 1), v2.RandomCrop(self.image_size)]
+        else:
+            geometry = [v2.RandomResizedCrop(self.image_size)]
+        return v2.Compose([*geometry, v2.RandomHorizontalFlip(), *self._to_tensor()])
 
     def eval_transform(self) -> v2.Compose:
         return v2.Compose(
-            [
-                v2.Resize(self.resize_size, antialias=True),
-                v2.CenterCrop(self.image_size),
-                *self._to_tensor(),
-            ]
+            [v2.Resize(self.resize_size), v2.CenterCrop(self.image_size), *self._to_tensor()]
         )
 
-    def _to_tensor(self) -> list:
+    def _to_tensor(self) -> list[v2.Transform]:
         return [
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
@@ -398,84 +235,71 @@ class ImageFolderDataModule(pl.LightningDataModule):
         ]
 
     # -- Lightning hooks -----------------------------------------------------------------------
-    def _cache_path(self) -> Path | None:
-        if self.verify_cache is None:
-            return None
-        if self.verify_cache != "auto":
-            return Path(self.verify_cache)
-        digest = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:16]
-        return Path.home() / ".cache" / "reaf_lightning" / f"verified-{digest}.json"
-
-    def _index(self) -> dict[str, list[tuple[str, int]]]:
+    def _index(self) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
         if self._samples is None:
             self._classes, self._samples = scan_image_folder(self.root)
-        return self._samples
+        assert self._classes is not None
+        return self._classes, self._samples
+
+    def _cache_path(self) -> Path | None:
+        if self.verify_cache != "auto":
+            return None if self.verify_cache is None else Path(self.verify_cache)
+        digest = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:16]
+        return Path.home() / ".cache" / "reaf_lightning" / f"verified-{digest}.json"
 
     def _verify(self) -> None:
         if self.on_corrupt != "error" or self._verified:
             return
-        samples = self._index()
-        paths = [p for split in ("train", "val") for p, _ in samples[split]]
+        paths = [path for split in self._index()[1].values() for path, _ in split]
         bad = verify_images(paths, cache_file=self._cache_path())
+        denied = [p for p, err in bad.items() if isinstance(err, DatasetPermissionError)]
+        if denied:
+            raise DatasetPermissionError(
+                f"{len(denied)} image(s) under '{self.root}' cannot be read (permission "
+                f"denied), e.g. {', '.join(denied[:_SHOWN])}; fix their permissions"
+            )
         if bad:
-            listing = "; ".join(f"{p} ({r})" for p, r in sorted(bad.items()))
+            shown = "; ".join(str(err) for err in list(bad.values())[:_SHOWN])
             raise CorruptImageError(
-                f"{len(bad)} corrupt image(s) under '{self.root}' (on_corrupt='error'; remove "
-                f"them or use on_corrupt='skip'): {listing}"
+                f"{len(bad)} corrupt image(s) of {len(paths)} under '{self.root}' (on_corrupt="
+                f"'error'; remove them or use on_corrupt='skip'), first {min(len(bad), _SHOWN)}: "
+                f"{shown}"
             )
         self._verified = True
 
     def prepare_data(self) -> None:
-        """Check the layout and, with ``on_corrupt="error"``, verify images (fills the cache)."""
+        """Check the layout; with ``on_corrupt="error"`` decode every image (fills the cache)."""
         self._index()
         self._verify()
 
     def setup(self, stage: str | None = None) -> None:
-        """Index the folders and build datasets; every layout problem is raised here."""
-        samples = self._index()
-        self._verify()  # cheap when the cache from prepare_data is warm
+        """Index the folders and build the datasets; every layout problem is raised here."""
+        samples = self._index()[1]
+        self._verify()  # instant when prepare_data ran in this process or the cache is warm
         self.train_dataset = ImageFileDataset(
             samples["train"], self.train_transform(), self.on_corrupt
         )
         self.val_dataset = ImageFileDataset(samples["val"], self.eval_transform(), self.on_corrupt)
+        self.test_dataset = self.predict_dataset = self.val_dataset
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return make_loader(
-            dataset,
-            self.batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            drop_last=self.drop_last and train,
-        )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The validation split (ImageNet's labelled test set is not public)."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """``reaf-lightning predict`` runs on the validation split (sorted file order)."""
-        return self.val_dataloader()
+def _check_choice(name: str, value: str, choices: object) -> None:
+    allowed = choices.__args__  # type: ignore[attr-defined]
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 class ImageNetDataModule(ImageFolderDataModule):
-    """ImageNet (ILSVRC2012) with the paper's transforms (SPEC section 4).
+    """ImageNet (ILSVRC2012) in ``root/{train,val}/<wnid>/*.JPEG``; defaults of the paper (§IV-B).
 
-    Expects ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (the
-    validation images sorted into class folders). Training:
-    ``RandomResizedCrop(224)`` + flip; evaluation: ``Resize(256)`` +
-    ``CenterCrop(224)``; ImageNet mean/std. ``num_classes`` is read from the
-    folders (1000 for the full dataset; a subset works too).
+    The validation images must be sorted into class folders (e.g. with the
+    ILSVRC2012 ``valprep.sh`` script). ``num_classes`` is read from the
+    folders (1000 for the full dataset; a subset works too). See the module
+    doc for which transforms are the paper's (``augmentation="scale_jitter"``)
+    and which ours.
 
     The paper's batch of 256 is the *global* batch: ``batch_size`` is per
-    device, so on 8 GPUs use ``batch_size=32`` (or keep 256 per device and
-    scale the learning rate linearly with the global batch).
+    device, so on 8 GPUs use ``batch_size=32``.
     """
 
     def __init__(
@@ -486,7 +310,11 @@ class ImageNetDataModule(ImageFolderDataModule):
         pin_memory: bool | None = None,
         image_size: int = 224,
         resize_size: int | None = None,
-        on_corrupt: str = "skip",
+        augmentation: Augmentation = "random_resized_crop",
+        scale_jitter_range: tuple[int, int] = (256, 480),
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        on_corrupt: OnCorrupt = "skip",
         verify_cache: str | None = "auto",
         drop_last: bool = False,
     ) -> None:
@@ -496,9 +324,11 @@ class ImageNetDataModule(ImageFolderDataModule):
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
+            mean=mean,
+            std=std,
             resize_size=resize_size,
+            augmentation=augmentation,
+            scale_jitter_range=scale_jitter_range,
             on_corrupt=on_corrupt,
             verify_cache=verify_cache,
             drop_last=drop_last,

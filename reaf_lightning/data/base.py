@@ -1,0 +1,127 @@
+"""The base of every data module: dataset facts, loaders and the device-side batch hook.
+
+As torchgeo's ``BaseDataModule``: this class owns what all modules share
+(``num_classes``, ``image_size``, ``mean``/``std``, the four loaders and an
+optional augmentation applied to training batches after they reach the
+device); a concrete module only says where its data is and how one sample is
+read, by filling ``train_dataset``, ``val_dataset``, ``test_dataset`` and
+``predict_dataset`` in ``setup``.
+
+``batch_size`` is per device (per process): under DDP the global batch is
+``batch_size * devices * num_nodes``, and Lightning inserts the
+``DistributedSampler`` into these plain loaders (shuffling for training, in
+order for evaluation and prediction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from reaf_lightning.errors import ConfigError
+
+__all__ = ["BaseDataModule", "check_positive_int"]
+
+
+def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_stats(name: str, values: Sequence[float]) -> tuple[float, ...]:
+    stats = tuple(float(v) for v in values)
+    if len(stats) != 3:
+        raise ConfigError(f"{name} needs 3 values (one per RGB channel), got {values!r}")
+    if name == "std" and any(v <= 0 for v in stats):
+        raise ConfigError(f"std values must be > 0, got {values!r}")
+    return stats
+
+
+class BaseDataModule(pl.LightningDataModule):
+    """Loaders, normalisation statistics and the device-side training-batch hook.
+
+    Attributes:
+        num_classes: number of classes (the CLI links it into the model).
+        image_size: side of the square network input.
+        mean: per-channel normalisation mean, in [0, 1] pixel units.
+        std: per-channel normalisation standard deviation.
+        batch_augmentation: if set, applied to the images of every *training*
+            batch after it reached the device (``on_after_batch_transfer``);
+            evaluation and prediction batches are never touched.
+
+    Args:
+        image_size: side of the square network input.
+        batch_size: images per batch, per device.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory; ``None`` means "if CUDA is available".
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation standard deviation (> 0).
+        drop_last: drop the last incomplete training batch.
+    """
+
+    num_classes: int
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool | None,
+        mean: Sequence[float],
+        std: Sequence[float],
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.image_size = check_positive_int("image_size", image_size)
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.num_workers = check_positive_int("num_workers", num_workers, minimum=0)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.mean = _check_stats("mean", mean)
+        self.std = _check_stats("std", std)
+        self.drop_last = bool(drop_last)
+        self.batch_augmentation: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+        self.predict_dataset: Dataset | None = None
+
+    def _dataloader(self, dataset: Dataset | None, split: str) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"call setup() before asking for the {split} loader")
+        train = split == "train"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            drop_last=self.drop_last and train,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._dataloader(self.train_dataset, "train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._dataloader(self.val_dataset, "val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._dataloader(self.test_dataset, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """In file order, without augmentation (``predict_dataset``; see the subclass)."""
+        return self._dataloader(self.predict_dataset, "predict")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Apply ``batch_augmentation`` to training batches, on the device they now live on."""
+        if self.batch_augmentation is None or self.trainer is None or not self.trainer.training:
+            return batch
+        images, labels = batch
+        return self.batch_augmentation(images), labels
