@@ -40,6 +40,7 @@ from reaf_lightning.loggers import provenance
 from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_macs, count_parameters
 from reaf_lightning.predictions import PredictionWriter
+from reaf_lightning.report.record import MetricsFile
 
 __all__ = [
     "EveryEpochLastCheckpoint",
@@ -344,4 +345,5 @@ def standard_callbacks() -> list[Callback]:
         LogComplexity(),
         LogProvenance(),
         PredictionWriter(),
+        MetricsFile(),
     ]

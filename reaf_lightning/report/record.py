@@ -1,0 +1,245 @@
+"""``metrics.json``: what every finished run leaves behind, and how the report reads it back.
+
+Not part of the paper: a reproduction needs several seeds per row (the paper's
+gaps between rows are 0.2-0.5 points of top-1 error), and a table of them must
+be checkable without W&B. :class:`MetricsFile` writes, after every finished
+``fit``, ``validate`` and ``test``, the final metrics as logged (names such as
+``val/err1``, fractions in [0, 1]) into ``<run dir>/metrics.json``; each stage
+updates only its own key::
+
+    {"seed": 0, "arch": "reaf_resnet50", "params_m": 24.30, "gmacs": 1.34,
+     "fit": {"final": {"epoch": 199, "val/acc1": ..., "val/err1": ..., ...},
+             "best": {"val/acc1": <max>, "val/err1": <min>, ..., "val/loss": <min>}},
+     "validate": {"final": {...}}, "test": {"final": {"test/err1": ...}}}
+
+The run dir is ``trainer.default_root_dir``. :func:`find_runs` collects the
+files under one or more log roots and names each run's *experiment*: its run
+dir with the trailing ``seed<N>`` component removed, so that the seeds of one
+configuration form one group.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+
+from reaf_lightning.errors import ConfigError
+from reaf_lightning.io import atomic_outputs
+
+__all__ = ["FILENAME", "MetricsFile", "Run", "experiment_of", "find_runs"]
+
+FILENAME = "metrics.json"
+_SEED_DIR = re.compile(r"seed\d+")
+
+
+def _logged(trainer: pl.Trainer, prefix: str) -> dict[str, float]:
+    """The scalar metrics logged under ``prefix`` (e.g. ``"val/"``), as Python floats."""
+    out = {}
+    for name, value in trainer.callback_metrics.items():
+        if name.startswith(prefix) and getattr(value, "numel", lambda: 1)() == 1:
+            out[name] = float(value)
+    return dict(sorted(out.items()))
+
+
+def _better(name: str, new: float, old: float) -> bool:
+    """Accuracies improve upwards, errors and losses downwards."""
+    if math.isnan(new):
+        return False
+    higher = name.rsplit("/", 1)[-1].startswith("acc")
+    return math.isnan(old) or (new > old if higher else new < old)
+
+
+class MetricsFile(Callback):
+    """Write ``<trainer.default_root_dir>/metrics.json`` after every finished fit/validate/test.
+
+    ``fit.best`` is the best value of every ``val/`` metric over the
+    validation epochs of the fit (maximum for accuracies, minimum for errors
+    and the loss; each metric on its own, so the best top-1 and best top-5 may
+    come from different epochs). Best and final are kept in the checkpoint
+    (:meth:`state_dict`), so a fit resumed with ``--ckpt_path last`` still
+    knows the epochs before the interruption (and a finished run resumed
+    again, as a requeued job would, writes the same file). ``params_m`` and ``gmacs`` come
+    from the module's ``complexity(input_size)`` (the image size actually
+    fed), the seed from Lightning's ``PL_GLOBAL_SEED``. Only global rank 0
+    writes, through :func:`reaf_lightning.io.atomic_outputs`, so the file is
+    never half-written.
+    """
+
+    def __init__(self) -> None:
+        self._best: dict[str, float] = {}
+        self._final: dict[str, float] = {}
+        self._epoch: int | None = None
+        self._input_size: tuple[int, ...] | None = None
+
+    # -- what to remember ----------------------------------------------------------------------
+    def _remember_input(self, batch: Any) -> None:
+        if self._input_size is None:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            self._input_size = tuple(images.shape[1:])
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._remember_input(batch)
+
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._remember_input(batch)
+
+    def on_test_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._remember_input(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self._best), "final": dict(self._final), "epoch": self._epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._best = dict(state_dict.get("best", {}))
+        self._final = dict(state_dict.get("final", {}))
+        self._epoch = state_dict.get("epoch")
+
+    # -- when to write -------------------------------------------------------------------------
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = _logged(trainer, "val/")
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._epoch, self._final = trainer.current_epoch, metrics
+            for name, value in metrics.items():
+                if _better(name, value, self._best.get(name, math.nan)):
+                    self._best[name] = value
+        elif trainer.state.fn == TrainerFn.VALIDATING:
+            self._write(trainer, pl_module, "validate", {"final": metrics})
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = self._epoch if self._epoch is not None else trainer.current_epoch - 1
+        final = {"epoch": epoch, **self._final}
+        self._write(trainer, pl_module, "fit", {"final": final, "best": dict(self._best)})
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, pl_module, "test", {"final": _logged(trainer, "test/")})
+
+    def _write(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, content: dict
+    ) -> None:
+        if not trainer.is_global_zero:
+            return
+        path = Path(trainer.default_root_dir) / FILENAME
+        record = _read_existing(path)
+        if stage == "fit" or "seed" not in record:  # evaluating a run keeps its training seed
+            seed = os.environ.get("PL_GLOBAL_SEED")
+            record["seed"] = int(seed) if seed is not None else None
+        record["arch"] = getattr(pl_module, "hparams", {}).get("arch")
+        complexity = getattr(pl_module, "complexity", None)
+        if callable(complexity) and self._input_size is not None:
+            counts = complexity(self._input_size)
+            record["params_m"] = counts["complexity/params"] / 1e6
+            record["gmacs"] = counts["complexity/macs"] / 1e9
+        record[stage] = content
+        with atomic_outputs([path]) as (temp,):
+            temp.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _read_existing(path: Path) -> dict[str, Any]:
+    """The file's other stages, to keep them; a damaged file is replaced (with a warning)."""
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        rank_zero_warn(f"replacing the unreadable {path} ({type(err).__name__}: {err})")
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+# -- reading runs back -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    """One run dir's ``metrics.json``, and the experiment the run belongs to."""
+
+    run_dir: Path
+    experiment: str
+    experiment_dir: Path
+    metrics: dict[str, Any]
+
+    @property
+    def seed(self) -> int | None:
+        return self.metrics.get("seed")
+
+    def fit(self, kind: str) -> dict[str, float]:
+        """``fit.final`` or ``fit.best`` (empty when the run has no finished fit)."""
+        return self.metrics.get("fit", {}).get(kind, {})
+
+
+def experiment_of(run_dir: Path, root: Path) -> tuple[str, Path]:
+    """The experiment of a run dir: its path with the trailing ``seed<N>`` part(s) removed.
+
+    Returns the name relative to ``root`` (``table3/resnet50`` for
+    ``logs/table3/resnet50/seed2`` under ``logs``) and the experiment directory.
+    """
+    experiment_dir = run_dir
+    while _SEED_DIR.fullmatch(experiment_dir.name) and experiment_dir != root:
+        experiment_dir = experiment_dir.parent
+    try:
+        name = experiment_dir.relative_to(root).as_posix()
+    except ValueError:
+        name = experiment_dir.name
+    return (name if name not in ("", ".") else experiment_dir.name), experiment_dir
+
+
+def find_runs(roots: Sequence[str | os.PathLike[str]]) -> tuple[list[Run], list[str]]:
+    """Every ``metrics.json`` under ``roots``, each run dir once, and what was skipped.
+
+    Returns the runs with a finished fit and one line per file left out
+    (unreadable, or no finished ``fit`` yet: a run in progress).
+
+    Raises:
+        ConfigError: a root does not exist or is not a directory.
+    """
+    runs: list[Run] = []
+    skipped: list[str] = []
+    seen: set[Path] = set()
+    for root_arg in roots:
+        root = Path(root_arg)
+        if not root.is_dir():
+            what = "does not exist" if not root.exists() else "is not a directory"
+            raise ConfigError(f"log root {root} {what}; give the directories runs were written to")
+        for path in sorted(root.rglob(FILENAME)):
+            run_dir = path.parent
+            if run_dir.resolve() in seen:
+                continue
+            seen.add(run_dir.resolve())
+            try:
+                metrics = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                skipped.append(f"{path}: unreadable ({type(err).__name__}: {err})")
+                continue
+            if not isinstance(metrics, dict) or not metrics.get("fit", {}).get("final"):
+                skipped.append(f"{path}: no finished fit yet")
+                continue
+            name, experiment_dir = experiment_of(run_dir, root)
+            runs.append(Run(run_dir, name, experiment_dir, metrics))
+    return runs, skipped
