@@ -84,9 +84,10 @@ class LogConfigCallback(SaveConfigCallback):
     """
 
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
         name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
         with atomic_outputs([Path(trainer.default_root_dir) / name]) as (path,):
-            path.write_text(self.parser.dump(self.config, skip_none=False))
+            path.write_text(self.parser.dump(self.config, skip_unset=False))
         config = self.config.clone()
         config.pop("config", None)  # the list of --config paths: not a setting
         for logger in trainer.loggers:
