@@ -106,7 +106,8 @@ class ReafLightningCLI(LightningCLI):
 
     def __init__(self, *args: Any, checkpoint_dirs: list[str] | None = None, **kwargs: Any):
         self.checkpoint_dirs = checkpoint_dirs if checkpoint_dirs is not None else []
-        self.seed_given: bool | int = False
+        self.seed_given: bool | int | None = None
+        self.ckpt_path_given: str | None = None
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
@@ -120,6 +121,12 @@ class ReafLightningCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         self.seed_given = config.get("seed_everything")
+        # Held back until before_instantiate_classes: between the two hooks LightningCLI
+        # would torch.load the file and replace the configured model by the checkpoint's
+        # hyperparameters (no switch turns that off); here the config decides.
+        self.ckpt_path_given = config.get("ckpt_path")
+        if self.ckpt_path_given is not None:
+            config.ckpt_path = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(EveryEpochLastCheckpoint, "checkpoint")
@@ -137,10 +144,12 @@ class ReafLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Make the run directory (per seed) and put checkpoints and logger files in it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.ckpt_path_given is not None:
+            config.ckpt_path = self.ckpt_path_given
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT_DIR)
         seed = config.seed_everything  # Lightning has drawn it already when it was `true`
         seeded = seed is not False and seed is not None
-        if seeded and self.seed_given is True and config.get("ckpt_path") == "last":
+        if seeded and self.seed_given is True and self.ckpt_path_given == "last":
             raise ConfigError(
                 "--ckpt_path last with seed_everything: true: a freshly drawn seed has no "
                 "previous run to resume; pass the run's seed (its config.yaml records it)"
@@ -306,7 +315,7 @@ def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> Reaf
         # jsonargparse's own handler prints the whole usage (~100 lines) before the error
         parser_kwargs={"exit_on_error": os.environ.get(DEBUG_ENV) == "1"},
         auto_configure_optimizers=False,  # ImageClassifier configures its own (paper §IV)
-        load_from_checkpoint_support=False,  # the config decides what is built, not the file
+        load_from_checkpoint_support=False,  # no model class stored in checkpoints either
         args=args,
         checkpoint_dirs=checkpoint_dirs,
     )
