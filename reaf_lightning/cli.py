@@ -27,6 +27,7 @@ the paper; the reasons are in ``docs/reliability.md``):
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ from lightning.pytorch.cli import (
     LightningCLI,
     SaveConfigCallback,
 )
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -159,11 +161,12 @@ class ReafLightningCLI(LightningCLI):
         config.trainer.default_root_dir = str(root)
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(root / "checkpoints")
-        for init_args in _logger_init_args(config.trainer.logger):
+        for logger_class, init_args in _loggers(config.trainer.logger):
             if "save_dir" in init_args and init_args.save_dir is None:
                 init_args.save_dir = str(root)
             name = init_args.get("name")
-            if seeded and isinstance(name, str) and not name.endswith(f"/seed{seed}"):
+            wandb = issubclass(logger_class, WandbLogger)  # other loggers' names are folders
+            if seeded and wandb and isinstance(name, str) and not name.endswith(f"/seed{seed}"):
                 if "group" in init_args and init_args.group is None:
                     init_args.group = name  # the seeds of one experiment form one group
                 init_args.name = f"{name}/seed{seed}"
@@ -281,11 +284,12 @@ def _config_files(args: ArgsType) -> Iterator[str]:
             yield value
 
 
-def _logger_init_args(value: Any) -> Iterator[Namespace]:
-    """The ``init_args`` of each ``class_path`` logger in a ``trainer.logger`` value."""
+def _loggers(value: Any) -> Iterator[tuple[type, Namespace]]:
+    """``(class, init_args)`` of each ``class_path`` logger in a ``trainer.logger`` value."""
     for item in value if isinstance(value, list) else [value]:
         if isinstance(item, Namespace) and isinstance(item.get("init_args"), Namespace):
-            yield item.init_args
+            module, _, name = item.class_path.rpartition(".")
+            yield getattr(importlib.import_module(module), name), item.init_args
 
 
 def _as_list(value: Any) -> list[Any]:
