@@ -120,8 +120,7 @@ class ReafLightningCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             raise ConfigError(_shorten(one_line(err))) from None
-        subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else self.config
+        config = self._of_subcommand(self.config, self.config.get("subcommand"))
         self.seed_given = config.get("seed_everything")
         # Held back until before_instantiate_classes: between the two hooks LightningCLI
         # would torch.load the file and replace the configured model by the checkpoint's
@@ -129,6 +128,11 @@ class ReafLightningCLI(LightningCLI):
         self.ckpt_path_given = config.get("ckpt_path")
         if self.ckpt_path_given is not None:
             config.ckpt_path = None
+
+    def _of_subcommand(self, config: Namespace, subcommand: str | None = None) -> Namespace:
+        """The part of a parsed or instantiated config that belongs to the subcommand."""
+        subcommand = subcommand or getattr(self, "subcommand", None)
+        return config[subcommand] if subcommand else config
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(EveryEpochLastCheckpoint, "checkpoint")
@@ -145,7 +149,7 @@ class ReafLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Make the run directory (per seed) and put checkpoints and logger files in it."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._of_subcommand(self.config)
         if self.ckpt_path_given is not None:
             config.ckpt_path = self.ckpt_path_given
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT_DIR)
@@ -194,7 +198,7 @@ class ReafLightningCLI(LightningCLI):
         A configured ``CheckpointIO`` plugin, a strategy object, or a sharded
         strategy (FSDP, DeepSpeed: their own checkpoint format) is left alone.
         """
-        config = self._get(self.config_init, "trainer", default={})
+        config = self._of_subcommand(self.config_init).trainer
         plugins = _as_list(config.get("plugins"))
         strategy = config.get("strategy", "auto")
         own = any(isinstance(p, CheckpointIO) for p in plugins) or isinstance(strategy, Strategy)
