@@ -223,8 +223,8 @@ def find_best_checkpoint(
 
     In the process that trained, Lightning's ``ckpt_path="best"`` is the
     callback's ``best_model_path``; a new process reads the same record from
-    the checkpoint's callback state. A run directory that was moved is
-    handled: the file is looked up by name next to ``last.ckpt`` too.
+    the checkpoint's callback state. The file is looked up by name next to
+    ``last.ckpt`` first, so a moved or copied run directory finds its own.
     """
     dirs = [Path(d) for d in dirs]
     last = find_last_checkpoint(dirs)
@@ -235,7 +235,7 @@ def find_best_checkpoint(
         recorded = state.get("best_model_path") if isinstance(state, Mapping) else None
         if not recorded:
             continue
-        for candidate in (Path(recorded), last.parent / Path(recorded).name):
+        for candidate in (last.parent / Path(recorded).name, Path(recorded)):
             if candidate.is_file():
                 return candidate
     return None

@@ -108,7 +108,6 @@ class ReafLightningCLI(LightningCLI):
 
     def __init__(self, *args: Any, checkpoint_dirs: list[str] | None = None, **kwargs: Any):
         self.checkpoint_dirs = checkpoint_dirs if checkpoint_dirs is not None else []
-        self.seed_given: bool | int | None = None
         self.ckpt_path_given: str | None = None
         super().__init__(*args, **kwargs)
 
@@ -121,7 +120,6 @@ class ReafLightningCLI(LightningCLI):
         except ArgumentError as err:
             raise ConfigError(_shorten(one_line(err))) from None
         config = self._of_subcommand(self.config, self.config.get("subcommand"))
-        self.seed_given = config.get("seed_everything")
         # Held back until before_instantiate_classes: between the two hooks LightningCLI
         # would torch.load the file and replace the configured model by the checkpoint's
         # hyperparameters (no switch turns that off); here the config decides.
@@ -153,13 +151,8 @@ class ReafLightningCLI(LightningCLI):
         if self.ckpt_path_given is not None:
             config.ckpt_path = self.ckpt_path_given
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT_DIR)
-        seed = config.seed_everything  # Lightning has drawn it already when it was `true`
+        seed = config.seed_everything  # `true` was replaced by the seed Lightning chose
         seeded = seed is not False and seed is not None
-        if seeded and self.seed_given is True and self.ckpt_path_given == "last":
-            raise ConfigError(
-                "--ckpt_path last with seed_everything: true: a freshly drawn seed has no "
-                "previous run to resume; pass the run's seed (its config.yaml records it)"
-            )
         if seeded and root.name != f"seed{seed}":
             root = root / f"seed{seed}"
         config.trainer.default_root_dir = str(root)
