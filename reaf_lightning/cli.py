@@ -226,13 +226,13 @@ class ReafLightningCLI(LightningCLI):
             if isinstance(cb, ModelCheckpoint) and cb.dirpath
         ]
         self.checkpoint_dirs[:] = dirs
-        ensure_writable(trainer.default_root_dir, "run directory")
-        for logger in trainer.loggers:
-            if logger.save_dir is not None:
-                ensure_writable(logger.save_dir, f"{type(logger).__name__} save_dir")
+        outputs = [(trainer.default_root_dir, "run directory")]
+        outputs += [(log.save_dir, f"{type(log).__name__} save_dir") for log in trainer.loggers]
         if subcommand == "fit":
-            for directory in dirs:
-                ensure_writable(directory, "checkpoint directory")
+            outputs += [(directory, "checkpoint directory") for directory in dirs]
+        for directory, what in outputs:
+            if directory is not None and "://" not in str(directory):  # remote: not checkable
+                ensure_writable(directory, what)
         config = self.config_init[subcommand]
         ckpt_path = config.get("ckpt_path")
         weights_only = config.get("weights_only") is not False
