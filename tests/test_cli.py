@@ -309,6 +309,7 @@ def test_wandb_mode_resolution(tmp_path):
         resolve_wandb_mode("sometimes", {})
 
 
+@pytest.mark.slow
 def test_wandb_online_start_failure_falls_back_to_offline(tmp_path, monkeypatch):
     # Credentials present, server down: wandb.init fails after init_timeout, the run goes on.
     monkeypatch.setenv("WANDB_API_KEY", "local-" + "0" * 40)
