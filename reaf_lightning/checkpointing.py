@@ -1,61 +1,58 @@
-"""Checkpoints that are never half-written and are checked before a run trusts them (issue 6).
+"""Checkpoints that are never half-written, and the rule for when a run may use one.
 
-Not part of the paper: this keeps the paper's long runs (SPEC.md §4: 200 CIFAR
-epochs, 100 ImageNet epochs) from losing work.
+Not part of the paper: this keeps the paper's long runs (200 CIFAR-100 epochs,
+100 ImageNet epochs, paper §IV) from losing work or silently mixing two
+experiments.
 
-:class:`AtomicCheckpointIO` writes a checkpoint to a hidden temporary file *in
-the destination directory*, ``fsync``\\ s it, renames it onto the final name
-with :func:`os.replace` and ``fsync``\\ s the directory. Lightning's default
-(``TorchCheckpointIO`` -> ``_atomic_save``) serialises into memory and then
-writes through an fsspec transaction whose temporary file lives in the system
-temp dir: when that is another file system than the checkpoint directory
-(local ``/tmp``, checkpoints on NFS/Lustre — the usual cluster setup) the
-final step is ``shutil.move``, i.e. a *copy into the final name*, and a crash
-or a full disk during the copy leaves a truncated ``last.ckpt`` in place of
-the previous good one (``tests/test_reliability_checkpoints.py`` shows it).
-It also never ``fsync``\\ s, and leaks its temporary file on ``SIGKILL``.
-
-:func:`inspect_checkpoint` opens a checkpoint the way Lightning will and
-reports every problem (missing, corrupt, not a Lightning checkpoint, weights
-only when resuming) as a one-line :class:`CheckpointError`;
-:func:`check_compatible` compares its ``state_dict`` with a model's.
+* :class:`AtomicCheckpointIO` writes every checkpoint through
+  :func:`reaf_lightning.io.atomic_outputs` (temporary file in the checkpoint
+  directory, ``fsync``, rename). Lightning's default writes through a temporary
+  file in the system temp dir; when that is another file system than the
+  checkpoints (local ``/tmp``, checkpoints on NFS/Lustre) the last step is a
+  *copy into the final name*, and a failure during it leaves a truncated
+  ``last.ckpt`` where the good one was.
+* :func:`check_checkpoint` is the one policy for ``--ckpt_path`` (a file,
+  ``last`` or ``best`` alike): the file must be a Lightning checkpoint of the
+  network the configuration builds, and a resumed ``fit`` must not change the
+  optimiser or schedule settings, which the restored optimiser and scheduler
+  state would otherwise silently override.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pickle
 import re
-import socket
-import zipfile
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from fsspec.utils import get_protocol
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from torch import nn
+
+from .errors import CheckpointError
+from .io import atomic_outputs, load_checkpoint
 
 __all__ = [
     "AtomicCheckpointIO",
-    "CheckpointError",
-    "CheckpointInfo",
-    "check_compatible",
+    "NETWORK_KEYS",
+    "RESUME_MAY_CHANGE",
+    "check_checkpoint",
+    "describe_mismatch",
+    "find_best_checkpoint",
     "find_last_checkpoint",
-    "inspect_checkpoint",
 ]
 
 #: Keys every Lightning checkpoint has (``Trainer.save_checkpoint``).
 LIGHTNING_KEYS = ("state_dict", "epoch", "global_step", "pytorch-lightning_version")
-_TMP_SUFFIX = ".tmp"
-_LAST = re.compile(r"^last(-v?\d+)?\.ckpt$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used: missing, corrupt, not from Lightning, or incompatible."""
+#: The model settings that decide which network a checkpoint holds.
+NETWORK_KEYS = ("arch", "arch_kwargs", "num_classes")
+#: Model settings a resumed ``fit`` may change: nothing of them is restored from the
+#: checkpoint, so the configured value is the one used (and logged). Every other
+#: setting (lr, momentum, weight decay, schedule, warm-up ...) must stay as it was.
+RESUME_MAY_CHANGE = ("label_smoothing", "nan_policy", "max_consecutive_skips")
+_LAST = re.compile(r"^last(-v\d+)?\.ckpt$")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -64,12 +61,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     A reader (``--ckpt_path last``, ``reaf-analysis``) sees either the previous
     complete file or the new complete file, whatever happens during the save
     (exception, ``SIGKILL``, full disk, node crash after the rename). Remote
-    URLs (``s3://``, ``gs://``) are passed to Lightning's implementation: an
+    URLs (``s3://``, ``gs://``) go to Lightning's implementation: an
     object-store upload is already atomic.
-
-    A save interrupted by ``SIGKILL`` leaves a hidden
-    ``.<name>.<host>.<pid>.tmp`` next to the checkpoint; the next save of the
-    same name on the same host removes those of processes that no longer exist.
     """
 
     def save_checkpoint(
@@ -78,98 +71,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path: str | os.PathLike[str],
         storage_options: Any | None = None,
     ) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or get_protocol(str(path)) not in ("file", "local"):
             super().save_checkpoint(checkpoint, path, storage_options=storage_options)
             return
-        final = Path(str(path).removeprefix("file://"))
-        final.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(final)
-        tmp = final.with_name(f".{final.name}.{_host()}.{os.getpid()}{_TMP_SUFFIX}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        _fsync_dir(final.parent)
+        with atomic_outputs([str(path).removeprefix("file://")]) as (temporary,):
+            torch.save(checkpoint, temporary)
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
-
-
-def _remove_stale_temporaries(final: Path) -> None:
-    """Delete ``.<name>.<this host>.<pid>.tmp`` files whose process is gone (killed mid-save)."""
-    prefix = f".{final.name}.{_host()}."
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(final.parent):
-            name = entry.name
-            if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
-                continue
-            pid = name[len(prefix) : -len(_TMP_SUFFIX)]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX; a no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What a run needs to know about a checkpoint before handing it to Lightning."""
-
-    path: Path
-    epoch: int
-    global_step: int
-    shapes: dict[str, tuple[int, ...]]
-    hyper_parameters: dict[str, Any]
-
-
-def inspect_checkpoint(
-    path: str | os.PathLike[str], *, resume: bool = False, weights_only: bool = True
-) -> CheckpointInfo:
-    """Open ``path`` like Lightning will and check it is a usable Lightning checkpoint.
-
-    Tensors are memory-mapped, so this reads little more than the file's
-    index even for a large checkpoint (Lightning loads it again afterwards).
-
-    Args:
-        path: the ``.ckpt`` file.
-        resume: the checkpoint will resume ``fit``, so it must hold the
-            optimizer state (not a ``save_weights_only`` checkpoint).
-        weights_only: load with ``torch.load(weights_only=...)`` as Lightning will.
+def read_lightning_checkpoint(path: str | os.PathLike[str], weights_only: bool) -> dict[str, Any]:
+    """Load ``path`` (safely unless ``weights_only`` is ``False``) and check it is from Lightning.
 
     Raises:
         CheckpointError: naming the file and what is wrong with it.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint is not a file: {path}")
-    content = _load(path, weights_only)
+    content = load_checkpoint(path, weights_only=weights_only)
     if not isinstance(content, Mapping):
         raise CheckpointError(
             f"{path} is not a Lightning checkpoint (it holds a {type(content).__name__}, "
@@ -177,11 +92,8 @@ def inspect_checkpoint(
         )
     missing = [k for k in LIGHTNING_KEYS if k not in content]
     if missing:
-        hint = (
-            "; it looks like a bare state_dict (load it with ImageClassifier.net.load_state_dict)"
-            if content and all(isinstance(v, torch.Tensor) for v in content.values())
-            else ""
-        )
+        bare = content and all(isinstance(v, torch.Tensor) for v in content.values())
+        hint = "; it looks like a bare state_dict (load it with load_state_dict)" if bare else ""
         raise CheckpointError(
             f"{path} is not a Lightning checkpoint: missing {', '.join(missing)}{hint}"
         )
@@ -190,45 +102,78 @@ def inspect_checkpoint(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
         raise CheckpointError(f"{path}: 'state_dict' is not a mapping of tensors")
+    return dict(content)
+
+
+def check_checkpoint(
+    path: str | os.PathLike[str], model: nn.Module, *, resume: bool, weights_only: bool = True
+) -> dict[str, Any]:
+    """Refuse a checkpoint that this run could only use by silently changing the config.
+
+    Args:
+        path: the checkpoint file.
+        model: the ``ImageClassifier`` the configuration built (its ``hparams``
+            are the configured settings).
+        resume: the checkpoint resumes ``fit`` (optimizer state and settings
+            are restored), rather than being evaluated.
+        weights_only: ``torch.load``'s safe mode (``--weights_only false`` turns it off).
+
+    Returns:
+        The loaded checkpoint.
+
+    Raises:
+        CheckpointError: not a Lightning checkpoint; weights only while resuming;
+            another network than configured (both named); for ``resume``, a
+            changed optimiser/schedule setting (each named, old and new value).
+    """
+    content = read_lightning_checkpoint(path, weights_only)
     if resume and not content.get("optimizer_states"):
         raise CheckpointError(
             f"{path} holds only the model weights (saved with save_weights_only), so it cannot "
             "resume training; use it with validate/test/predict, or resume from a full checkpoint"
         )
-    hparams = content.get("hyper_parameters") or {}
-    return CheckpointInfo(
-        path=path,
-        epoch=int(content["epoch"]),
-        global_step=int(content["global_step"]),
-        shapes={k: tuple(v.shape) for k, v in state.items()},
-        hyper_parameters=dict(hparams) if isinstance(hparams, Mapping) else {},
+    saved = dict(content.get("hyper_parameters") or {})
+    current = dict(getattr(model, "hparams", {}))
+    if any(_plain(saved.get(k)) != _plain(current.get(k)) for k in NETWORK_KEYS if k in saved):
+        raise CheckpointError(
+            f"{path} holds a {_network(saved)} network, but the configuration builds a "
+            f"{_network(current)}; pass the config the checkpoint was trained with"
+        )
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    mismatch = describe_mismatch(
+        expected, {k: tuple(v.shape) for k, v in content["state_dict"].items()}
     )
-
-
-def _load(path: Path, weights_only: bool) -> Any:
-    """``torch.load`` (memory-mapped when possible) with failures as one-line errors."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-    except Exception:  # noqa: BLE001 - legacy format or damage: the plain load says which
-        pass
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+    if mismatch:
+        raise CheckpointError(f"{path} does not fit the configured {_network(current)}: {mismatch}")
+    if resume:
+        changed = [
+            f"model.{k}: {saved[k]!r} -> {current[k]!r}"
+            for k in saved
+            if k in current
+            and k not in NETWORK_KEYS + RESUME_MAY_CHANGE
+            and _plain(saved[k]) != _plain(current[k])
+        ]
+        if changed:
             raise CheckpointError(
-                f"{path} contains Python objects that torch.load(weights_only=True) refuses; "
-                "if you trust the file, pass --weights_only false"
-            ) from err
-        raise CheckpointError(_corrupt(path, err)) from err
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(_corrupt(path, err)) from err
+                f"resuming {path} with changed settings ({'; '.join(changed)}): the optimiser "
+                "and schedule state restored from the checkpoint would keep the old values; "
+                "keep them, or start a new run in another trainer.default_root_dir"
+            )
+    return content
 
 
-def _corrupt(path: Path, err: BaseException) -> str:
-    return (
-        f"corrupt checkpoint {path}: torch.load fails ({_one_line(err)}); the file is damaged "
-        "or incomplete"
-    )
+def _plain(value: Any) -> Any:
+    """Compare settings as YAML would write them (tuples as lists, no ``arch_kwargs`` = ``{}``)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _network(hparams: Mapping[str, Any]) -> str:
+    kwargs = ", ".join(f"{k}: {v}" for k, v in (hparams.get("arch_kwargs") or {}).items())
+    return f"{hparams.get('arch')} {{{kwargs}}} ({hparams.get('num_classes')} classes)"
 
 
 def describe_mismatch(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]) -> str:
@@ -254,31 +199,43 @@ def describe_mismatch(expected: dict[str, tuple[int, ...]], got: dict[str, tuple
     return "; ".join(details)
 
 
-def check_compatible(info: CheckpointInfo, model: nn.Module, what: str = "the model") -> None:
-    """Raise :class:`CheckpointError` unless ``info``'s state_dict loads strictly into ``model``."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    details = describe_mismatch(expected, info.shapes)
-    if details:
-        raise CheckpointError(
-            f"checkpoint {info.path} does not fit {what}: {details}; use the model "
-            "settings the checkpoint was trained with"
-        )
+def find_last_checkpoint(dirs: Iterable[str | os.PathLike[str]]) -> Path | None:
+    """The newest ``last.ckpt`` / ``last-vN.ckpt`` in ``dirs`` (what ``--ckpt_path last`` means).
 
-
-def find_last_checkpoint(dirpath: str | os.PathLike[str]) -> Path | None:
-    """The newest ``last.ckpt`` / ``last-vN.ckpt`` in ``dirpath`` (what ``ckpt_path="last"`` means).
-
-    Same rule as Lightning's ``ModelCheckpoint``: among files named
+    Same rule as Lightning's ``ModelCheckpoint``: among the files named
     ``last*.ckpt`` the most recently modified wins. Hidden temporaries of
-    :class:`AtomicCheckpointIO` never match.
+    :func:`~reaf_lightning.io.atomic_outputs` never match.
     """
-    directory = Path(dirpath)
-    if not directory.is_dir():
+    found = [
+        p
+        for d in map(Path, dirs)
+        if d.is_dir()
+        for p in d.iterdir()
+        if _LAST.match(p.name) and p.is_file()
+    ]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def find_best_checkpoint(
+    dirs: Iterable[str | os.PathLike[str]], weights_only: bool = True
+) -> Path | None:
+    """The best checkpoint on disk, as the ``ModelCheckpoint`` of the newest ``last`` recorded it.
+
+    In the process that trained, Lightning's ``ckpt_path="best"`` is the
+    callback's ``best_model_path``; a new process reads the same record from
+    the checkpoint's callback state. The file is looked up by name next to
+    ``last.ckpt`` first, so a moved or copied run directory finds its own.
+    """
+    dirs = [Path(d) for d in dirs]
+    last = find_last_checkpoint(dirs)
+    if last is None:
         return None
-    candidates = [p for p in directory.iterdir() if _LAST.match(p.name) and p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
-
-
-def _one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
+    states = read_lightning_checkpoint(last, weights_only).get("callbacks") or {}
+    for state in states.values():
+        recorded = state.get("best_model_path") if isinstance(state, Mapping) else None
+        if not recorded:
+            continue
+        for candidate in (last.parent / Path(recorded).name, Path(recorded)):
+            if candidate.is_file():
+                return candidate
+    return None

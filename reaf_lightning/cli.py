@@ -1,43 +1,42 @@
-"""``reaf-lightning``: the LightningCLI that runs every experiment of the paper (SPEC.md §4).
+"""``reaf-lightning``: the LightningCLI that runs every experiment of the paper (paper §IV).
 
 ``reaf-lightning fit --config configs/quickstart.yaml`` trains; ``validate``,
 ``test`` and ``predict`` evaluate. Several ``--config`` files compose (later
-ones override), which is how a shared recipe and a per-model file combine.
+ones override), which is how a shared recipe and a per-row file combine.
 
-What the CLI adds to Lightning's:
+What this adds to Lightning's CLI, all through its public hooks (not part of
+the paper; the reasons are in ``docs/reliability.md``):
 
-* the model is always :class:`~reaf_lightning.ImageClassifier`; the data
-  module is any ``LightningDataModule`` chosen by class path, and its
-  ``num_classes`` is linked into the model;
-* a ``checkpoint:`` group (a ``ModelCheckpoint`` monitoring ``val/acc1``,
-  ``save_last=True``, with ``last.ckpt`` rewritten every epoch:
-  :class:`~reaf_lightning.callbacks.EveryEpochLastCheckpoint`) whose ``dirpath`` defaults to
-  ``<trainer.default_root_dir>/checkpoints`` — a fixed place, so that
-  ``--ckpt_path last`` finds the previous run's ``last.ckpt`` and resumes;
-* the W&B logger's ``save_dir`` defaults to ``trainer.default_root_dir`` too,
-  and the full resolved config is logged to every logger.
-
-Reliability *(issue 6, README "Reliability")*: checkpoints are written
-atomically (:class:`~reaf_lightning.checkpointing.AtomicCheckpointIO`); ``SIGTERM``
-saves ``last.ckpt`` (:class:`~reaf_lightning.callbacks.PreemptionCheckpoint`) and
-exits with status 143; ``--ckpt_path`` is checked (loads, is a Lightning
-checkpoint, fits the model) before Lightning sees it, and ``--ckpt_path last``
-without a previous run starts a new one (``fit``) or is an error (evaluation).
-User errors are one line and exit status 2 (policy in
-:mod:`reaf_lightning.cli_errors`); ``REAF_DEBUG=1`` shows tracebacks.
+* the model is always :class:`~reaf_lightning.ImageClassifier`; the data module
+  is any ``LightningDataModule`` by class path, its ``num_classes`` linked into
+  the model; every run gets :func:`~reaf_lightning.callbacks.standard_callbacks`;
+* the **run directory** is ``trainer.default_root_dir``, with an integer
+  ``seed_everything: N`` made ``<default_root_dir>/seed<N>`` (one directory, and
+  one W&B run ``<name>/seed<N>``, per seed); it receives ``config.yaml``,
+  ``checkpoints/`` (a ``checkpoint:`` group, ``last.ckpt`` every epoch) and the
+  loggers' files, and every output location is checked writable before the work;
+* ``--ckpt_path`` (a file, ``last`` or ``best``, found on disk) must hold the
+  configured network, and a resumed ``fit`` must keep the optimiser and
+  schedule settings (:func:`~reaf_lightning.checkpointing.check_checkpoint`);
+  the config, not the checkpoint, decides what is built;
+* checkpoints are written atomically
+  (:class:`~reaf_lightning.checkpointing.AtomicCheckpointIO`), ``SIGTERM`` saves
+  ``last.ckpt`` and exits 143, Ctrl-C exits 130 naming the last checkpoint, and
+  every error follows :mod:`reaf_lightning.errors`.
 """
 
 from __future__ import annotations
 
-import contextvars
+import importlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import (
@@ -46,50 +45,51 @@ from lightning.pytorch.cli import (
     LightningCLI,
     SaveConfigCallback,
 )
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from reaf_lightning.callbacks import (
-    EveryEpochLastCheckpoint,
-    PreemptionCheckpoint,
-    standard_callbacks,
-)
+from reaf_lightning.callbacks import EveryEpochLastCheckpoint, standard_callbacks
 from reaf_lightning.checkpointing import (
     AtomicCheckpointIO,
-    CheckpointError,
-    CheckpointInfo,
-    check_compatible,
+    check_checkpoint,
+    find_best_checkpoint,
     find_last_checkpoint,
-    inspect_checkpoint,
 )
-from reaf_lightning.cli_errors import (
-    EXIT_NONFINITE,
+from reaf_lightning.errors import (
+    DEBUG_ENV,
     EXIT_PREEMPTED,
-    EXIT_USER_ERROR,
+    CheckpointError,
     ConfigError,
-    describe_error,
-    format_parse_error,
-    is_user_error,
-    unwrap,
+    ReafError,
+    message_of,
+    one_line,
+    run_command,
 )
-from reaf_lightning.errors import NumericalError
+from reaf_lightning.io import atomic_outputs, ensure_writable, read_yaml
 from reaf_lightning.module import ImageClassifier
 
-__all__ = ["DEBUG_ENV", "DEFAULT_ROOT_DIR", "ReafLightningCLI", "main", "run"]
+__all__ = ["DEFAULT_ROOT_DIR", "PROG", "ReafLightningCLI", "main", "run"]
 
 DEFAULT_ROOT_DIR = "logs"
-DEBUG_ENV = "REAF_DEBUG"  # =1: full tracebacks (shared with reaf-analysis)
 PROG = "reaf-lightning"
-#: ``--ckpt_path`` values Lightning resolves itself (not file names).
-_SPECIAL_CKPT = ("last", "best", "hpc", "registry")
-#: "build" until the Trainer method (fit/validate/...) starts, then "run" (see cli_errors).
-_PHASE: contextvars.ContextVar[str] = contextvars.ContextVar("reaf_cli_phase", default="build")
+_MAX_MESSAGE = 400  # characters of a parse error shown; REAF_DEBUG=1 shows all of it
 
 
 class LogConfigCallback(SaveConfigCallback):
-    """Save ``config.yaml`` to the run directory and log the resolved config to the loggers."""
+    """Write the resolved config into the run directory and log it to every logger.
+
+    ``fit`` writes ``config.yaml``; ``validate``/``test``/``predict`` of the same
+    run directory write ``config_<stage>.yaml``, so an evaluation never replaces
+    the training's record. Rank 0 only, atomically.
+    """
 
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
+        name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
+        with atomic_outputs([Path(trainer.default_root_dir) / name]) as (path,):
+            path.write_text(self.parser.dump(self.config, skip_unset=False))
         config = self.config.clone()
         config.pop("config", None)  # the list of --config paths: not a setting
         for logger in trainer.loggers:
@@ -97,51 +97,42 @@ class LogConfigCallback(SaveConfigCallback):
 
 
 class ReafLightningCLI(LightningCLI):
-    """LightningCLI with the project's checkpointing, linking, logging and failure handling."""
+    """LightningCLI with the project's run directories, checkpoint policy and failure handling.
 
-    _ckpt_info: CheckpointInfo | None = None
+    Args:
+        checkpoint_dirs: filled with the run's checkpoint directories once they
+            are known, so that the caller can say where the last checkpoint is
+            when the run is interrupted.
+        *args, **kwargs: as ``LightningCLI``.
+    """
 
-    # -- parsing -----------------------------------------------------------------------------
+    def __init__(self, *args: Any, checkpoint_dirs: list[str] | None = None, **kwargs: Any):
+        self.checkpoint_dirs = checkpoint_dirs if checkpoint_dirs is not None else []
+        self.ckpt_path_given: str | None = None
+        super().__init__(*args, **kwargs)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse; a parse error becomes a one-line :class:`ConfigError`; check ``--ckpt_path``.
-
-        The checkpoint is opened here, before LightningCLI reads its
-        hyperparameters (``torch.load`` of a corrupt file would otherwise end
-        in a traceback) and before any model or data is built.
-        """
+        """Parse; every ``--config`` file is read strictly first, parse errors become one line."""
+        for path in _config_files(args):
+            read_yaml(path)  # empty, list-valued, duplicate keys, bad YAML: names the file
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            argv = _argv(args)
-            sub = next((a for a in argv if a in self.subcommands()), None)
-            target = self._subcommand_parsers.get(sub, parser) if sub else parser
-            keys = [a.dest for a in target._actions]
-            raise ConfigError(format_parse_error(str(err), keys, _config_files(argv))) from None
-        subcommand = self.config.get("subcommand")
-        if not subcommand:
-            return
-        config = self.config[subcommand]
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path and ckpt_path not in _SPECIAL_CKPT and "://" not in str(ckpt_path):
-            self._ckpt_info = inspect_checkpoint(
-                ckpt_path,
-                resume=subcommand == "fit",
-                weights_only=config.get("weights_only") is not False,
-            )
+            raise ConfigError(_shorten(one_line(err))) from None
+        config = self._of_subcommand(self.config, self.config.get("subcommand"))
+        # Held back until before_instantiate_classes: between the two hooks LightningCLI
+        # would torch.load the file and replace the configured model by the checkpoint's
+        # hyperparameters (no switch turns that off); here the config decides.
+        self.ckpt_path_given = config.get("ckpt_path")
+        if self.ckpt_path_given is not None:
+            config.ckpt_path = None
 
-    def _parse_ckpt_path(self) -> None:
-        """LightningCLI re-reads the model settings stored in the checkpoint; name it on failure."""
-        try:
-            super()._parse_ckpt_path()
-        except ArgumentError as err:
-            path = self._ckpt_info.path if self._ckpt_info else "--ckpt_path"
-            raise CheckpointError(
-                f"the model settings stored in {path} are not valid for this version of "
-                f"ImageClassifier: {format_parse_error(str(err))}"
-            ) from None
+    def _of_subcommand(self, config: Namespace, subcommand: str | None = None) -> Namespace:
+        """The part of a parsed or instantiated config that belongs to the subcommand."""
+        subcommand = subcommand or getattr(self, "subcommand", None)
+        return config[subcommand] if subcommand else config
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # last.ckpt after every epoch, as save_last meant before Lightning 2.6 (see callbacks.py)
         parser.add_lightning_class_args(EveryEpochLastCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -155,96 +146,147 @@ class ReafLightningCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        """Place checkpoints and W&B files under ``trainer.default_root_dir`` unless set."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        root = config.trainer.default_root_dir or DEFAULT_ROOT_DIR
-        config.trainer.default_root_dir = root
+        """Make the run directory (per seed) and put checkpoints and logger files in it."""
+        config = self._of_subcommand(self.config)
+        if self.ckpt_path_given is not None:
+            config.ckpt_path = self.ckpt_path_given
+        root = Path(config.trainer.default_root_dir or DEFAULT_ROOT_DIR)
+        seed = config.seed_everything  # `true` was replaced by the seed Lightning chose
+        seeded = seed is not False and seed is not None
+        if seeded and root.name != f"seed{seed}":
+            root = root / f"seed{seed}"
+        config.trainer.default_root_dir = str(root)
         if config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = os.path.join(root, "checkpoints")
-        for logger in _logger_configs(config.trainer.logger):
-            init_args = logger.get("init_args")
-            if init_args is not None and "save_dir" in init_args and init_args.save_dir is None:
-                init_args.save_dir = root
+            config.checkpoint.dirpath = str(root / "checkpoints")
+        for logger_class, init_args in _loggers(config.trainer.logger):
+            if "save_dir" in init_args and init_args.save_dir is None:
+                init_args.save_dir = str(root)
+            name = init_args.get("name")
+            wandb = issubclass(logger_class, WandbLogger)  # other loggers' names are folders
+            if seeded and wandb and isinstance(name, str) and not name.endswith(f"/seed{seed}"):
+                if "group" in init_args and init_args.group is None:
+                    init_args.group = name  # the seeds of one experiment form one group
+                init_args.name = f"{name}/seed{seed}"
 
-    # -- trainer ------------------------------------------------------------------------------
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Add :class:`AtomicCheckpointIO` and :class:`PreemptionCheckpoint` to the trainer.
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; a constructor's refusal of a setting is a config error.
 
-        Both are added unless the configuration already has one of its own
-        (a ``CheckpointIO`` plugin, a sharded strategy with its own checkpoint format).
+        The constructors validate their arguments with ``ValueError``/``TypeError``
+        (as torchvision's do) and Lightning's with ``MisconfigurationException``;
+        their message is shown as it is. jsonargparse wraps some of them: the
+        original is the innermost cause.
         """
-        config = self._get(self.config_init, "trainer", default={})
-        callbacks = _as_list(config.get("callbacks"))
-        if not any(isinstance(c, PreemptionCheckpoint) for c in callbacks):
-            kwargs.setdefault("callbacks", [*callbacks, *standard_callbacks()])
+        try:
+            super().instantiate_classes()
+        except ReafError:
+            raise
+        except (ValueError, TypeError, MisconfigurationException) as err:
+            while err.__cause__ is not None:
+                err = err.__cause__
+            raise ConfigError(message_of(err)) from err
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Give the trainer :class:`AtomicCheckpointIO`, unless the config brings its own.
+
+        A configured ``CheckpointIO`` plugin, a strategy object, or a sharded
+        strategy (FSDP, DeepSpeed: their own checkpoint format) is left alone.
+        """
+        config = self._of_subcommand(self.config_init).trainer
         plugins = _as_list(config.get("plugins"))
         strategy = config.get("strategy", "auto")
-        own_io = (
-            any(isinstance(p, CheckpointIO) for p in plugins)
-            or getattr(strategy, "_checkpoint_io", None) is not None
-        )
+        own = any(isinstance(p, CheckpointIO) for p in plugins) or isinstance(strategy, Strategy)
         sharded = isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed"))
-        if not own_io and not sharded:
+        if not own and not sharded:
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
         return super().instantiate_trainer(**kwargs)
 
-    # -- checkpoints before each subcommand ---------------------------------------------------
     def before_fit(self) -> None:
-        self._check_ckpt_path("fit")
+        if self.trainer.limit_train_batches == 0:
+            raise ConfigError(
+                "trainer.limit_train_batches=0 leaves no batch to train on; give a number of "
+                "batches >= 1 or a fraction in (0, 1], or run `validate` to only evaluate"
+            )
+        self._prepare("fit")
 
     def before_validate(self) -> None:
-        self._check_ckpt_path("validate")
+        self._prepare("validate")
 
     def before_test(self) -> None:
-        self._check_ckpt_path("test")
+        self._prepare("test")
 
     def before_predict(self) -> None:
-        self._check_ckpt_path("predict")
+        self._prepare("predict")
 
-    def _check_ckpt_path(self, subcommand: str) -> None:
-        """Resolve ``last`` ourselves and check the checkpoint fits the model, then start."""
-        config = self.config_init[subcommand]
-        info = self._ckpt_info
-        if config.get("ckpt_path") == "last":
-            info = self._resolve_last(subcommand, config)
-        if info is not None:
-            check_compatible(info, self.model, f"model.arch={self.model.hparams.arch!r}")
-        _PHASE.set("run")
-
-    def _resolve_last(self, subcommand: str, config: Namespace) -> CheckpointInfo | None:
-        """The newest ``last*.ckpt`` of the checkpoint directories, as Lightning would pick it.
-
-        ``fit`` without one starts a new run (so the same command line can be
-        resubmitted by a scheduler from the first job on); the evaluation
-        subcommands have nothing to evaluate and stop.
-        """
+    def _prepare(self, subcommand: str) -> None:
+        """Check every output location, then resolve and check ``--ckpt_path``, before the work."""
+        trainer = self.trainer
         dirs = [
-            Path(cb.dirpath)
-            for cb in self.trainer.checkpoint_callbacks
+            str(cb.dirpath)
+            for cb in trainer.checkpoint_callbacks
             if isinstance(cb, ModelCheckpoint) and cb.dirpath
         ]
-        found = [p for p in (find_last_checkpoint(d) for d in dirs) if p is not None]
-        where = ", ".join(str(d) for d in dirs) or "(no checkpoint directory)"
-        if not found:
-            if subcommand != "fit":
-                raise CheckpointError(
-                    f"--ckpt_path last: no last.ckpt in {where}, so there is nothing to "
-                    f"{subcommand}; train first or pass a checkpoint file"
-                )
+        self.checkpoint_dirs[:] = dirs
+        outputs = [(trainer.default_root_dir, "run directory")]
+        outputs += [(log.save_dir, f"{type(log).__name__} save_dir") for log in trainer.loggers]
+        if subcommand == "fit":
+            outputs += [(directory, "checkpoint directory") for directory in dirs]
+        for directory, what in outputs:
+            if directory is not None and "://" not in str(directory):  # remote: not checkable
+                ensure_writable(directory, what)
+        config = self.config_init[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        weights_only = config.get("weights_only") is not False
+        if ckpt_path in ("last", "best"):
+            ckpt_path = self._find(ckpt_path, subcommand, dirs, weights_only)
+            config["ckpt_path"] = ckpt_path
+        if ckpt_path and "://" not in str(ckpt_path) and ckpt_path not in ("hpc", "registry"):
+            check_checkpoint(
+                ckpt_path, self.model, resume=subcommand == "fit", weights_only=weights_only
+            )
+
+    def _find(self, which: str, subcommand: str, dirs: list[str], weights_only: bool) -> str | None:
+        """``last``/``best`` on disk. ``fit`` without a ``last`` starts a new run and says so."""
+        if which == "last":
+            found = find_last_checkpoint(dirs)
+        else:
+            found = find_best_checkpoint(dirs, weights_only)
+        if found is not None:
+            return str(found)
+        where = ", ".join(dirs) or "(no checkpoint directory)"
+        if subcommand == "fit" and which == "last":
             _info(f"--ckpt_path last: no checkpoint in {where} yet; starting a new run")
-            config["ckpt_path"] = None
             return None
-        newest = max(found, key=lambda p: p.stat().st_mtime_ns)
-        info = inspect_checkpoint(
-            newest, resume=subcommand == "fit", weights_only=config.get("weights_only") is not False
+        raise CheckpointError(
+            f"--ckpt_path {which}: no {which} checkpoint in {where}, so there is nothing to "
+            f"{subcommand}; train first or pass a checkpoint file"
         )
-        config["ckpt_path"] = str(newest)
-        return info
 
 
-@rank_zero_only
-def _info(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+def _shorten(text: str) -> str:
+    if len(text) <= _MAX_MESSAGE:
+        return text
+    return text[:_MAX_MESSAGE].rsplit(" ", 1)[0] + f" ... ({DEBUG_ENV}=1 shows all; see --help)"
+
+
+def _config_files(args: ArgsType) -> Iterator[str]:
+    """The ``--config``/``-c`` files named in ``args`` (``None``: the command line)."""
+    argv = sys.argv[1:] if args is None else args
+    if not isinstance(argv, (list, tuple)):
+        return
+    argv = [str(a) for a in argv]
+    for flag, value in zip(argv, [*argv[1:], ""]):
+        if flag.startswith("--config="):
+            flag, value = "--config", flag.split("=", 1)[1]
+        if flag in ("--config", "-c") and os.path.isfile(value):
+            yield value
+
+
+def _loggers(value: Any) -> Iterator[tuple[type, Namespace]]:
+    """``(class, init_args)`` of each ``class_path`` logger in a ``trainer.logger`` value."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, Namespace) and isinstance(item.get("init_args"), Namespace):
+            module, _, name = item.class_path.rpartition(".")
+            yield getattr(importlib.import_module(module), name), item.init_args
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -253,103 +295,67 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _argv(args: ArgsType) -> list[str]:
-    if args is None:
-        return sys.argv[1:]
-    return [str(a) for a in args] if isinstance(args, (list, tuple)) else []
+@rank_zero_only
+def _info(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
-def _config_files(argv: Sequence[str]) -> list[str]:
-    """The values of ``--config``/``-c`` in ``argv``."""
-    files = []
-    for i, arg in enumerate(argv):
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            files.append(argv[i + 1])
-        elif arg.startswith("--config="):
-            files.append(arg.split("=", 1)[1])
-    return files
-
-
-def _logger_configs(value: Any) -> Iterator[Namespace]:
-    """The ``class_path``/``init_args`` namespaces in a ``trainer.logger`` value."""
-    for item in value if isinstance(value, list) else [value]:
-        if isinstance(item, Namespace):
-            yield item
-
-
-def run(args: ArgsType = None) -> ReafLightningCLI:
+def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> ReafLightningCLI:
     """Parse ``args``, build model, data and trainer, run the subcommand; return the CLI.
 
-    Tests and notebooks use the returned object (``cli.trainer``, ``cli.model``).
+    Errors propagate as exceptions (:func:`main` turns them into exit statuses);
+    tests and notebooks use the returned object (``cli.trainer``, ``cli.model``).
     """
-    debug = os.environ.get(DEBUG_ENV) == "1"
     return ReafLightningCLI(
         ImageClassifier,
         LightningDataModule,
         subclass_mode_data=True,
         save_config_callback=LogConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        # jsonargparse's own handler prints the whole usage (~100 lines) before the error.
-        parser_kwargs={"exit_on_error": debug},
+        save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
+        trainer_defaults={"callbacks": standard_callbacks()},
+        # jsonargparse's own handler prints the whole usage (~100 lines) before the error
+        parser_kwargs={"exit_on_error": os.environ.get(DEBUG_ENV) == "1"},
+        auto_configure_optimizers=False,  # ImageClassifier configures its own (paper §IV)
+        load_from_checkpoint_support=False,  # no model class stored in checkpoints either
         args=args,
+        checkpoint_dirs=checkpoint_dirs,
     )
 
 
 def main(args: ArgsType = None) -> None:
     """Entry point of ``reaf-lightning``; ``args`` as on the command line (``None``: ``sys.argv``).
 
-    Returns ``None`` so that the console script exits with status 0 on success
-    (a returned object would be printed and turned into exit status 1). Exit
-    statuses: 0 done, 2 user error, 3 non-finite loss/weights, 143 preempted by
-    ``SIGTERM`` (``last.ckpt`` saved), 130 Ctrl-C, 1 a bug (with its traceback).
+    Exit statuses as in :mod:`reaf_lightning.errors`; ``SIGTERM`` saves
+    ``last.ckpt`` and exits 143.
     """
-    debug = os.environ.get(DEBUG_ENV) == "1"
-    token = _PHASE.set("build")
-    try:
-        run(args)
-    except SIGTERMException as err:  # a SystemExit: must come before the generic one
-        _preempted(err)
-        raise SystemExit(EXIT_PREEMPTED) from None
-    except NumericalError as err:
-        if debug:
-            raise
-        _error(describe_error(err))
-        raise SystemExit(EXIT_NONFINITE) from None
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        _error("interrupted (Ctrl-C); the last saved checkpoint is intact")
-        raise SystemExit(130) from None
-    except Exception as err:
-        cause = unwrap(err)
-        if debug or not is_user_error(cause, building=_PHASE.get() == "build"):
-            raise
-        _error(describe_error(cause))
-        raise SystemExit(EXIT_USER_ERROR) from None
-    finally:
-        _PHASE.reset(token)
+    checkpoint_dirs: list[str] = []
 
+    def body() -> None:
+        try:
+            run(args, checkpoint_dirs)
+        except SIGTERMException as err:
+            _preempted(err)
+            raise SystemExit(EXIT_PREEMPTED) from None
 
-def _error(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    def where_is_the_last_checkpoint() -> str:
+        last = find_last_checkpoint(checkpoint_dirs)
+        if last is None:
+            return "no checkpoint was saved" if checkpoint_dirs else ""
+        return f"the last checkpoint is {last}; resume with --ckpt_path last"
+
+    raise SystemExit(run_command(PROG, body, where_is_the_last_checkpoint))
 
 
 @rank_zero_only
 def _preempted(err: SIGTERMException) -> None:
     path = getattr(err, "reaf_checkpoint", None)
     if path is None:
-        print(
-            f"{PROG}: stopped by SIGTERM; no checkpoint was saved by this run",
-            file=sys.stderr,
-            flush=True,
-        )
+        _info("stopped by SIGTERM; no checkpoint was saved by this run")
         return
     epoch, step = err.reaf_progress  # type: ignore[attr-defined]
-    print(
-        f"{PROG}: preempted by SIGTERM at epoch {epoch}, global step {step}; saved {path}; "
-        "resume with --ckpt_path last",
-        file=sys.stderr,
-        flush=True,
+    _info(
+        f"preempted by SIGTERM at epoch {epoch}, global step {step}; saved {path}; "
+        "resume with --ckpt_path last"
     )
 
 

@@ -12,6 +12,8 @@ import contextlib
 import errno
 import os
 import pickle
+import re
+import socket
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -21,12 +23,6 @@ from typing import Any
 from .errors import CheckpointError, ConfigError, OutputError, one_line
 
 __all__ = ["atomic_outputs", "ensure_writable", "load_checkpoint", "read_yaml"]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -46,15 +42,62 @@ def _output_error(path: Path, err: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {reason}")
 
 
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _temporary_name(final: Path, pid: int | str) -> str:
+    """``.<stem>.<host>.<pid>.tmp<suffix>``: hidden, same suffix, owner recognisable."""
+    return f".{final.stem}.{_HOST}.{pid}.tmp{final.suffix}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    """Delete this host's temporaries of ``final`` whose writer process is gone.
+
+    A writer killed with ``SIGKILL`` cannot clean up; a checkpoint-sized hidden
+    file would otherwise stay next to every checkpoint it was writing.
+    """
+    prefix, suffix = f".{final.stem}.{_HOST}.", f".tmp{final.suffix}"
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(final.parent):
+            pid = entry.name[len(prefix) : -len(suffix)]
+            if entry.name.startswith(prefix) and entry.name.endswith(suffix) and pid.isdigit():
+                if int(pid) != os.getpid() and not _alive(int(pid)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+
+def _create_temporary(final: Path) -> Path:
+    """Create the empty temporary of ``final`` (mode from the umask, as a normal file)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(final)
+    temp = final.with_name(_temporary_name(final, os.getpid()))
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()  # left by an earlier process with the same pid (reboot, container)
+    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return temp
+
+
 @contextlib.contextmanager
 def atomic_outputs(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]]:
     """Write several files so that either all of them appear, complete, or none does.
 
-    Yields temporary paths in the destination directories (same suffix, so
-    writers that pick a format by extension keep working). When the body
+    Yields temporary paths in the destination directories (hidden, same suffix,
+    so writers that pick a format by extension keep working). When the body
     completes, each temporary is ``fsync``-ed and renamed onto its final path;
     otherwise all temporaries are deleted and the exception propagates.
-    Existing files at the final paths are only replaced on success.
+    Existing files at the final paths are only replaced on success. The
+    temporary of a writer killed by ``SIGKILL`` is removed by the next write of
+    the same file on the same host.
 
     Raises:
         OutputError: a destination cannot be written (naming it and why,
@@ -65,15 +108,9 @@ def atomic_outputs(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Pat
     try:
         for final in finals:
             try:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(
-                    prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent
-                )
+                temps.append(_create_temporary(final))
             except OSError as err:
                 raise _output_error(final, err) from err
-            os.close(fd)
-            temps.append(Path(name))
-            os.chmod(name, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename
         try:
             yield list(temps)
         except OSError as err:

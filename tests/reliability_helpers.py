@@ -12,7 +12,9 @@ known epoch and batch of an otherwise normal run:
   diverged update whose loss was still finite);
 * :class:`RecordStep` saves the network's state before and after one batch;
 * :class:`TorchShapeBug` makes PyTorch raise a ``ValueError`` mid-run (a bug,
-  not a user error).
+  not a user error);
+* :class:`TouchOnLoad` is an object whose unpickling creates a file (a crafted
+  checkpoint's payload, harmless and observable).
 
 Plus :func:`tiny_config`, the YAML of a run that takes a second or two per epoch,
 and :func:`one_thread`, an autouse fixture for the test modules: on the shared
@@ -40,6 +42,7 @@ __all__ = [
     "PoisonWeights",
     "RecordStep",
     "TorchShapeBug",
+    "TouchOnLoad",
     "tiny_config",
     "write_config",
 ]
@@ -200,3 +203,13 @@ class TorchShapeBug(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         torch.nn.functional.cross_entropy(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
+
+
+class TouchOnLoad:
+    """Pickles as "create ``path``": stands for code a crafted checkpoint runs when unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Path.touch, (Path(self.path),))

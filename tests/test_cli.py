@@ -1,13 +1,15 @@
 """The ``reaf-lightning`` CLI end to end (real Trainer, real W&B in offline mode).
 
 Runs are tiny (a few batches of scikit-learn digits) but go through the same
-code path as the paper's experiments: config files, data/model linking,
-checkpointing, resume with ``--ckpt_path last``, W&B offline run files.
+code path as the paper's experiments: config files, data/model linking, run
+directories per seed, checkpointing, resume with ``--ckpt_path last``, W&B
+offline run files. The trained run is the session's ``trained_run`` fixture.
 """
 
 from __future__ import annotations
 
 import glob
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,68 +17,49 @@ from pathlib import Path
 
 import pytest
 import torch
-import wandb
+import yaml
+from conftest import QUICKSTART, REPO, TINY_ARGS, finish_wandb, isolate_wandb
 from wandb_records import run_contents
 
-from reaf_lightning.cli import run
+from reaf_lightning.checkpointing import find_last_checkpoint
+from reaf_lightning.cli import main, run
 from reaf_lightning.loggers import WandbLogger, resolve_wandb_mode
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
-TINY = [  # a few batches of digits with a tiny REAF network
-    "--model.arch",
-    "test_reaf_resnet",
-    "--model.arch_kwargs",
-    "{}",
-    "--data.init_args.batch_size",
-    "16",
-    "--trainer.limit_train_batches",
-    "3",
-    "--trainer.limit_val_batches",
-    "2",
-]
-
-
-def _isolate_wandb(mp: pytest.MonkeyPatch, home: Path) -> None:
-    """No credentials and no user settings: ``auto`` mode must choose offline."""
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_DIR", "WANDB_PROJECT"):
-        mp.delenv(var, raising=False)
-    mp.setenv("NETRC", str(home / "no-netrc"))
-    mp.setenv("WANDB_CONFIG_DIR", str(home / "wandb-config"))
-
-
-def _finish_wandb() -> None:
-    """End the run and wait until W&B has written everything to disk.
-
-    ``wandb.finish()`` alone may return before the background service has flushed
-    the run file; ``wandb.teardown()`` waits for it. A run left open would also be
-    reused by the next test's logger.
-    """
-    wandb.finish()
-    wandb.teardown()
+NO_LOGGER = ["--trainer.logger", "false"]
 
 
 @pytest.fixture(autouse=True)
 def _wandb_env(tmp_path, monkeypatch):
-    _isolate_wandb(monkeypatch, tmp_path)
+    isolate_wandb(monkeypatch, tmp_path)
+    monkeypatch.delenv("REAF_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
     yield
-    _finish_wandb()
+    finish_wandb()
 
 
 def _offline_runs(root: Path) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(str(root / "wandb" / "offline-run-*" / "run-*.wandb")))
 
 
-# --- fast_dev_run through main() -------------------------------------------------------------
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- fast_dev_run through run() --------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "overrides",
     [
         [],  # the quick start's own REAF-ResNet18 (4-3-4)
-        ["--model.arch", "test_reaf_plus_resnet", "--model.arch_kwargs", "{}"],
-        ["--model.arch", "reaf_plus_mobilenet_v2", "--model.arch_kwargs", "{stem: cifar}"],
+        pytest.param(
+            ["--model.arch", "test_reaf_plus_resnet", "--model.arch_kwargs", "{}"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ["--model.arch", "reaf_plus_mobilenet_v2", "--model.arch_kwargs", "{stem: cifar}"],
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["reaf_resnet18", "test_reaf_plus_resnet", "reaf_plus_mobilenet_v2"],
 )
@@ -100,95 +83,86 @@ def test_fast_dev_run_fit(overrides):
     assert cli.model.net is not None and cli.model.hparams.num_classes == 10  # linked from data
 
 
-# --- a real (tiny) run: checkpoints, W&B offline, resume, evaluation --------------------------
+# --- the run directory --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny ``fit`` of one epoch; yields its root directory and the CLI object."""
-    tmp = tmp_path_factory.mktemp("fit")
-    with pytest.MonkeyPatch.context() as mp:
-        _isolate_wandb(mp, tmp)
-        mp.chdir(tmp)
+def test_trained_run_holds_checkpoints_config_and_an_offline_wandb_run(trained_run):
+    assert trained_run.name == "seed0"  # quickstart.yaml: seed_everything 0
+    files = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
+    assert files == ["best-epoch=000.ckpt", "last.ckpt"]
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert config["trainer"]["default_root_dir"] == "logs/quickstart/seed0"
+    logger = config["trainer"]["logger"]["init_args"]
+    assert (logger["name"], logger["group"], logger["save_dir"]) == (
+        "quickstart/seed0",
+        "quickstart",
+        "logs/quickstart/seed0",
+    )
+    assert "optimizer" not in config and "lr_scheduler" not in config
+    (run_file,) = _offline_runs(trained_run)
+    contents = run_contents(run_file)
+    assert contents["config"]["config"]["model"]["arch"] == "test_reaf_resnet"
+    assert contents["config"]["config"]["trainer"]["default_root_dir"] == "logs/quickstart/seed0"
+    last = _ckpt(trained_run / "checkpoints" / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (0, 3)
+    # the logged validation equals a fresh evaluation of the saved weights
+    val = run(
+        [
+            "validate",
+            *TINY_ARGS,
+            *NO_LOGGER,
+            "--ckpt_path",
+            str(trained_run / "checkpoints" / "last.ckpt"),
+        ]
+    )
+    for key in ("val/acc1", "val/acc5", "val/err1", "val/err5", "val/loss"):
+        expected = val.trainer.callback_metrics[key].item()
+        assert contents["summary"][key] == pytest.approx(expected, rel=1e-5), key
+
+
+@pytest.mark.parametrize("seed", ["3", "false", "true"])
+def test_each_seed_has_its_own_run_directory(seed):
+    cli = run(["fit", *TINY_ARGS, "--trainer.fast_dev_run", "true", "--seed_everything", seed])
+    drawn = cli.config.fit.seed_everything  # `true`: the seed Lightning chose, recorded
+    expected = Path("logs/quickstart") if seed == "false" else Path(f"logs/quickstart/seed{drawn}")
+    assert Path(cli.trainer.default_root_dir) == expected
+    assert Path(cli.trainer.checkpoint_callback.dirpath) == (expected / "checkpoints").resolve()
+    logger = cli.config.fit.trainer.logger.init_args
+    assert logger.save_dir == str(expected)
+    assert logger.name == ("quickstart" if seed == "false" else f"quickstart/seed{drawn}")
+    assert logger.group == "quickstart"
+
+
+# --- resume and evaluation ----------------------------------------------------------------------
+
+
+def test_ckpt_path_last_resumes_the_same_seed(trained_run, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(trained_run, root / "seed0")
+    for seed, expected_step in (("0", 6), ("1", 3)):  # seed 1 has no run yet: starts anew
         cli = run(
             [
                 "fit",
-                "--config",
-                QUICKSTART,
+                *TINY_ARGS,
+                *NO_LOGGER,
                 "--trainer.max_epochs",
-                "1",
+                "2" if seed == "0" else "1",
                 "--trainer.default_root_dir",
-                "logs/run",
-                *TINY,
+                str(root),
+                "--seed_everything",
+                seed,
+                "--ckpt_path",
+                "last",
             ]
         )
-        _finish_wandb()
-        yield tmp / "logs" / "run", cli
+        assert cli.trainer.global_step == expected_step
+    # (a moved run directory gets last-v1.ckpt beside last.ckpt: Lightning's version counter)
+    assert _ckpt(find_last_checkpoint([root / "seed0" / "checkpoints"]))["global_step"] == 6
+    assert _ckpt(root / "seed1" / "checkpoints" / "last.ckpt")["global_step"] == 3
 
 
-def test_fit_writes_checkpoints_config_and_an_offline_wandb_run(trained):
-    root, cli = trained
-    assert (root / "checkpoints" / "last.ckpt").is_file()
-    best = cli.trainer.checkpoint_callback.best_model_path
-    assert Path(best).parent == (root / "checkpoints").resolve() and Path(best).is_file()
-    assert (root / "config.yaml").is_file()
-    (run_file,) = _offline_runs(root)
-    contents = run_contents(run_file)
-    config, summary = contents["config"], contents["summary"]
-    # the full resolved config, the model's complexity and the final metrics
-    assert config["config"]["model"]["arch"] == "test_reaf_resnet"
-    assert config["config"]["data"]["class_path"] == "reaf_lightning.data.DigitsDataModule"
-    assert config["complexity/params"] == sum(p.numel() for p in cli.model.net.parameters())
-    assert config["complexity/input_size"] == [3, 16, 16]
-    metrics = cli.trainer.callback_metrics
-    for key in ("val/acc1", "val/acc5", "val/err1", "val/err5", "val/loss"):
-        assert summary[key] == pytest.approx(metrics[key].item(), rel=1e-6), key
-    assert summary["best/val/acc1"] == pytest.approx(
-        cli.trainer.checkpoint_callback.best_model_score.item()
-    )
-    assert cli.trainer.checkpoint_callback.monitor == "val/acc1"
-
-
-def test_ckpt_path_last_resumes(trained, tmp_path):
-    root, _ = trained
-    first = torch.load(root / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
-    assert (first["epoch"], first["global_step"]) == (0, 3)
-    cli = run(
-        [
-            "fit",
-            "--config",
-            QUICKSTART,
-            "--trainer.max_epochs",
-            "2",
-            "--trainer.default_root_dir",
-            str(root),
-            *TINY,
-            "--ckpt_path",
-            "last",
-        ]
-    )
-    assert Path(cli.trainer.ckpt_path).name == "last.ckpt"
-    assert cli.trainer.current_epoch == 2 and cli.trainer.global_step == 6
-    _finish_wandb()
-    newest = _offline_runs(root)[-1]
-    epochs = {row["epoch"] for row in run_contents(newest)["history"] if "epoch" in row}
-    assert epochs == {1}  # only the second epoch was trained again
-
-
-def test_validate_and_test_of_a_checkpoint_agree(trained):
-    root, _ = trained
-    ckpt = str(root / "checkpoints" / "last.ckpt")
-    common = [
-        "--config",
-        QUICKSTART,
-        *TINY,
-        "--trainer.default_root_dir",
-        "logs/eval",
-        "--trainer.logger",
-        "false",
-        "--ckpt_path",
-        ckpt,
-    ]
+def test_validate_and_test_of_a_checkpoint_agree(trained_run):
+    common = [*TINY_ARGS, *NO_LOGGER, "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt")]
     val = run(["validate", *common]).trainer.callback_metrics
     test = run(["test", "--trainer.limit_test_batches", "2", *common]).trainer.callback_metrics
     # digits has no separate test split: the test loader is the validation loader
@@ -196,20 +170,24 @@ def test_validate_and_test_of_a_checkpoint_agree(trained):
         assert test[f"test/{name}"].item() == pytest.approx(val[f"val/{name}"].item(), rel=1e-6)
 
 
-def test_predict_from_a_checkpoint(trained):
-    root, _ = trained
+def test_ckpt_path_best_in_a_new_process_finds_the_best_file(trained_run, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(trained_run, root / "seed0")  # a copied run directory finds its own file
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(root)]
+    cli = run(["validate", *args, "--ckpt_path", "best"])
+    assert Path(cli.trainer.ckpt_path) == root / "seed0" / "checkpoints" / "best-epoch=000.ckpt"
+
+
+def test_predict_from_a_checkpoint(trained_run):
     cli = run(
         [
             "predict",
-            "--config",
-            QUICKSTART,
-            *TINY,
+            *TINY_ARGS,
+            *NO_LOGGER,
             "--trainer.limit_predict_batches",
             "2",
-            "--trainer.logger",
-            "false",
             "--ckpt_path",
-            str(root / "checkpoints" / "last.ckpt"),
+            str(trained_run / "checkpoints" / "last.ckpt"),
         ]
     )
     probs = torch.cat(cli.trainer.predict_loop.predictions)
@@ -220,8 +198,8 @@ def test_predict_from_a_checkpoint(trained):
 # --- swapping the data module on top of any config ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_data_module_swapped_by_class_path_on_a_paper_config(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
     from fake_data import write_image_folder
 
     write_image_folder(tmp_path / "images", classes=("a", "b", "c"), n_per_class=2, size=36)
@@ -252,11 +230,38 @@ def test_data_module_swapped_by_class_path_on_a_paper_config(tmp_path):
     assert cli.model.hparams.arch == "reaf_resnet50"
     assert cli.model.net.fc.out_features == 3  # num_classes linked from the folders
     assert cli.trainer.state.finished
+    assert cli.trainer.default_root_dir == "logs/table3/reaf_resnet50_c72_72_4-3-4/seed0"
 
 
-# --- the console script -------------------------------------------------------------------------
+# --- help, --print_config and the console script ----------------------------------------------
 
 
+def test_help_and_argument_errors_build_no_model(monkeypatch, capsys):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a network was built")
+
+    monkeypatch.setattr("reaf_lightning.module.create_model", no_model)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--help"])
+    assert exc.value.code == 0 and "--model.arch" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *TINY_ARGS, "--model.lrr", "0.1"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "reaf-lightning: error: unrecognized arguments: --model.lrr 0.1"
+    )
+
+
+def test_print_config_shows_only_groups_that_are_used(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(["fit", *TINY_ARGS, "--print_config"])
+    assert exc.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert "optimizer" not in config and "lr_scheduler" not in config
+    assert config["model"]["arch"] == "test_reaf_resnet" and "checkpoint" in config
+
+
+@pytest.mark.slow
 def test_console_script_prints_config_and_exits_zero():
     script = Path(sys.executable).parent / "reaf-lightning"
     if not script.exists():
@@ -304,6 +309,7 @@ def test_wandb_mode_resolution(tmp_path):
         resolve_wandb_mode("sometimes", {})
 
 
+@pytest.mark.slow
 def test_wandb_online_start_failure_falls_back_to_offline(tmp_path, monkeypatch):
     # Credentials present, server down: wandb.init fails after init_timeout, the run goes on.
     monkeypatch.setenv("WANDB_API_KEY", "local-" + "0" * 40)
@@ -311,6 +317,6 @@ def test_wandb_online_start_failure_falls_back_to_offline(tmp_path, monkeypatch)
     logger = WandbLogger(save_dir=str(tmp_path / "wb"), mode="online", init_timeout=3)
     logger.log_metrics({"val/acc1": 0.5}, step=0)
     assert logger.resolved_mode == "offline"
-    _finish_wandb()
+    finish_wandb()
     (run_file,) = _offline_runs(tmp_path / "wb")
     assert run_contents(run_file)["summary"]["val/acc1"] == 0.5

@@ -153,7 +153,7 @@ def test_cli_fit_with_ddp_strategy_two_processes(tmp_path, monkeypatch):
     ]
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    root = tmp_path / "logs" / "ddp"
+    root = tmp_path / "logs" / "ddp" / "seed0"  # quickstart.yaml: seed_everything 0
     ckpt = root / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False, map_location="cpu")["global_step"] == 2
     (run_file,) = glob.glob(str(root / "wandb" / "offline-run-*" / "run-*.wandb"))

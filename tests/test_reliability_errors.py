@@ -1,15 +1,18 @@
-"""Issue 6, items 1-3: bad configuration, missing or wrong data, corrupt files and checkpoints.
+"""Bad configuration, missing or wrong data, unsafe, corrupt or foreign checkpoints.
 
 Every case goes through the real ``reaf-lightning`` entry point (``main([...])``,
 and once the installed console script in a subprocess) and checks the exit
 status, that stderr has exactly one ``reaf-lightning: error:`` line and no
-traceback, and that the line names the offending value. Where the library has
+traceback, and that the line names the offending value. Where a library has
 its own message for the problem, the expected line is that message obtained
 by calling the library directly (an independent path), not a copied string.
+Checkpoints come from the session's ``trained_run`` (one tiny quick-start fit).
 """
 
 from __future__ import annotations
 
+import errno
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_ARGS
 from fake_data import write_cifar100, write_corrupt_image, write_image_folder
 from reliability_helpers import one_thread, tiny_config, write_config  # noqa: F401 (fixture)
+from torch.utils.data import DataLoader, Dataset
 
-from reaf_lightning.checkpointing import AtomicCheckpointIO
+from reaf_lightning import ImageClassifier
+from reaf_lightning.checkpointing import check_checkpoint
 from reaf_lightning.cli import main, run
 from reaf_lightning.data import (
     CIFAR100DataModule,
@@ -29,9 +35,11 @@ from reaf_lightning.data import (
     DatasetNotFoundError,
     ImageFolderDataModule,
 )
+from reaf_lightning.errors import CheckpointError, DataError, run_command
 from reaf_lightning.models import create_model
 
 PREFIX = "reaf-lightning: error: "
+NO_LOGGER = ["--trainer.logger", "false"]
 
 
 @pytest.fixture(autouse=True)
@@ -99,37 +107,51 @@ def test_unknown_model_and_negative_lr(config, capsys):
     assert line == "lr must be > 0, got -0.1"
 
 
-def test_config_parse_errors_are_short(tmp_path, config, capsys):
+def test_config_parse_errors_are_one_line_in_jsonargparse_words(tmp_path, config, capsys):
     cfg = yaml.safe_load(config.read_text())
     cfg["model"]["learning_rate"] = 0.1
     bad_key = write_config(tmp_path / "key.yaml", cfg)
-    line = _fails(["fit", "--config", str(bad_key)], capsys)
-    assert "'model.learning_rate'" in line and "lr," in line  # the bad key and the valid ones
+    assert "learning_rate" in _fails(["fit", "--config", str(bad_key)], capsys)
 
     cfg = yaml.safe_load(config.read_text())
     cfg["trainer"]["max_epochs"] = "many"
     bad_type = write_config(tmp_path / "type.yaml", cfg)
     line = _fails(["fit", "--config", str(bad_type)], capsys)
-    assert line == "trainer.max_epochs: got 'many', expected int or null"
+    assert 'Parser key "trainer.max_epochs"' in line and "Given value: many" in line
 
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("model:\n  arch: [test_reaf_resnet\n")
-    line = _fails(["fit", "--config", str(config), "--config", str(broken)], capsys)
-    assert line.startswith(f"{broken} is not valid YAML") and "line 3" in line
-
-    line = _fails(["fit", "--config", str(tmp_path / "nope.yaml")], capsys)
-    assert line == f"--config file not found: '{tmp_path / 'nope.yaml'}'"
+    missing = tmp_path / "nope.yaml"
+    line = _fails(["fit", "--config", str(missing)], capsys)
+    assert "does not exist" in line and str(missing) in line
 
     line = _fails(["fit", "--config", str(config), "--trainer.max_epohcs", "3"], capsys)
-    assert line.startswith(
-        "unknown option --trainer.max_epohcs; did you mean --trainer.max_epochs?"
-    )
+    assert line == "unrecognized arguments: --trainer.max_epohcs 3"
 
     line = _fails(["fit", "--config", str(config), "--model.schedule", "linear"], capsys)
-    assert (
-        line == "model.schedule: got 'linear', expected one of 'constant', 'multistep', "
-        "'step', 'cosine'"
-    )
+    assert 'Parser key "model.schedule"' in line and "Got value: linear" in line
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("model:\n  arch: [test_reaf_resnet\n", "is not valid YAML: "),
+        ("", "is empty; it must hold a mapping of settings"),
+        ("# only a comment\n", "is empty; it must hold a mapping of settings"),
+        ("- fit\n- validate\n", "holds a list, not a mapping of settings"),
+        ("model:\n  lr: 0.1\n  lr: 0.2\n", "key 'lr' is given twice (lines 2 and 3)"),
+    ],
+    ids=["broken", "empty", "comment-only", "list", "duplicate-key"],
+)
+def test_config_files_that_would_be_misread_name_the_file(tmp_path, config, capsys, text, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    line = _fails(["fit", "--config", str(config), "--config", str(bad)], capsys)
+    assert str(bad) in line and expected in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_limit_train_batches_zero_says_what_it_means(config, tmp_path, capsys):
+    line = _fails(["fit", "--config", str(config), "--trainer.limit_train_batches", "0"], capsys)
+    assert line.startswith("trainer.limit_train_batches=0 leaves no batch to train on")
 
 
 def test_data_module_argument_errors_come_from_the_data_module(config, capsys):
@@ -138,7 +160,7 @@ def test_data_module_argument_errors_come_from_the_data_module(config, capsys):
 
     assert line == _library_error(DigitsDataModule, batch_size=0)
     line = _fails(["fit", "--config", str(config), "--data.init_args.batchsize", "8"], capsys)
-    assert "data.init_args.batchsize" in line and "batch_size" in line
+    assert "batchsize" in line
 
 
 def test_reaf_debug_shows_the_traceback(tmp_path, monkeypatch):
@@ -164,6 +186,7 @@ def test_bugs_keep_their_traceback(config, capsys):
     assert PREFIX not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_user_error_is_one_line(tmp_path):
     script = Path(sys.executable).parent / "reaf-lightning"
     if not script.exists():
@@ -296,23 +319,21 @@ def test_corrupt_image_refused_at_setup_with_on_corrupt_error(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-# --- 3. corrupt or incompatible checkpoints -----------------------------------------------------
+# --- corrupt, unsafe, foreign or incompatible checkpoints ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """``last.ckpt`` of a one-epoch tiny run."""
-    tmp = tmp_path_factory.mktemp("ckpt")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "disabled")
-        cfg = write_config(tmp / "tiny.yaml", tiny_config(tmp / "run", max_epochs=1))
-        cli = run(["fit", "--config", str(cfg)])
-    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
-    return tmp / "run" / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def checkpoint(trained_run) -> Path:
+    """``last.ckpt`` of the session's one-epoch tiny run (read-only)."""
+    return trained_run / "checkpoints" / "last.ckpt"
 
 
-def test_corrupt_and_foreign_checkpoints(config, checkpoint, tmp_path, capsys):
-    fit = ["fit", "--config", str(config), "--ckpt_path"]
+def _eval_args(*extra: str) -> list[str]:
+    return [*TINY_ARGS, *NO_LOGGER, *extra]
+
+
+def test_corrupt_and_foreign_checkpoints(checkpoint, tmp_path, capsys):
+    fit = ["fit", *_eval_args(), "--ckpt_path"]
 
     line = _fails([*fit, str(tmp_path / "missing.ckpt")], capsys)
     assert line == f"checkpoint not found: {tmp_path / 'missing.ckpt'}"
@@ -326,6 +347,13 @@ def test_corrupt_and_foreign_checkpoints(config, checkpoint, tmp_path, capsys):
     garbage.write_bytes(b"PK\x03\x04 not really a zip" + bytes(range(256)))
     assert _fails([*fit, str(garbage)], capsys).startswith(f"corrupt checkpoint {garbage}:")
 
+    for name, content in (("notes.ckpt", b"epoch: 3\n"), ("random.ckpt", bytes(range(7, 250)))):
+        other = tmp_path / name
+        other.write_bytes(content)
+        line = _fails([*fit, str(other)], capsys)
+        assert line.startswith(f"{other} is not a PyTorch checkpoint")
+        assert "weights_only" not in line  # no advice to turn the safety off
+
     content = torch.load(checkpoint, weights_only=True)
     bare = tmp_path / "bare.pt"
     torch.save(content["state_dict"], bare)
@@ -337,96 +365,160 @@ def test_corrupt_and_foreign_checkpoints(config, checkpoint, tmp_path, capsys):
     line = _fails([*fit, str(weights)], capsys)
     assert "only the model weights" in line and "cannot resume" in line
     # ... but evaluating such a checkpoint is fine
-    metrics = run(["validate", "--config", str(config), "--ckpt_path", str(weights)])
+    metrics = run(["validate", *_eval_args("--ckpt_path", str(weights))])
     assert torch.isfinite(metrics.trainer.callback_metrics["val/acc1"])
 
 
-def test_incompatible_checkpoint_names_the_mismatch(config, checkpoint, tmp_path, capsys):
+def test_a_checkpoint_carrying_code_is_refused_unless_trusted(checkpoint, tmp_path, capsys):
+    from reliability_helpers import TouchOnLoad
+
+    marker = tmp_path / "payload-ran"
+    content = torch.load(checkpoint, weights_only=True)
+    content["extra"] = TouchOnLoad(str(marker))
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(content, crafted)
+    for subcommand in ("fit", "validate"):
+        line = _fails([subcommand, *_eval_args("--ckpt_path", str(crafted))], capsys)
+        assert line.startswith(f"{crafted} was refused by the safe loader")
+        assert "--weights_only false" in line
+        assert not marker.exists()  # nothing from the file was executed
+    # the one explicit flag, the same in every command, loads it (and so runs its code)
+    cli = run(["validate", *_eval_args("--ckpt_path", str(crafted), "--weights_only", "false")])
+    assert marker.exists() and torch.isfinite(cli.trainer.callback_metrics["val/acc1"])
+
+
+def test_incompatible_checkpoint_names_the_mismatch(checkpoint, tmp_path, capsys):
     content = torch.load(checkpoint, weights_only=True)
     name = "net.fc.weight"
+    expected_shape = tuple(content["state_dict"][name].shape)
     content["state_dict"][name] = torch.zeros(3, 3)
     changed = tmp_path / "changed.ckpt"
     torch.save(content, changed)
-    line = _fails(["validate", "--config", str(config), "--ckpt_path", str(changed)], capsys)
-    expected_shape = tuple(torch.load(checkpoint, weights_only=True)["state_dict"][name].shape)
+    line = _fails(["validate", *_eval_args("--ckpt_path", str(changed))], capsys)
     assert f"{name}: checkpoint (3, 3) vs model {expected_shape}" in line
 
 
-def test_ckpt_path_last_with_a_changed_model(config, checkpoint, capsys):
-    root = checkpoint.parent.parent
-    line = _fails(
-        [
-            "fit",
-            "--config",
-            str(config),
-            "--trainer.default_root_dir",
-            str(root),
-            "--model.arch",
-            "test_resnet",
-            "--ckpt_path",
-            "last",
-        ],
-        capsys,
-    )
-    assert line.startswith(f"checkpoint {checkpoint} does not fit model.arch='test_resnet'")
+@pytest.mark.parametrize("which", ["last", "best", "file"])
+def test_a_checkpoint_of_another_network_is_refused(trained_run, checkpoint, capsys, which):
+    """The config decides what is built; ``last``, ``best`` and a path follow the same rule."""
+    ckpt = str(checkpoint) if which == "file" else which
+    root = str(trained_run.parent)  # + seed0 from quickstart.yaml's seed
+    for subcommand in ("fit", "validate"):
+        args = _eval_args("--trainer.default_root_dir", root, "--ckpt_path", ckpt)
+        line = _fails([subcommand, *args, "--model.arch", "test_resnet"], capsys)
+        assert "holds a test_reaf_resnet {} (10 classes) network" in line
+        assert "the configuration builds a test_resnet {} (10 classes)" in line
 
 
-def test_ckpt_path_last_without_a_previous_run(config, tmp_path, capsys):
+@pytest.mark.parametrize("which", ["last", "best", "file"])
+def test_resuming_with_changed_optimiser_settings_is_refused(
+    trained_run, checkpoint, capsys, which
+):
+    ckpt = str(checkpoint) if which == "file" else which
+    root = str(trained_run.parent)
+    args = _eval_args("--trainer.default_root_dir", root, "--ckpt_path", ckpt)
+    line = _fails(["fit", *args, "--model.lr", "0.05", "--model.warmup_epochs", "0"], capsys)
+    assert line.startswith("resuming ") and "model.lr: 0.1 -> 0.05" in line
+    assert "model.warmup_epochs: 1.0 -> 0.0" in line
+
+
+def test_settings_nothing_restores_may_change_on_resume(checkpoint):
+    saved = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
+    same = ImageClassifier(**saved)
+    check_checkpoint(checkpoint, same, resume=True)  # accepted
+    smoother = ImageClassifier(**{**saved, "label_smoothing": 0.1})
+    check_checkpoint(checkpoint, smoother, resume=True)  # the loss is not in the checkpoint
+    faster = ImageClassifier(**{**saved, "momentum": 0.5})
+    with pytest.raises(CheckpointError, match=r"model\.momentum: 0\.9 -> 0\.5"):
+        check_checkpoint(checkpoint, faster, resume=True)
+    check_checkpoint(checkpoint, faster, resume=False)  # evaluating ignores optimiser settings
+
+
+def test_ckpt_path_last_or_best_without_a_previous_run(tmp_path, capsys):
     empty = tmp_path / "fresh"
-    line = _fails(
-        [
-            "validate",
-            "--config",
-            str(config),
-            "--trainer.default_root_dir",
-            str(empty),
-            "--ckpt_path",
-            "last",
-        ],
-        capsys,
-    )
-    assert line.startswith(f"--ckpt_path last: no last.ckpt in {empty / 'checkpoints'}")
+    for which in ("last", "best"):
+        args = _eval_args("--trainer.default_root_dir", str(empty), "--ckpt_path", which)
+        line = _fails(["validate", *args], capsys)
+        where = empty / "seed0" / "checkpoints"
+        assert line.startswith(f"--ckpt_path {which}: no {which} checkpoint in {where.resolve()}")
     # fit starts a new run instead, and says so (the same command line resumes next time)
     cli = run(
         [
             "fit",
-            "--config",
-            str(config),
-            "--trainer.default_root_dir",
-            str(empty),
+            *_eval_args("--trainer.default_root_dir", str(empty), "--ckpt_path", "last"),
             "--trainer.max_steps",
             "1",
-            "--ckpt_path",
-            "last",
         ]
     )
     assert "starting a new run" in capsys.readouterr().err
     assert cli.trainer.ckpt_path is None and cli.trainer.global_step == 1
-    assert (empty / "checkpoints" / "last.ckpt").is_file()
+    assert (empty / "seed0" / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_reaf_analysis_parse_errors_are_one_line(tmp_path, capsys):
-    from analysis.cli import main as analysis_main
+# --- outputs: checked before the work, a full disk is one line ----------------------------------
 
-    base = [
-        "--model_a.checkpoint",
-        str(tmp_path / "a.ckpt"),
-        "--data.class_path",
-        "reaf_lightning.data.DigitsDataModule",
-    ]
-    for extra, expected in [
-        (["--max_batches", "many"], "max_batches: got 'many', expected int or null"),
-        (["--reduction", "max"], "reduction: got 'max', expected one of 'mean', 'none'"),
-    ]:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exc:
-            analysis_main([*base, *extra])
-        assert exc.value.code == 2
-        assert capsys.readouterr().err.splitlines() == [f"reaf-analysis: error: {expected}"]
-    # a data module's own message, not jsonargparse's wrapper (exit 1: reaf-analysis' policy)
-    with pytest.raises(SystemExit) as exc:
-        analysis_main([*base, "--data.init_args.batch_size", "0"])
-    assert exc.value.code == 1
-    assert capsys.readouterr().err.splitlines() == [
-        "reaf-analysis: error: batch_size must be a positive integer, got 0"
-    ]
+
+@pytest.mark.parametrize("where", ["checkpoint", "logger", "run"])
+def test_an_unwritable_output_location_stops_before_the_work(tmp_path, capsys, where):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way\n")
+    target = blocker / "sub"
+    flags = {
+        "checkpoint": ["--checkpoint.dirpath", str(target)],
+        "logger": [
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.init_args.save_dir",
+            str(target),
+        ],
+        "run": ["--trainer.default_root_dir", str(target)],
+    }[where]
+    args = [*TINY_ARGS, "--trainer.logger", "false", "--trainer.default_root_dir", "out", *flags]
+    line = _fails(["fit", *args], capsys)
+    assert str(target) in line and ("not a directory" in line.lower() or "in the way" in line)
+    assert not (tmp_path / "out" / "seed0" / "checkpoints").exists()  # nothing was trained
+
+
+def test_disk_full_during_a_save_is_one_line_and_keeps_the_earlier_files(
+    trained_run, tmp_path, capsys, monkeypatch
+):
+    root = tmp_path / "copy"
+    shutil.copytree(trained_run, root / "seed0")
+    before = {p.name: p.read_bytes() for p in (root / "seed0" / "checkpoints").iterdir()}
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "optimizer_states" in obj:  # a checkpoint, not anything else
+            Path(f).write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    args = _eval_args("--trainer.default_root_dir", str(root), "--trainer.max_epochs", "2")
+    line = _fails(["fit", *args, "--ckpt_path", "last"], capsys)
+    assert line.startswith(f"cannot write {root / 'seed0' / 'checkpoints'}")
+    assert line.endswith(": no space left on device")
+    after = {p.name: p.read_bytes() for p in (root / "seed0" / "checkpoints").iterdir()}
+    assert after == before  # earlier checkpoints intact, no partial file left
+
+
+# --- errors from DataLoader workers -------------------------------------------------------------
+
+
+class _BrokenSample(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index == 2:
+            raise DataError(f"sample {index} of /data/x is unreadable")
+        return torch.zeros(1)
+
+
+def test_a_worker_error_reaches_the_user_as_its_own_line(capsys):
+    def body() -> None:
+        for _ in DataLoader(_BrokenSample(), batch_size=1, num_workers=1):
+            pass
+
+    assert run_command("reaf-lightning", body) == 2
+    assert capsys.readouterr().err == "reaf-lightning: error: sample 2 of /data/x is unreadable\n"

@@ -1,4 +1,4 @@
-"""Issue 6, item 7: the same seed and config give the same run, bit for bit, on CPU.
+"""The same seed and config give the same run, bit for bit, on CPU.
 
 The quick start (``configs/quickstart.yaml``: ``seed_everything: 0``,
 ``trainer.deterministic: warn``) is run twice for a few steps as two separate
@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from reliability_helpers import one_thread  # noqa: F401 (fixture)
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 
 
+@pytest.mark.slow
 def test_quickstart_is_bitwise_reproducible(tmp_path):
     assert yaml.safe_load(QUICKSTART.read_text())["trainer"]["deterministic"] in (True, "warn")
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -79,7 +81,9 @@ def test_quickstart_is_bitwise_reproducible(tmp_path):
     assert "val/acc1" in metrics[0] and len(metrics[0].splitlines()) >= 4  # 3 steps + val
     assert metrics[0] == metrics[1]
 
-    a, b = (torch.load(tmp_path / n / "checkpoints" / "last.ckpt", weights_only=True) for n in "ab")
+    a, b = (
+        torch.load(tmp_path / n / "seed0/checkpoints/last.ckpt", weights_only=True) for n in "ab"
+    )
     assert a["global_step"] == b["global_step"] == 3
     for name, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][name]), name
