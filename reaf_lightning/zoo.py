@@ -123,17 +123,9 @@ def zoo_table(table: str | None = None, solver: bool = False) -> list[dict[str, 
                 "gmacs": round(macs / 1e9, 4),
                 "label": row.label,
                 "dataset": row.dataset,
-                "reaf_convs": row.kwargs.get("reaf_convs")
-                or (
-                    "all"
-                    if row.model.startswith("reaf_all")
-                    else None
-                    if reaf is None
-                    else "middle"
-                ),
+                "reaf_convs": getattr(model, "reaf_convs", None),
                 "groups": getattr(model, "groups", None),
-                "reaf_plus_groups": row.model_kwargs().get("reaf_plus_groups")
-                or (2 if row.model.startswith("reaf_plus") else None),
+                "reaf_plus_groups": getattr(model, "reaf_plus_groups", None),
                 "paper_width": row.setting.get("C"),
                 "paper_out_width": row.setting.get("C_prime"),
                 "params_dev_pct": params_dev,
@@ -164,12 +156,19 @@ def _solver_widths(row: Any) -> dict[str, int | None]:
     return {"solver_width": solution.width, "solver_out_width": solution.out_width}
 
 
-def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
+def _cell(value: Any, column: str = "") -> str:
+    """A printed / CSV cell: empty for None; the paper's numbers with its two decimals."""
+    if value is None:
+        return ""
+    if column in ("paper_top1_err", "paper_top5_err", "paper_params_m") or (
+        column == "paper_gflops" and value >= 0.1
+    ):
+        return f"{value:.2f}"
+    return str(value)
 
 
 def _print_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    cells = [[_cell(r[c]) for c in columns] for r in rows]
+    cells = [[_cell(r[c], c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     for line in cells:
@@ -182,7 +181,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...])
     with atomic_outputs([path]) as (temp,), temp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({c: _cell(r.get(c)) for c in columns} for r in rows)
+        writer.writerows({c: _cell(r.get(c), c) for c in columns} for r in rows)
 
 
 def build_parser() -> ArgumentParser:

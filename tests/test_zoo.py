@@ -161,6 +161,13 @@ def test_reaf_zoo_csv_columns_and_values(tmp_path, capsys) -> None:
     assert (reaf["paper_top1_err"], reaf["paper_top5_err"]) == ("21.94", "5.65")
     assert (reaf["paper_gflops"], reaf["paper_params_m"]) == ("1.18", "22.76")
     assert abs(float(reaf["params_m"]) - 22.76) < 0.01 and float(reaf["gmacs"]) > 1
+    first = rows[1]  # REAF-ResNet50 (C=C'=64, 16-15-16): 21.70 %, 1.18 GFLOPs, 23.01 M
+    assert (first["paper_top1_err"], first["paper_gflops"], first["paper_params_m"]) == (
+        "21.70",
+        "1.18",
+        "23.01",
+    )
+    assert rows[-1]["paper_gflops"] == "1.28" and rows[4]["paper_top5_err"] == "5.11"
     printed = capsys.readouterr().out
     assert "paper_gflops_ratio" in printed and "off by more than 1 %" in printed
 

@@ -129,6 +129,7 @@ class MobileNetV2(nn.Module):
         )
         self.num_features = last_channels
         self.stem = stem
+        self.reaf_plus_groups = reaf_plus_groups
         self._init_weights()
 
     def _init_weights(self) -> None:

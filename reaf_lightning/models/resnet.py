@@ -204,7 +204,10 @@ class ResNet(nn.Module):
         block_cls = blocks[block]
         self.stem = stem
         self.reaf = reaf
-        self.width, self.out_width, self.groups = width, out_width, groups  # for reaf-zoo
+        # The resolved architecture, as reaf-zoo reports it.
+        self.width, self.out_width, self.groups = width, out_width, groups
+        self.reaf_convs = None if reaf is None else reaf_convs
+        self.reaf_plus_groups = reaf_plus_groups
 
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(3, base_channels, 7, 2, 3, bias=False)
