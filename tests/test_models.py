@@ -167,6 +167,44 @@ def test_all_convs_grouped_or_reaf_count_by_hand(name, depth, width, fraction, s
     assert type(model.layer3[0].downsample[0]) is nn.Conv2d  # dense shortcut (ours)
 
 
+def basic_params(blocks: tuple, fractions: tuple[float, float], classes: int, stem: str) -> int:
+    """Parameters of a ResNet18/34 whose two 3x3 convs keep ``fractions`` of their dense
+    weights (REAF 4-3-4: 3/4), C = 72 on the first conv's output; independent of the code."""
+    total = 3 * 64 * (49 if stem == "imagenet" else 9) + 2 * 64
+    in_channels = 64
+    for stage, n in enumerate(blocks):
+        c, out = 72 * 2**stage, 64 * 2**stage
+        for i in range(n):
+            total += round(9 * in_channels * c * fractions[0]) + 2 * c
+            total += round(9 * c * out * fractions[1]) + 2 * out
+            if i == 0 and stage > 0:
+                total += in_channels * out + 2 * out
+            in_channels = out
+    return total + in_channels * classes + classes
+
+
+@pytest.mark.parametrize(
+    "name,blocks,stem,classes,first,both",
+    [  # the counts docs/paper_inconsistencies.md reports for two of the readings
+        ("reaf_resnet18", (2, 2, 2, 2), "cifar", 100, 11.267, 9.504),
+        ("reaf_resnet34", (3, 4, 6, 3), "cifar", 100, 21.217, 18.035),
+        ("reaf_resnet18", (2, 2, 2, 2), "imagenet", 1000, 11.736, 9.974),
+    ],
+)
+def test_basic_block_reaf_placements_by_hand(name, blocks, stem, classes, first, both) -> None:
+    """Paper Tables 4-5 give only "C = 72, 4-3-4" for ResNet18/34: our reading (REAF on the
+    first conv) and "both convs" (``reaf_convs='all'``) against the hand formula."""
+    for convs, fractions, documented in (
+        ("middle", (3 / 4, 1), first),
+        ("all", (3 / 4,) * 2, both),
+    ):
+        with torch.device("meta"):
+            model = create_model(name, num_classes=classes, stem=stem, reaf_convs=convs)
+        expected = basic_params(blocks, fractions, classes, stem)
+        assert count_parameters(model) == expected
+        assert round(expected / 1e6, 3) == documented
+
+
 def test_reaf_plus_on_reaf_count_by_hand() -> None:
     """REAF+ (g_O = 2) on the third conv of a REAF-ResNet50 adds one more (gamma, beta) pair
     per input channel of that conv: (g_O - 1) * 2 * C' * s per block (paper Eq. 8)."""
