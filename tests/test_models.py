@@ -227,6 +227,39 @@ def test_table1_stage_widths() -> None:
     assert widths == [72, 144, 288, 576]
 
 
+def test_cifar_mobilenet_v2_is_the_pytorch_cifar100_network() -> None:
+    """Paper Table 7 (CIFAR-100): 2.37 M / 2.38 M with REAF+. An independent transcription
+    of the pytorch-cifar100 MobileNetV2 (bias in every conv, 1x1 stem with padding 1,
+    expansion conv also for t = 1, the 160-channel stage at stride 1) has our counts."""
+
+    def block(i: int, o: int, stride: int, t: int) -> list[nn.Module]:
+        h = i * t
+        return [
+            nn.Conv2d(i, h, 1),
+            nn.BatchNorm2d(h),
+            nn.Conv2d(h, h, 3, stride, 1, groups=h),
+            nn.BatchNorm2d(h),
+            nn.Conv2d(h, o, 1),
+            nn.BatchNorm2d(o),
+        ]
+
+    layers = [nn.Conv2d(3, 32, 1, padding=1), nn.BatchNorm2d(32), *block(32, 16, 1, 1)]
+    stages = [(16, 24, 2, 2), (24, 32, 3, 2), (32, 64, 4, 2), (64, 96, 3, 1), (96, 160, 3, 1)]
+    for i, o, n, stride in stages + [(160, 320, 1, 1)]:
+        layers += block(i, o, stride, 6) + [m for _ in range(n - 1) for m in block(o, o, 1, 6)]
+    layers += [nn.Conv2d(320, 1280, 1), nn.BatchNorm2d(1280), nn.Conv2d(1280, 100, 1)]
+    reference = nn.Sequential(*layers)
+    ours = create_model("mobilenet_v2", num_classes=100, stem="cifar")
+    assert count_parameters(ours) == count_parameters(reference) == 2_369_380
+    convs = sum(isinstance(m, nn.Conv2d) for m in reference.modules())
+    assert sum(isinstance(m, nn.Conv2d) for m in ours.modules()) + 1 == convs  # + fc as a conv
+    plus = create_model("reaf_plus_mobilenet_v2", num_classes=100, stem="cifar")
+    projections = [m for m in plus.modules() if isinstance(m, REAFPlusConv2d)]
+    extra = sum(2 * p.in_channels - p.out_channels for p in projections)  # BN pair - bias
+    assert count_parameters(plus) == count_parameters(ours) + extra == 2_382_148
+    assert ours.features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (5, 5)
+
+
 def test_count_macs_by_hand() -> None:
     model = nn.Sequential(
         REAFConv2d(8, 4, 3, 4, 3, stride=2),  # out 4x4x4 positions x (3 groups * 2 ch * 9)
