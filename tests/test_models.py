@@ -73,15 +73,24 @@ def _forward_backward(name: str, **kwargs) -> None:
     assert not missing, f"{name}: parameters without gradient: {missing[:5]}"
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if "101" not in n])
-def test_forward_backward_every_parameter_gets_gradient(name: str) -> None:
-    """Every registered architecture at reduced width (residual networks: 16 stem channels,
-    C = 32, divisible by every grouping the names use). 101-layer names only add blocks to
-    stage 3; they and every full-size network run in the slow tier."""
-    narrow = not name.startswith(("mobilenet", "reaf_plus_mobilenet", "test_"))
-    # One fixed REAF strategy: the structure is under test here, the autotuner elsewhere.
-    kwargs = {"base_channels": 16, "width": 32, "impl": "decompose"} if narrow else {}
-    _forward_backward(name, **kwargs)
+NARROW = {"base_channels": 16, "width": 32, "impl": "decompose"}  # divisible by every grouping
+# One case per block structure (tiny or narrow: the structure is under test, not the size);
+# every registered name at full size runs in the slow tier.
+STRUCTURES = {
+    "test_resnet": {},
+    "test_reaf_resnet": {"impl": "decompose"},
+    "test_reaf_resnet-all": {"impl": "decompose", "reaf_convs": "all"},
+    "test_reaf_plus_resnet": {},
+    "reaf_resnet18": NARROW,
+    "resnext50_g4_all": NARROW,
+    "mobilenet_v2": {},
+    "reaf_plus_mobilenet_v2": {},
+}
+
+
+@pytest.mark.parametrize("case", STRUCTURES)
+def test_forward_backward_every_parameter_gets_gradient(case: str) -> None:
+    _forward_backward(case.split("-")[0], **STRUCTURES[case])
 
 
 @pytest.mark.slow
@@ -114,7 +123,7 @@ def test_exact_call_from_issue() -> None:
     [
         ("resnet18", torchvision.models.resnet18),
         ("resnet50", torchvision.models.resnet50),
-        ("wide_resnet50_2", torchvision.models.wide_resnet50_2),
+        pytest.param("wide_resnet50_2", torchvision.models.wide_resnet50_2, marks=pytest.mark.slow),
         ("resnext50_32x4d", torchvision.models.resnext50_32x4d),
         ("mobilenet_v2", torchvision.models.mobilenet_v2),
     ],
