@@ -1,204 +1,278 @@
-"""``reaf-zoo``: our parameter / MAC counts next to the paper's, and the width solver.
+"""``reaf-zoo``: our parameter and MAC counts next to every row of the paper's Tables 1-7.
 
-    reaf-zoo                       # every row of Tables 3-7
-    reaf-zoo --table table3 --csv table3.csv
-    reaf-zoo solve --reaf 8-4-70 --free-out-width   # C, C' matching ResNet50's MACs
+    reaf-zoo                                   # every row; rows off by > 1 % are flagged
+    reaf-zoo --table table3 --csv table3.csv   # also write one CSV line per row
+    reaf-zoo --table table3 --solver true      # add the width solver's C, C' per REAF row
+    reaf-zoo solve --reaf 8-4-70 --free_out_width true   # C, C' matching ResNet50's MACs
 
-Models are built on the meta device, so the whole table takes seconds.
+Models are built on the meta device (shapes only), so all rows take seconds.
+torch and the models are imported only once the arguments are valid, so
+``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import os
 import sys
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import torch
+from jsonargparse import ArgumentError, ArgumentParser
 
-from reaf_lightning.models import create_model
-from reaf_lightning.models.complexity import count_macs, count_parameters
-from reaf_lightning.models.paper import PaperRow, paper_rows
-from reaf_lightning.models.width_solver import solve_width
+from reaf_lightning.errors import ConfigError, run_command
 
-__all__ = ["main", "zoo_table"]
+__all__ = ["COLUMNS", "main", "zoo_table"]
 
+# The first twelve are the documented CSV interface; the rest are context.
 COLUMNS = (
     "table",
-    "id",
-    "model",
-    "config",
+    "row",
+    "arch",
+    "width",
+    "out_width",
+    "reaf",
+    "paper_top1_err",
+    "paper_top5_err",
+    "paper_gflops",
+    "paper_params_m",
+    "params_m",
+    "gmacs",
+    "label",
     "dataset",
+    "reaf_convs",
+    "groups",
+    "reaf_plus_groups",
+    "paper_width",
+    "paper_out_width",
+    "params_dev_pct",
+    "macs_ratio",
+    "paper_gflops_ratio",
+    "ratio_dev_pct",
+    "flag",
+    "same_as",
+)
+FLAG_PCT = 1.0  # a row is flagged when params or the FLOPs ratio is off by more than this
+SHOWN = (
+    "table",
+    "row",
     "params_m",
     "paper_params_m",
     "params_dev_pct",
-    "gmacs",
-    "paper_gflops",
     "macs_ratio",
-    "paper_flops_ratio",
-    "paper_top1_err",
+    "paper_gflops_ratio",
+    "ratio_dev_pct",
+    "flag",
 )
 
 
-def _config(row: PaperRow) -> str:
-    kw = row.kwargs
-    parts = []
-    if "width" in kw:
-        parts.append(f"C={kw['width']}")
-    if "out_width" in kw and kw["out_width"] != kw.get("width"):
-        parts.append(f"C'={kw['out_width']}")
-    if "groups" in kw:
-        parts.append(f"G={kw['groups']}")
-    if "reaf" in kw:
-        parts.append(kw["reaf"])
-    if kw.get("reaf_convs") == "all":
-        parts.append("all convs")
-    if "reaf_plus_groups" in kw:
-        parts.append(f"REAF+ g_O={kw['reaf_plus_groups']}")
-    if row.width_source == "solver":
-        parts.append("(C by solver)")
-    return " ".join(parts) or "baseline"
+def _pct(ours: float | None, paper: float | None) -> float | None:
+    return None if ours is None or not paper else round(100 * (ours / paper - 1), 2)
 
 
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
+def _built(row: Any) -> tuple[Any, int, int]:
+    """The row's model on the meta device, its parameters and its MACs."""
+    import torch
+
+    from reaf_lightning.models import create_model
+    from reaf_lightning.models.complexity import count_macs, count_parameters
+
+    with torch.device("meta"):
+        model = create_model(row.model, **row.model_kwargs())
+    return model, count_parameters(model), count_macs(model, row.input_size)
 
 
-def zoo_table(table: str | None = None) -> list[dict[str, Any]]:
-    """One dict per paper row with our counts, the paper's, and FLOPs ratios to the baseline."""
+def zoo_table(table: str | None = None, solver: bool = False) -> list[dict[str, Any]]:
+    """One dict per paper row (keys: :data:`COLUMNS`), in the paper's order.
+
+    Args:
+        table: only this table (``"table1"`` ... ``"table7"``); ``None`` = all.
+        solver: add ``solver_width`` / ``solver_out_width``, the widths
+            :func:`~reaf_lightning.models.width_solver.solve_width` picks for each
+            Table 3 REAF row (C = C' when the paper's row has C = C', else C' free).
+    """
+    from reaf_lightning.models.paper import paper_rows
+
     rows = paper_rows(table)
-    counts: dict[tuple[str, str], tuple[int, int]] = {}
-    for row in rows:
-        with torch.device("meta"):
-            model = create_model(row.model, **row.model_kwargs())
-        counts[(row.table, row.id)] = (count_parameters(model), count_macs(model, row.input_size))
-    by_id = {(row.table, row.id): row for row in rows}
+    built = {(row.table, row.id): _built(row) for row in rows}
     out = []
     for row in rows:
-        params, macs = counts[(row.table, row.id)]
-        paper_params = row.paper.get("params_m")
-        paper_gflops = row.paper.get("gflops")
+        model, params, macs = built[(row.table, row.id)]
+        paper = row.paper
         macs_ratio = paper_ratio = None
         if row.baseline_id is not None:
-            base = by_id[(row.table, row.baseline_id)]
-            macs_ratio = macs / counts[(row.table, row.baseline_id)][1]
-            base_gflops = base.paper.get("gflops")
-            if paper_gflops is not None and base_gflops is not None:
-                paper_ratio = paper_gflops / base_gflops
+            macs_ratio = round(macs / built[(row.table, row.baseline_id)][2], 4)
+            base_gflops = next(r for r in rows if (r.table, r.id) == (row.table, row.baseline_id))
+            if paper["gflops"] and base_gflops.paper["gflops"]:
+                paper_ratio = round(paper["gflops"] / base_gflops.paper["gflops"], 4)
+        params_m = round(params / 1e6, 3)
+        params_dev, ratio_dev = _pct(params_m, paper["params_m"]), _pct(macs_ratio, paper_ratio)
+        reaf = getattr(model, "reaf", None)
         out.append(
             {
                 "table": row.table,
-                "id": row.id,
-                "model": row.model,
-                "config": _config(row),
+                "row": row.id,
+                "arch": row.model,
+                "width": getattr(model, "width", None),
+                "out_width": getattr(model, "out_width", None),
+                "reaf": None if reaf is None else str(reaf),
+                "paper_top1_err": paper["top1_err"],
+                "paper_top5_err": paper["top5_err"],
+                "paper_gflops": paper["gflops"],
+                "paper_params_m": paper["params_m"],
+                "params_m": params_m,
+                "gmacs": round(macs / 1e9, 4),
+                "label": row.label,
                 "dataset": row.dataset,
-                "params_m": round(params / 1e6, 3),
-                "paper_params_m": paper_params,
-                "params_dev_pct": None
-                if paper_params is None
-                else round(100 * (params / 1e6 / paper_params - 1), 2),
-                "gmacs": round(macs / 1e9, 3),
-                "paper_gflops": paper_gflops,
-                "macs_ratio": _round(macs_ratio, 3),
-                "paper_flops_ratio": _round(paper_ratio, 3),
-                "paper_top1_err": row.paper.get("top1_err"),
+                "reaf_convs": getattr(model, "reaf_convs", None),
+                "groups": getattr(model, "groups", None),
+                "reaf_plus_groups": getattr(model, "reaf_plus_groups", None),
+                "paper_width": row.setting.get("C"),
+                "paper_out_width": row.setting.get("C_prime"),
+                "params_dev_pct": params_dev,
+                "macs_ratio": macs_ratio,
+                "paper_gflops_ratio": paper_ratio,
+                "ratio_dev_pct": ratio_dev,
+                "flag": " ".join(
+                    name
+                    for name, dev in (("params", params_dev), ("flops", ratio_dev))
+                    if dev is not None and abs(dev) > FLAG_PCT
+                )
+                or None,
+                "same_as": row.same_as,
             }
         )
+        if solver:
+            out[-1].update(_solver_widths(row))
     return out
 
 
-def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    cells = [[("" if r[c] is None else str(r[c])) for c in columns] for r in rows]
+def _solver_widths(row: Any) -> dict[str, int | None]:
+    if row.table != "table3" or row.baseline:
+        return {"solver_width": None, "solver_out_width": None}
+    from reaf_lightning.models.width_solver import solve_width
+
+    free = row.setting["C"] != row.setting["C_prime"]
+    solution = solve_width(row.model, row.kwargs["reaf"], row.baseline_id, free_out_width=free)
+    return {"solver_width": solution.width, "solver_out_width": solution.out_width}
+
+
+def _cell(value: Any, column: str = "") -> str:
+    """A printed / CSV cell: empty for None; the paper's numbers with its two decimals."""
+    if value is None:
+        return ""
+    if column in ("paper_top1_err", "paper_top5_err", "paper_params_m") or (
+        column == "paper_gflops" and value >= 0.1
+    ):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _print_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    cells = [[_cell(r[c], c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     for line in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(line, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
 
 
-def write_csv_atomic(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Write ``rows`` to ``path`` via a temporary file + rename: never a half-written CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(columns))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    from reaf_lightning.io import atomic_outputs
+
+    with atomic_outputs([path]) as (temp,), temp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({c: _cell(r.get(c), c) for c in columns} for r in rows)
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="reaf-zoo", description="Our parameter/MAC counts next to the paper's tables."
+def build_parser() -> ArgumentParser:
+    """The command's parser: the table (default) or the ``solve`` subcommand."""
+    parser = ArgumentParser(
+        prog="reaf-zoo",
+        description="Our parameter and MAC counts next to the paper's Tables 1-7.",
+        exit_on_error=False,
+        default_env=False,
     )
-    parser.add_argument("--table", help="only this table (table3 ... table7)")
-    parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
-    sub = parser.add_subparsers(dest="command")
-    solve = sub.add_parser("solve", help="find C (and C') matching a baseline's cost")
-    solve.add_argument("--reaf", required=True, help="G_I-G_M-G_O, e.g. 4-3-4")
-    solve.add_argument("--model", default="reaf_resnet50", help="REAF registry name")
-    solve.add_argument("--baseline", default="resnet50", help="registry name to match")
-    solve.add_argument("--metric", choices=("macs", "params"), default="macs")
-    solve.add_argument("--free-out-width", action="store_true", help="choose C' separately")
-    solve.add_argument("--stem", choices=("cifar", "imagenet"), default="cifar")
-    solve.add_argument("--num-classes", type=int, default=100)
+    parser.add_argument(
+        "--table", type=str | None, default=None, help="only this table, e.g. table3"
+    )
+    parser.add_argument("--csv", type=Path | None, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--solver", type=bool, default=False, help="add the width solver's C, C' (Table 3)"
+    )
+    subcommands = parser.add_subcommands(required=False, dest="command")
+    solve = ArgumentParser(description="Find C (and C') matching a baseline's cost.")
+    solve.add_argument("--reaf", type=str, required=True, help="G_I-G_M-G_O, e.g. 4-3-4")
+    solve.add_argument("--model", type=str, default="reaf_resnet50", help="REAF registry name")
+    solve.add_argument("--baseline", type=str, default="resnet50", help="registry name to match")
+    solve.add_argument("--metric", type=Literal["macs", "params"], default="macs")
+    solve.add_argument("--free_out_width", type=bool, default=False, help="choose C' separately")
+    solve.add_argument("--stem", type=Literal["cifar", "imagenet"], default="cifar")
+    solve.add_argument("--num_classes", type=int, default=100)
     solve.add_argument(
-        "--tolerance",
-        type=float,
-        default=0.01,
-        help="relative cost gap counted as a match with --free-out-width",
+        "--tolerance", type=float, default=0.01, help="relative cost gap counted as a match"
     )
+    subcommands.add_subcommand("solve", solve, help="find C (and C') matching a baseline's cost")
     return parser
 
 
-def main(args: Sequence[str] | None = None) -> int:
-    """Entry point of ``reaf-zoo``; returns the exit status."""
-    parser = _build_parser()
-    ns = parser.parse_args(args)
+def _solve(cfg: Any) -> None:
+    from reaf_lightning.models.width_solver import solve_width
+
     try:
-        if ns.command == "solve":
-            s = solve_width(
-                ns.model,
-                ns.reaf,
-                ns.baseline,
-                metric=ns.metric,
-                free_out_width=ns.free_out_width,
-                stem=ns.stem,
-                num_classes=ns.num_classes,
-                tolerance=ns.tolerance,
-            )
-            print(
-                f"{ns.model} {ns.reaf}: width (C) = {s.width}, out_width (C') = {s.out_width}; "
-                f"{s.metric} {s.cost:,} vs {ns.baseline} {s.target:,} "
-                f"({s.relative_difference:+.2%})"
-            )
-            return 0
-        rows = zoo_table(ns.table)
-    except ValueError as err:
-        print(f"reaf-zoo: error: {err}", file=sys.stderr)
-        return 2
-    _print_table(rows, COLUMNS)
-    devs = [
-        (abs(r["params_dev_pct"]), r["table"], r["id"])
-        for r in rows
-        if r["params_dev_pct"] is not None
-    ]
-    if devs:
-        worst = max(devs)
-        print(
-            f"\nworst parameter deviation from the paper: {worst[0]:.2f}% ({worst[1]} {worst[2]})"
+        s = solve_width(
+            cfg.model,
+            cfg.reaf,
+            cfg.baseline,
+            metric=cfg.metric,
+            free_out_width=cfg.free_out_width,
+            stem=cfg.stem,
+            num_classes=cfg.num_classes,
+            tolerance=cfg.tolerance,
         )
-    if ns.csv is not None:
-        write_csv_atomic(ns.csv, rows, COLUMNS)
-        print(f"wrote {ns.csv}")
-    return 0
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(
+        f"{cfg.model} {cfg.reaf}: width (C) = {s.width}, out_width (C') = {s.out_width}; "
+        f"{s.metric} {s.cost:,} vs {cfg.baseline} {s.target:,} ({s.relative_difference:+.2%})"
+    )
+
+
+def _table(cfg: Any) -> None:
+    if cfg.csv is not None:
+        from reaf_lightning.io import ensure_writable
+
+        ensure_writable(cfg.csv.parent or Path("."), "--csv directory")
+    try:
+        rows = zoo_table(cfg.table, solver=cfg.solver)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    shown = SHOWN + (("solver_width", "solver_out_width") if cfg.solver else ())
+    _print_table(rows, shown)
+    flagged = [r for r in rows if r["flag"]]
+    print(
+        f"\n{len(rows)} rows; {len(flagged)} off by more than {FLAG_PCT:g} % from the paper "
+        "(params, or the GFLOPs ratio to the row's baseline): see docs/paper_inconsistencies.md"
+    )
+    if cfg.csv is not None:
+        _write_csv(cfg.csv, rows, COLUMNS + shown[len(SHOWN) :])
+        print(f"wrote {cfg.csv}")
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``reaf-zoo``; returns the exit status."""
+
+    def body() -> None:
+        parser = build_parser()
+        try:
+            cfg = parser.parse_args(args)
+        except ArgumentError as err:
+            raise ConfigError(str(err)) from None
+        if cfg.command == "solve":
+            _solve(cfg.solve)
+        else:
+            _table(cfg)
+
+    return run_command("reaf-zoo", body)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,40 @@
-"""Paper tables: our counts against the paper's, the width solver, and the reaf-zoo command."""
+"""Paper tables: our counts against every row of the paper, the width solver, ``reaf-zoo``."""
 
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 
 import pytest
 
 from reaf_lightning.models.paper import paper_rows
 from reaf_lightning.models.width_solver import model_cost, solve_width
-from reaf_lightning.zoo import COLUMNS, main, zoo_table
+from reaf_lightning.zoo import main, zoo_table
 
-# MobileNetV2 on CIFAR-100: the paper's 2.37 M implies ~18 k parameters more than the
-# torchvision architecture (whose ImageNet count, 3.50 M, we match). Reported, not tuned.
-KNOWN_BASELINE_DEVIATIONS = {("table7", "cifar100_mobilenet_v2")}
+# Rows where no network matches the paper's parameter count within 1 %, with the
+# tolerance we accept; each is explained in docs/paper_inconsistencies.md.
+PARAMS_EXCEPTIONS = {
+    ("table4", "reaf_resnet34_c72_4-3-4"): 0.18,  # 18.10 M: no placement fits with its GFLOPs
+    ("table6", "cifar100_reaf_all_resnet50_c64_4-3-4"): 0.015,  # CIFAR/ImageNet pair disagree
+}
+# Rows whose GFLOPs ratio to their baseline differs from ours by > 1 %
+# (docs/paper_inconsistencies.md).
+FLOPS_FLAGGED = {
+    ("table2", "reaf_all_resnet50_c64_4-3-4"),
+    ("table3", "reaf_resnet50_c70_70_5-4-5"),
+    ("table3", "reaf_resnet50_c72_72_4-3-4"),
+    ("table4", "reaf_resnet34_c72_4-3-4"),
+    ("table4", "reaf_resnet101_c72_4-3-4"),
+    ("table5", "reaf_resnet18_c72_4-3-4"),
+    ("table5", "reaf_resnet50_c88_70_8-4-70"),
+    ("table6", "cifar100_reaf_all_resnet50_c64_4-3-4"),
+    ("table6", "imagenet_reaf_all_resnet50_c64_4-3-4"),
+}
+CSV_COLUMNS = (
+    "table, row, arch, width, out_width, reaf, paper_top1_err, paper_top5_err, "
+    "paper_gflops, paper_params_m, params_m, gmacs"
+).split(", ")
 
 
 def _within(ours_m: float, paper_m: float, rel: float) -> bool:
@@ -25,36 +47,61 @@ def table() -> list[dict]:
     return zoo_table()
 
 
-def test_every_rea_row_of_tables_3_4_5_7_is_listed(table) -> None:
-    ids = {(r["table"], r["id"]) for r in table}
+def test_every_row_of_tables_1_to_7_is_listed(table) -> None:
+    assert [(r["table"], r["row"]) for r in table] == [(r.table, r.id) for r in paper_rows()]
+    counts = {t: sum(r["table"] == t for r in table) for t in {r["table"] for r in table}}
+    # Table 3: the baseline and 29 REAF settings; Tables 1-2 restate rows of Tables 5-6.
+    assert counts == {
+        "table1": 2,
+        "table2": 2,
+        "table3": 30,
+        "table4": 6,
+        "table5": 9,
+        "table6": 6,
+        "table7": 6,
+    }
     for row in paper_rows():
-        assert (row.table, row.id) in ids
-    table3 = [r for r in table if r["table"] == "table3" and r["model"] != "resnet50"]
-    assert len(table3) == 29
-    assert {r["table"] for r in table} == {"table3", "table4", "table5", "table6", "table7"}
+        if row.same_as:
+            table_name, row_id = row.same_as.split("/")
+            (same,) = [r for r in paper_rows(table_name) if r.id == row_id]
+            assert (same.model, same.model_kwargs()) == (row.model, row.model_kwargs())
 
 
-def test_parameter_counts_match_paper(table) -> None:
-    rows_by_key = {(r.table, r.id): r for r in paper_rows()}
-    checked = 0
+def test_parameter_count_of_every_row_matches_the_paper(table) -> None:
+    """Every row within 1 % (baselines 0.1 %), except the documented exceptions."""
+    baselines = {(r.table, r.id) for r in paper_rows() if r.baseline}
     for result in table:
-        paper = result["paper_params_m"]
-        if paper is None:
-            continue
-        key = (result["table"], result["id"])
-        is_baseline = rows_by_key[key].baseline
-        tolerance = 0.001 if is_baseline and key not in KNOWN_BASELINE_DEVIATIONS else 0.01
-        assert _within(result["params_m"], paper, tolerance), (key, result["params_m"], paper)
-        checked += 1
-    assert checked >= 25
+        key = (result["table"], result["row"])
+        tolerance = PARAMS_EXCEPTIONS.get(key, 0.001 if key in baselines else 0.01)
+        assert _within(result["params_m"], result["paper_params_m"], tolerance), (key, result)
+    for key in PARAMS_EXCEPTIONS:  # still off, or the docs are stale
+        (result,) = [r for r in table if (r["table"], r["row"]) == key]
+        assert not _within(result["params_m"], result["paper_params_m"], 0.01), key
 
 
-def test_flops_ratio_tracks_paper(table) -> None:
-    """Where the paper gives GFLOPs, our MAC ratio to the baseline is within 2 points of theirs."""
-    compared = [r for r in table if r["paper_flops_ratio"] is not None]
-    assert len(compared) == 6
+def test_flops_ratios_and_flags(table) -> None:
+    """Ratio of GFLOPs to the row's baseline: ours vs the paper's, flagged beyond 1 %."""
+    compared = [r for r in table if r["paper_gflops_ratio"] is not None]
+    assert len(compared) == sum(1 for r in paper_rows() if r.baseline_id) == 45
+    flagged = {(r["table"], r["row"]) for r in compared if "flops" in (r["flag"] or "")}
+    assert flagged == FLOPS_FLAGGED
     for r in compared:
-        assert abs(r["macs_ratio"] - r["paper_flops_ratio"]) < 0.02, r
+        deviation = abs(r["macs_ratio"] / r["paper_gflops_ratio"] - 1)
+        assert (deviation > 0.01) == ((r["table"], r["row"]) in FLOPS_FLAGGED), r
+
+
+def test_table3_builds_the_papers_widths(table) -> None:
+    """Every Table 3 row trains the C, C' and G_I-G_M-G_O the paper states for it."""
+    rows = {r["row"]: r for r in table if r["table"] == "table3"}
+    for row in paper_rows("table3"):
+        built = rows[row.id]
+        assert (built["width"], built["out_width"]) == (row.setting["C"], row.setting["C_prime"])
+        assert built["reaf"] == row.setting.get("reaf")
+    assert (
+        rows["reaf_resnet50_c77_63_7-5-21"]["width"],
+        rows["reaf_resnet50_c77_63_7-5-21"]["out_width"],
+    ) == (77, 63)
+    assert rows["reaf_resnet50_c90_90_3-1-3"]["width"] == 90
 
 
 @pytest.mark.parametrize(
@@ -71,23 +118,6 @@ def test_solver_recovers_paper_widths(reaf, free, expected) -> None:
     """The paper chose these widths by hand to keep ResNet50's FLOPs; the solver finds them."""
     solution = solve_width("reaf_resnet50", reaf, "resnet50", free_out_width=free)
     assert (solution.width, solution.out_width) == expected
-
-
-def test_solver_rows_in_data_file_are_reproducible() -> None:
-    """Table 3 'solver' widths are exactly what scripts/solve_table3_widths.py's rule gives."""
-    rows = [r for r in paper_rows("table3") if r.width_source == "solver"]
-    assert len(rows) == 23
-    for row in rows:
-        reaf = row.kwargs["reaf"]
-        solution = solve_width("reaf_resnet50", reaf, "resnet50")
-        if abs(solution.relative_difference) > 0.02:
-            solution = solve_width(
-                "reaf_resnet50", reaf, "resnet50", free_out_width=True, tolerance=0.02
-            )
-        assert (solution.width, solution.out_width) == (
-            row.kwargs["width"],
-            row.kwargs["out_width"],
-        ), reaf
 
 
 def test_solver_is_optimal_on_its_grid() -> None:
@@ -110,21 +140,65 @@ def test_solver_is_optimal_on_its_grid() -> None:
     assert solve_width("reaf_resnet50", "6-1-6", "resnet50").width == best
 
 
-def test_reaf_zoo_cli_writes_csv(tmp_path, capsys) -> None:
-    out = tmp_path / "sub" / "table4.csv"
-    assert main(["--table", "table4", "--csv", str(out)]) == 0
+def test_reaf_zoo_csv_columns_and_values(tmp_path, capsys) -> None:
+    out = tmp_path / "sub" / "zoo.csv"
+    assert main(["--table", "table3", "--csv", str(out)]) == 0
     with out.open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["id"] for r in rows][:2] == ["resnet18", "reaf_resnet18_c72_4-3-4"]
-    assert tuple(rows[0]) == COLUMNS
-    assert not list(tmp_path.glob("sub/.*tmp"))
-    assert "worst parameter deviation" in capsys.readouterr().out
+    assert list(rows[0])[: len(CSV_COLUMNS)] == CSV_COLUMNS
+    assert len(rows) == 30 and not list(out.parent.glob(".*"))
+    base, reaf = rows[0], next(r for r in rows if r["row"] == "reaf_resnet50_c77_63_7-5-21")
+    # Values as the paper prints them (Table 3), empty where it has none.
+    assert (base["table"], base["arch"], base["reaf"], base["paper_top1_err"]) == (
+        "table3",
+        "resnet50",
+        "",
+        "22.06",
+    )
+    assert (reaf["width"], reaf["out_width"], reaf["reaf"]) == ("77", "63", "7-5-21")
+    assert (reaf["paper_top1_err"], reaf["paper_top5_err"]) == ("21.94", "5.65")
+    assert (reaf["paper_gflops"], reaf["paper_params_m"]) == ("1.18", "22.76")
+    assert abs(float(reaf["params_m"]) - 22.76) < 0.01 and float(reaf["gmacs"]) > 1
+    first = rows[1]  # REAF-ResNet50 (C=C'=64, 16-15-16): 21.70 %, 1.18 GFLOPs, 23.01 M
+    assert (first["paper_top1_err"], first["paper_gflops"], first["paper_params_m"]) == (
+        "21.70",
+        "1.18",
+        "23.01",
+    )
+    assert rows[-1]["paper_gflops"] == "1.28" and rows[4]["paper_top5_err"] == "5.11"
+    printed = capsys.readouterr().out
+    assert "paper_gflops_ratio" in printed and "off by more than 1 %" in printed
 
 
-def test_reaf_zoo_cli_errors(capsys) -> None:
+def test_reaf_zoo_table7_gflops_and_empty_cells(tmp_path) -> None:
+    out = tmp_path / "t7.csv"
+    assert main(["--table", "table7", "--csv", str(out)]) == 0
+    rows = {r["row"]: r for r in csv.DictReader(out.open())}
+    assert float(rows["cifar100_mobilenet_v2"]["paper_gflops"]) == pytest.approx(67.59e-3)
+    assert rows["cifar100_mobilenet_v2"]["width"] == rows["cifar100_mobilenet_v2"]["reaf"] == ""
+    assert rows["cifar100_reaf_plus_resnext50_32x4d"]["reaf_plus_groups"] == "2"
+
+
+def test_reaf_zoo_cli_errors(tmp_path, capsys) -> None:
     assert main(["--table", "table9"]) == 2
-    assert "unknown table 'table9'" in capsys.readouterr().err
+    assert "unknown table 'table9'; valid: table1" in capsys.readouterr().err
     assert main(["solve", "--reaf", "4-3-5"]) == 2
     assert "G_O must be C(4, 3) = 4" in capsys.readouterr().err
-    assert main(["solve", "--reaf", "8-4-70", "--free-out-width"]) == 0
+    assert main(["solve", "--reaf", "8-4-70", "--free_out_width", "true"]) == 0
     assert "width (C) = 88, out_width (C') = 70" in capsys.readouterr().out
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["--table", "table4", "--csv", str(blocker / "out.csv")]) == 2
+    err = capsys.readouterr()
+    assert "reaf-zoo: error: --csv directory" in err.err and err.out == ""  # before any work
+
+
+def test_reaf_zoo_help_builds_no_model() -> None:
+    code = (
+        "import sys\nfrom reaf_lightning.zoo import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "assert 'torch' not in sys.modules, 'help imported torch'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--csv" in result.stdout

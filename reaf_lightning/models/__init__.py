@@ -1,4 +1,4 @@
-"""Model zoo: ResNet / WideResNet / ResNeXt / MobileNetV2, plain, REAF and REAF+ (SPEC.md §3)."""
+"""Model zoo: ResNet, WideResNet, ResNeXt, MobileNetV2; plain, REAF, REAF+ (paper Tables 1-7)."""
 
 from reaf_lightning.models import variants as _variants  # noqa: F401  (registers the names)
 from reaf_lightning.models.mobilenetv2 import MobileNetV2

@@ -2,10 +2,13 @@
 
 MACs are counted for convolutions and linear layers only, at their *useful*
 (compact) size: a REAF conv counts ``C_out * G_M * A_in * k * k`` MACs per output
-position whatever strategy executes it, because that is the model's cost, not an
-artefact of the ``masked`` strategy. BatchNorm, activations, pooling and additions
-are not counted (the paper's convention as far as its numbers show: its
-GFLOPs are about 0.94x our MACs for bottleneck ResNets, so compare ratios).
+position (paper Eq. 6) whatever strategy executes it, because that is the model's
+cost, not an artefact of an execution strategy. BatchNorm, activations, pooling
+and additions are not counted. The paper does not define its GFLOPs: its
+ResNet baselines equal MACs with the stride on the first 1x1 conv (ResNet50:
+3.86 G on ImageNet, 1.22 G on CIFAR-100), while our networks put it on the
+3x3 conv as torchvision does (4.09 G, 1.30 G); the ratios of its REAF rows to
+their baselines follow ours, so compare ratios (``docs/paper_vs_ours.md``).
 
 Counting runs one forward pass of a single image with forward hooks; building
 the model under ``torch.device("meta")`` makes this free of real compute.
@@ -57,6 +60,11 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
 
     counted = (nn.Conv2d, nn.Linear, REAFConv2d, REAFPlusConv2d)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
+    # BatchNorm keeps shapes and is not counted, but is most of a meta-device pass's time:
+    # skip it while counting (an instance attribute shadows the method; deleted below).
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.forward = nn.Identity.forward.__get__(norm)
     was_training = model.training
     try:
         parameter = next(model.parameters())
@@ -67,4 +75,6 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
         model.train(was_training)
         for handle in handles:
             handle.remove()
+        for norm in norms:
+            del norm.forward
     return total

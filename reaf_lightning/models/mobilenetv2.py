@@ -9,8 +9,12 @@ REAF+ replaces the ``BN -> ReLU6`` after each depthwise conv with ``g_O``
 groups: ``conv.1`` keeps only the depthwise conv, ``conv.2`` becomes a
 :class:`~reaf_lightning.layers.REAFPlusConv2d`.
 
-CIFAR stem *(ours; the paper does not say)*: the first conv and the first
-stride-2 stage (``t=6, c=24``) use stride 1, so a 32x32 input ends at 4x4.
+CIFAR variant *(ours; the paper does not describe one)*: the MobileNetV2 of the
+pytorch-cifar100 recipe, whose CIFAR-100 schedule the paper uses, because it
+has the paper's parameter counts (Table 7: 2.37 M, 2.38 M with REAF+; ours
+2.369 M and 2.382 M): a 1x1 stem conv with padding 1 and stride 1, the stage
+``t=6, c=160`` at stride 1 (a 32x32 input ends at 5x5), an expansion conv in the
+``t=1`` block too, and a bias in every conv except REAF+'s.
 """
 
 from __future__ import annotations
@@ -47,18 +51,21 @@ class InvertedResidual(nn.Module):
         stride: int,
         expand_ratio: int,
         reaf_plus_groups: int | None = None,
+        cifar: bool = False,
     ) -> None:
         super().__init__()
         hidden = int(round(in_channels * expand_ratio))
         self.use_res_connect = stride == 1 and in_channels == out_channels
         layers: list[nn.Module] = []
-        if expand_ratio != 1:
+        if expand_ratio != 1 or cifar:
             layers.append(
-                Conv2dNormActivation(in_channels, hidden, kernel_size=1, activation_layer=nn.ReLU6)
+                Conv2dNormActivation(
+                    in_channels, hidden, kernel_size=1, activation_layer=nn.ReLU6, bias=cifar
+                )
             )
         if reaf_plus_groups:
             layers += [
-                nn.Sequential(nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)),
+                nn.Sequential(nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=cifar)),
                 REAFPlusConv2d(
                     hidden, out_channels, 1, groups_out=reaf_plus_groups, activation=nn.ReLU6
                 ),
@@ -66,9 +73,14 @@ class InvertedResidual(nn.Module):
         else:
             layers += [
                 Conv2dNormActivation(
-                    hidden, hidden, stride=stride, groups=hidden, activation_layer=nn.ReLU6
+                    hidden,
+                    hidden,
+                    stride=stride,
+                    groups=hidden,
+                    activation_layer=nn.ReLU6,
+                    bias=cifar,
                 ),
-                nn.Conv2d(hidden, out_channels, 1, 1, 0, bias=False),
+                nn.Conv2d(hidden, out_channels, 1, 1, 0, bias=cifar),
             ]
         layers.append(nn.BatchNorm2d(out_channels))
         self.conv = nn.Sequential(*layers)
@@ -103,24 +115,22 @@ class MobileNetV2(nn.Module):
             raise ValueError(f"num_classes={num_classes} must be a positive integer")
         cifar = stem == "cifar"
         in_channels, last_channels = 32, 1280
+        stem_conv = {"kernel_size": 1, "stride": 1, "padding": 1, "bias": True} if cifar else {}
         features: list[nn.Module] = [
             Conv2dNormActivation(
-                3, in_channels, stride=1 if cifar else 2, activation_layer=nn.ReLU6
+                3, in_channels, **{"stride": 2, **stem_conv}, activation_layer=nn.ReLU6
             )
         ]
-        setting = list(INVERTED_RESIDUAL_SETTING)
-        if cifar:
-            first_stride2 = next(i for i, row in enumerate(setting) if row[3] == 2)
-            setting[first_stride2] = (*setting[first_stride2][:3], 1)
-        for t, c, n, s in setting:
+        for t, c, n, s in INVERTED_RESIDUAL_SETTING:
+            s = 1 if cifar and c == 160 else s
             for i in range(n):
                 features.append(
-                    InvertedResidual(in_channels, c, s if i == 0 else 1, t, reaf_plus_groups)
+                    InvertedResidual(in_channels, c, s if i == 0 else 1, t, reaf_plus_groups, cifar)
                 )
                 in_channels = c
         features.append(
             Conv2dNormActivation(
-                in_channels, last_channels, kernel_size=1, activation_layer=nn.ReLU6
+                in_channels, last_channels, kernel_size=1, activation_layer=nn.ReLU6, bias=cifar
             )
         )
         self.features = nn.Sequential(*features)
@@ -129,6 +139,7 @@ class MobileNetV2(nn.Module):
         )
         self.num_features = last_channels
         self.stem = stem
+        self.reaf_plus_groups = reaf_plus_groups
         self._init_weights()
 
     def _init_weights(self) -> None:

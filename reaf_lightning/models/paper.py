@@ -1,8 +1,11 @@
-"""The paper's tables (``paper_tables.json``) as typed rows, with what each row means to build.
+"""The paper's Tables 1-7 (``paper_tables.json``) as typed rows, with what each row builds.
 
-The JSON holds only the paper's facts (and, for Table 3 rows whose widths the
-paper does not give, the widths our solver chose). Everything derived from them
-(our counts, ratios, configs) is computed, never stored.
+The JSON holds only the paper's facts, transcribed from the published text
+(``setting``: the C, C', G_I-G_M-G_O it states; ``paper``: its numbers as
+printed), plus the registry model and keyword arguments that reproduce each
+row. Everything derived (our counts, ratios, configs) is computed, never
+stored. Contradictions inside the paper are kept as printed and listed in
+``docs/paper_inconsistencies.md``.
 """
 
 from __future__ import annotations
@@ -24,19 +27,37 @@ DATASETS: dict[str, tuple[str, int, tuple[int, int, int]]] = {
 
 @dataclass(frozen=True)
 class PaperRow:
-    """One row of a paper table: the model to build and the numbers the paper reports."""
+    """One row of a paper table: the model to build and what the paper reports for it.
+
+    Attributes:
+        table: ``"table1"`` ... ``"table7"``.
+        id: the row's name, unique within its table (also its config file name).
+        label: the paper's own name of the row, e.g. ``"REAF-ResNet50 (C=77, C'=63, 7-5-21)"``.
+        model: registry name that reproduces the row.
+        kwargs: its ``create_model`` arguments (without the dataset's stem and classes).
+        dataset: ``"cifar100"`` or ``"imagenet"``.
+        paper: ``top1_err``, ``top5_err`` (percent), ``gflops``, ``params_m``; ``None`` = not given.
+        setting: what the paper states of the architecture: ``C``, ``C_prime``, ``reaf``,
+            ``groups``, ``reaf_plus_groups``, ``stage_widths`` (absent = not stated).
+        baseline: whether the row is a plain network others are compared to.
+        baseline_id: the row of the same table this one is compared to.
+        same_as: ``"<table>/<id>"`` of the row that is the same network and experiment
+            (Tables 1 and 2 restate rows of Tables 5 and 6); no config of its own.
+        note: how we read the row where the paper is ambiguous.
+    """
 
     table: str
     id: str
+    label: str
     model: str
     kwargs: dict[str, Any]
     dataset: str
     paper: dict[str, float | None]
+    setting: dict[str, Any] = field(default_factory=dict)
     baseline: bool = False
     baseline_id: str | None = None
-    width_source: str | None = None
+    same_as: str | None = None
     note: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stem(self) -> str:
@@ -63,27 +84,17 @@ def paper_tables() -> dict[str, Any]:
 
 
 def paper_rows(table: str | None = None) -> list[PaperRow]:
-    """All rows, or those of ``table`` (``"table3"`` ... ``"table7"``), in the paper's order."""
-    rows = []
-    for name, content in paper_tables().items():
-        if name.startswith("_") or (table is not None and name != table):
-            continue
-        for raw in content["rows"]:
-            raw = dict(raw)
-            known = {k: raw.pop(k) for k in ("id", "model", "kwargs", "paper")}
-            rows.append(
-                PaperRow(
-                    table=name,
-                    dataset=raw.pop("dataset", content["dataset"]),
-                    baseline=raw.pop("baseline", False),
-                    baseline_id=raw.pop("baseline_id", None),
-                    width_source=raw.pop("width_source", None),
-                    note=raw.pop("note", None),
-                    extra=raw,
-                    **known,
-                )
-            )
-    if table is not None and not rows:
-        valid = [k for k in paper_tables() if not k.startswith("_")]
-        raise ValueError(f"unknown table {table!r}; valid: {', '.join(valid)}")
-    return rows
+    """All rows, or those of ``table`` (``"table1"`` ... ``"table7"``), in the paper's order.
+
+    Raises:
+        ValueError: ``table`` is not one of the paper's tables.
+    """
+    tables = {name: content for name, content in paper_tables().items() if name[0] != "_"}
+    if table is not None and table not in tables:
+        raise ValueError(f"unknown table {table!r}; valid: {', '.join(tables)}")
+    return [
+        PaperRow(table=name, **{"dataset": content.get("dataset"), **raw})
+        for name, content in tables.items()
+        if table in (None, name)
+        for raw in content["rows"]
+    ]

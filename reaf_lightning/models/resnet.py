@@ -1,4 +1,4 @@
-"""ResNet, WideResNet and ResNeXt with REAF / REAF+ convolutions (paper §IV; SPEC.md §3).
+"""ResNet, WideResNet and ResNeXt with REAF / REAF+ convolutions (paper §III, Tables 1-2).
 
 One configurable :class:`ResNet` covers every residual network of the paper.
 Module and ``state_dict`` names follow torchvision (``conv1, bn1, layer1..layer4,
@@ -9,7 +9,9 @@ Widths, with the stage multiplier ``s = 1, 2, 4, 8``:
 * Bottleneck: ``1x1 in -> C*s``, ``3x3 C*s -> C'*s`` (stride here, torchvision
   "v1.5"; REAF here), ``1x1 C'*s -> 4*base*s``. ``C = C' = 64`` is ResNet50,
   ``C = C' = 128`` WideResNet50-2, ``C = C' = 128`` with ``groups=32`` ResNeXt50 32x4d.
-  ``reaf_convs="all"`` makes all three convs REAF (the paper's Table 2/6 variant).
+  ``reaf_convs="all"`` makes all three convs REAF and ``group_convs="all"`` groups all
+  three (the paper's Table 2 / Table 6 networks, paper §IV-C); the shortcut's 1x1
+  projection stays dense in both (the paper does not mention it; ours).
 * BasicBlock: ``3x3 in -> C*s`` (stride; REAF here), ``3x3 C*s -> base*s`` dense.
 * REAF+: the bottleneck's third conv gets ``g_O`` (BN, ReLU) pairs on its input
   in place of ``bn2 -> relu``.
@@ -48,6 +50,7 @@ class BasicBlock(nn.Module):
         groups: int = 1,
         reaf: REAFSpec | None = None,
         reaf_convs: REAFConvs = "middle",
+        group_convs: REAFConvs = "middle",
         reaf_plus_groups: int | None = None,
         impl: str = "auto",
     ) -> None:
@@ -88,23 +91,32 @@ class Bottleneck(nn.Module):
         groups: int = 1,
         reaf: REAFSpec | None = None,
         reaf_convs: REAFConvs = "middle",
+        group_convs: REAFConvs = "middle",
         reaf_plus_groups: int | None = None,
         impl: str = "auto",
     ) -> None:
         super().__init__()
         outer_reaf = reaf if reaf_convs == "all" else None
-        self.conv1 = create_conv2d(in_channels, width, 1, reaf=outer_reaf, impl=impl)
+        outer_groups = groups if group_convs == "all" else 1
+        self.conv1 = create_conv2d(
+            in_channels, width, 1, groups=outer_groups, reaf=outer_reaf, impl=impl
+        )
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = create_conv2d(width, out_width, 3, stride, groups=groups, reaf=reaf, impl=impl)
         self.reaf_plus = bool(reaf_plus_groups)
         if self.reaf_plus:
-            if outer_reaf is not None:
-                raise ValueError("REAF+ on the third conv cannot be combined with reaf_convs='all'")
+            if outer_reaf is not None or outer_groups != 1:
+                raise ValueError(
+                    "REAF+ on the third conv needs a dense third conv: it cannot be combined "
+                    "with reaf_convs='all' or group_convs='all'"
+                )
             # bn2 -> relu are replaced by the per-group pairs inside the REAF+ conv.
             self.conv3 = REAFPlusConv2d(out_width, out_channels, 1, groups_out=reaf_plus_groups)
         else:
             self.bn2 = nn.BatchNorm2d(out_width)
-            self.conv3 = create_conv2d(out_width, out_channels, 1, reaf=outer_reaf, impl=impl)
+            self.conv3 = create_conv2d(
+                out_width, out_channels, 1, groups=outer_groups, reaf=outer_reaf, impl=impl
+            )
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _downsample(in_channels, out_channels, stride)
@@ -141,6 +153,8 @@ class ResNet(nn.Module):
         groups: ordinary grouped 3x3 conv (ResNeXt cardinality).
         reaf: the REAF setting of the 3x3 conv, or ``None`` for a plain network.
         reaf_convs: ``"middle"`` (the paper's default) or ``"all"`` convs of a block.
+        group_convs: ``"middle"`` (ResNeXt) or ``"all"`` (the paper's Table 2 / 6 ResNeXt:
+            the three bottleneck convs grouped, paper §IV-C) convs carry ``groups``.
         reaf_plus_groups: ``g_O`` of REAF+ on each bottleneck's third conv; ``None`` = off.
         impl: REAF execution strategy, one of ``REAF_IMPLS`` (default ``"auto"``, timed per layer).
         base_channels: stem width; stage ``s`` outputs ``base * s * expansion``
@@ -159,6 +173,7 @@ class ResNet(nn.Module):
         groups: int = 1,
         reaf: REAFSpec | None = None,
         reaf_convs: REAFConvs = "middle",
+        group_convs: REAFConvs = "middle",
         reaf_plus_groups: int | None = None,
         impl: str = "auto",
         base_channels: int = 64,
@@ -170,8 +185,9 @@ class ResNet(nn.Module):
             raise ValueError(f"block={block!r} must be one of {sorted(blocks)}")
         if stem not in ("cifar", "imagenet"):
             raise ValueError(f"stem={stem!r} must be 'cifar' or 'imagenet'")
-        if reaf_convs not in ("middle", "all"):
-            raise ValueError(f"reaf_convs={reaf_convs!r} must be 'middle' or 'all'")
+        for name, value in (("reaf_convs", reaf_convs), ("group_convs", group_convs)):
+            if value not in ("middle", "all"):
+                raise ValueError(f"{name}={value!r} must be 'middle' or 'all'")
         if len(layers) != 4 or any(n < 1 for n in layers):
             raise ValueError(f"layers={list(layers)} must be four positive block counts")
         for name, value in (
@@ -188,6 +204,10 @@ class ResNet(nn.Module):
         block_cls = blocks[block]
         self.stem = stem
         self.reaf = reaf
+        # The resolved architecture, as reaf-zoo reports it.
+        self.width, self.out_width, self.groups = width, out_width, groups
+        self.reaf_convs = None if reaf is None else reaf_convs
+        self.reaf_plus_groups = reaf_plus_groups
 
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(3, base_channels, 7, 2, 3, bias=False)
@@ -214,6 +234,7 @@ class ResNet(nn.Module):
                         groups=groups,
                         reaf=reaf,
                         reaf_convs=reaf_convs,
+                        group_convs=group_convs,
                         reaf_plus_groups=reaf_plus_groups,
                         impl=impl,
                     )
