@@ -37,8 +37,7 @@ from torch import Tensor
 
 from reaf_lightning.errors import NumericalError
 from reaf_lightning.loggers import provenance
-from reaf_lightning.models import create_model
-from reaf_lightning.models.complexity import count_macs, count_parameters
+from reaf_lightning.models.complexity import network_complexity
 from reaf_lightning.predictions import PredictionWriter
 from reaf_lightning.report.record import MetricsFile
 
@@ -50,7 +49,6 @@ __all__ = [
     "NonFiniteLossPolicy",
     "PreemptionCheckpoint",
     "PredictionWriter",
-    "network_complexity",
     "standard_callbacks",
 ]
 
@@ -257,26 +255,6 @@ class FiniteCheckpointGuard(Callback):
                 f"global step {trainer.global_step}: not saving this checkpoint, and "
                 f"{_kept_checkpoint(trainer)}; {_ADVICE}"
             )
-
-
-def network_complexity(
-    arch: str, arch_kwargs: dict[str, Any] | None, num_classes: int, input_size: tuple[int, ...]
-) -> dict[str, Any]:
-    """#params and multiply-accumulates of a registry network for one image of ``input_size``.
-
-    Counted on a copy built on the ``meta`` device: no compute, no memory, and
-    the trained network (and its BatchNorm statistics) stays untouched.
-    """
-    with torch.device("meta"):
-        net = create_model(arch, num_classes=num_classes, **(arch_kwargs or {}))
-    params, macs = count_parameters(net), count_macs(net, tuple(input_size))
-    return {
-        "complexity/params": params,
-        "complexity/params_M": params / 1e6,
-        "complexity/macs": macs,
-        "complexity/gmacs": macs / 1e9,
-        "complexity/input_size": list(input_size),
-    }
 
 
 class LogComplexity(Callback):

@@ -16,12 +16,14 @@ the model under ``torch.device("meta")`` makes this free of real compute.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from reaf_lightning.layers import REAFConv2d, REAFPlusConv2d
 
-__all__ = ["count_macs", "count_parameters", "layer_macs"]
+__all__ = ["count_macs", "count_parameters", "layer_macs", "network_complexity"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -78,3 +80,25 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
         for norm in norms:
             del norm.forward
     return total
+
+
+def network_complexity(
+    arch: str, arch_kwargs: dict[str, Any] | None, num_classes: int, input_size: tuple[int, ...]
+) -> dict[str, Any]:
+    """#params and multiply-accumulates of a registry network for one image of ``input_size``.
+
+    Counted on a copy built on the ``meta`` device: no compute, no memory, and
+    the trained network (and its BatchNorm statistics) stays untouched.
+    """
+    from reaf_lightning.models.registry import create_model
+
+    with torch.device("meta"):
+        net = create_model(arch, num_classes=num_classes, **(arch_kwargs or {}))
+    params, macs = count_parameters(net), count_macs(net, tuple(input_size))
+    return {
+        "complexity/params": params,
+        "complexity/params_M": params / 1e6,
+        "complexity/macs": macs,
+        "complexity/gmacs": macs / 1e9,
+        "complexity/input_size": list(input_size),
+    }

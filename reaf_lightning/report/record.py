@@ -36,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from reaf_lightning.errors import ConfigError
 from reaf_lightning.io import atomic_outputs
+from reaf_lightning.models.complexity import network_complexity
 
 __all__ = ["FILENAME", "MetricsFile", "Run", "experiment_of", "find_runs"]
 
@@ -70,8 +71,8 @@ class MetricsFile(Callback):
     (:meth:`state_dict`), so a fit resumed with ``--ckpt_path last`` still
     knows the epochs before the interruption (and a finished run resumed
     again, as a requeued job would, writes the same file). ``params_m`` and ``gmacs`` come
-    from the module's ``complexity(input_size)`` (the image size actually
-    fed), the seed from Lightning's ``PL_GLOBAL_SEED``. Only global rank 0
+    from :func:`~reaf_lightning.models.complexity.network_complexity` for the image size actually
+    fed, the seed from Lightning's ``PL_GLOBAL_SEED``. Only global rank 0
     writes, through :func:`reaf_lightning.io.atomic_outputs`, so the file is
     never half-written.
     """
@@ -153,9 +154,14 @@ class MetricsFile(Callback):
             seed = os.environ.get("PL_GLOBAL_SEED")
             record["seed"] = int(seed) if seed is not None else None
         record["arch"] = getattr(pl_module, "hparams", {}).get("arch")
-        complexity = getattr(pl_module, "complexity", None)
-        if callable(complexity) and self._input_size is not None:
-            counts = complexity(self._input_size)
+        hparams = getattr(pl_module, "hparams", {})
+        if "arch" in hparams and self._input_size is not None:
+            counts = network_complexity(
+                hparams["arch"],
+                hparams.get("arch_kwargs"),
+                hparams["num_classes"],
+                self._input_size,
+            )
             record["params_m"] = counts["complexity/params"] / 1e6
             record["gmacs"] = counts["complexity/macs"] / 1e9
         record[stage] = content
