@@ -7,12 +7,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from analysis.selectivity import (
+from analysis.hooks import (
     DEFAULT_LAYERS,
-    class_selectivity,
     compute_class_means,
     compute_selectivity,
 )
+from analysis.selectivity import class_selectivity
 from reaf_lightning.models import create_model
 
 # ----------------------------------------------------------------------------- pure maths

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from analysis.selectivity import compute_class_means, compute_selectivity
+from analysis.hooks import compute_class_means, compute_selectivity
 from reaf_lightning.models import create_model
 
 NUM_SAMPLES, NUM_CLASSES, WORLD = 11, 3, 2
