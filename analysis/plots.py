@@ -61,6 +61,7 @@ PRINT_STYLE = {
     "ytick.major.size": 2.5,
 }
 PANEL_HEIGHT_IN = 1.9
+HEADROOM = 1.6  # y range over the tallest bar, leaving the top third for the annotations
 MAX_COLUMNS = 4
 
 
@@ -187,6 +188,10 @@ def plot_selectivity(
             ax.set_xlim(lo, hi)
             ax.set_xlabel("class selectivity index" if ax in axes[-1] else "")
             ax.set_ylabel("density" if ax in axes[:, 0] else "")
+        # Headroom above the tallest bar for the medians and the KS result (shared y axis).
+        axes.flat[0].set_ylim(0, axes.flat[0].get_ylim()[1] * HEADROOM)
+        if (lo, hi) == (0.0, 1.0):
+            axes.flat[0].set_xticks([0, 0.5, 1] if ncols > 1 else [0, 0.25, 0.5, 0.75, 1])
         handles = [
             matplotlib.patches.Patch(facecolor=palette[m], edgecolor=palette[m], alpha=0.6,
                                      label=m)
@@ -206,7 +211,7 @@ def _ks_row(ks: pd.DataFrame | None, layer: str) -> pd.Series | None:
 
 
 def _annotate(ax, panel: pd.DataFrame, models: list[str], palette, ks_row) -> None:
-    """Each model's median as a dashed line and as text, plus the KS result."""
+    """Each model's median as a dashed line and as text, plus the KS result (D, p)."""
     lines = []
     for model in models:
         si = panel.loc[panel["model"] == model, "si"].to_numpy()
@@ -215,12 +220,12 @@ def _annotate(ax, panel: pd.DataFrame, models: list[str], palette, ks_row) -> No
             ax.axvline(median, color=palette[model], linestyle="--", linewidth=0.8)
             lines.append((f"median {median:.3f}", palette[model]))
     if ks_row is not None and not math.isnan(ks_row["ks_statistic"]):
-        p = ks_row["p_value"]
-        lines.append((f"KS D={ks_row['ks_statistic']:.2f}, p={p:.1e}" if p >= 1e-99
-                      else f"KS D={ks_row['ks_statistic']:.2f}, p<1e-99", "black"))  # fmt: skip
+        p = max(float(ks_row["p_value"]), 1e-99)
+        lines.append((f"KS D={ks_row['ks_statistic']:.2f}, p={p:.2g}", "black"))
     for i, (text, color) in enumerate(lines):
-        ax.text(0.97, 0.95 - 0.11 * i, text, transform=ax.transAxes, ha="right", va="top",
-                color=color)  # fmt: skip
+        ax.text(0.97, 0.96 - 0.12 * i, text, transform=ax.transAxes, ha="right", va="top",
+                color=color, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5,
+                                   "alpha": 0.8})  # fmt: skip
 
 
 def save_selectivity_outputs(
