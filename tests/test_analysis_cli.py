@@ -71,7 +71,8 @@ def _models(trained: dict[str, Path]) -> list[str]:
 
 
 def _digits_loader(image_size: int = IMAGE_SIZE):
-    dm = DigitsDataModule(image_size=image_size, batch_size=128)
+    """The validation loader the checkpoint's data settings describe (batch size 64)."""
+    dm = DigitsDataModule(image_size=image_size, batch_size=64)
     dm.setup("validate")
     return dm.val_dataloader()
 
@@ -90,7 +91,8 @@ def test_two_models_data_from_checkpoint_figure_tables(trained, tmp_path, capsys
     monkeypatch.chdir(tmp_path)  # nothing may appear in the current directory
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        main([*_models(trained), "--output_dir", str(out), "--progress", "false"])
+        main([*_models(trained), "--output_dir", str(out), "--max_batches", "2",
+              "--progress", "false"])  # fmt: skip
     assert exc.value.code == 0
     printed = capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -108,7 +110,7 @@ def test_two_models_data_from_checkpoint_figure_tables(trained, tmp_path, capsys
     }
     nets["test_resnet"].load_state_dict(torch.load(trained["plain"]))
     for label, net in nets.items():
-        expected = compute_selectivity(net, _digits_loader(), num_classes=10)
+        expected = compute_selectivity(net, _digits_loader(), num_classes=10, max_batches=2)
         for layer in DEFAULT_LAYERS:
             rows = table[(table.model == label) & (table.layer == layer)].sort_values("unit")
             got = rows.si.to_numpy()
@@ -148,7 +150,8 @@ def test_most_separated_panel_at_column_width(trained, tmp_path, capsys):
     out = tmp_path / "one"
     with pytest.raises(SystemExit):
         main([*_models(trained), "--output_dir", str(out), "--plot_layers", "most_separated",
-              "--layers", "[layer1, layer3]", "--stem", "fig", "--progress", "false"])  # fmt: skip
+              "--layers", "[layer1, layer3]", "--stem", "fig", "--max_batches", "2",
+              "--progress", "false"])  # fmt: skip
     printed = capsys.readouterr().out
     ks = pd.read_csv(out / "fig_ks.csv")
     best = ks.loc[ks.ks_statistic.idxmax(), "layer"]
@@ -161,12 +164,15 @@ def test_given_data_settings_override_the_checkpoint_with_a_warning(trained, tmp
     out = tmp_path / "override"
     args = [*_models(trained)[:2], "--output_dir", str(out), "--layers", "[layer4]",
             "--data.class_path", "reaf_lightning.data.DigitsDataModule",
-            "--data.init_args.image_size", "24", "--progress", "false"]  # fmt: skip
+            "--data.init_args.image_size", "24", "--data.init_args.batch_size", "64",
+            "--max_batches", "1", "--progress", "false"]  # fmt: skip
     with pytest.warns(UserWarning, match="image_size=24 differs from 16"):
         with pytest.raises(SystemExit):
             main(args)
     net = load_model(ModelSpec(checkpoint=str(trained["reaf"]))).net
-    expected = compute_selectivity(net, _digits_loader(24), layers=["layer4"], num_classes=10)
+    expected = compute_selectivity(
+        net, _digits_loader(24), layers=["layer4"], num_classes=10, max_batches=1
+    )
     got = pd.read_csv(out / "selectivity.csv").sort_values("unit").si.to_numpy()
     np.testing.assert_allclose(got, expected["layer4"].numpy(), rtol=1e-5, atol=1e-6)
 
@@ -240,7 +246,8 @@ def test_non_finite_weights_and_activations_exit_3(trained, tmp_path, capsys):
     broken = dict(sd, **{"layer2.0.conv1.weight": torch.full_like(sd["layer2.0.conv1.weight"],
                                                                   float("nan"))})  # fmt: skip
     torch.save(broken, tmp_path / "nan.pt")
-    data = ["--data.class_path", "reaf_lightning.data.DigitsDataModule", "--progress", "false"]
+    data = ["--data.class_path", "reaf_lightning.data.DigitsDataModule", "--max_batches", "1",
+            "--progress", "false"]  # fmt: skip
     args = ["--model_a.arch", "test_resnet", "--model_a.label", "broken", *data,
             "--output_dir", str(tmp_path / "out")]  # fmt: skip
     err = _fails([*args, "--model_a.state_dict", str(tmp_path / "nan.pt")], capsys, code=3)
@@ -272,6 +279,9 @@ def test_wandb_without_credentials_logs_offline_into_output_dir(
     assert exc.value.code == 0
     assert "W&B run saved offline (no W&B credentials" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no ./wandb
+    import wandb
+
+    wandb.teardown()  # the command's process would exit here: W&B's service finishes the file
     (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
     contents = run_contents(run_file)
     assert "models" in contents["config"], list(contents["config"])

@@ -55,6 +55,9 @@ def fitted(tmp_path_factory, monkeypatch_module):
     trainer.fit(module, datamodule=_data())
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     logger.experiment.finish()
+    import wandb
+
+    wandb.teardown()  # wait until W&B's service has written the run file
     return {"root": root, "module": module, "trainer": trainer, "logged": logged}
 
 
