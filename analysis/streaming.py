@@ -18,6 +18,7 @@ samplers and for Lightning's ``DistributedSamplerWrapper`` (a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -34,6 +35,10 @@ __all__ = ["ClassSums", "ShardPadding", "distributed_sampler", "should_sync"]
 
 class ClassSums:
     """Per-class running sums of unit activations; grows its classes when ``num_classes`` is None.
+
+    All layers share one ``(num_classes, total units)`` buffer, so a batch costs
+    one ``cat``, one cast and one ``index_add_`` whatever the number of layers
+    (small ops are what a busy CPU pays for), and one all-reduce under DDP.
 
     Args:
         layers: Layer names, in the order the result keeps.
@@ -58,17 +63,21 @@ class ClassSums:
         self.reduction = reduction
         self.device = device
         self.dtype = dtype
-        self.sums: dict[str, Tensor] = {}
         self.unit_shapes: dict[str, tuple[int, ...]] = {}
+        self.sums: Tensor | None = None  # (num_classes, units of all layers), once shapes are known
         self.counts = torch.zeros(self.num_classes, dtype=torch.int64, device=device)
+
+    def _allocate(self) -> None:
+        units = sum(math.prod(self.unit_shapes[n]) for n in self.layers)
+        self.sums = torch.zeros(self.num_classes, units, dtype=self.dtype, device=self.device)
 
     def _grow(self, num_classes: int) -> None:
         extra = num_classes - self.num_classes
         if extra <= 0:
             return
         self.counts = torch.cat([self.counts, self.counts.new_zeros(extra)])
-        for name, sums in self.sums.items():
-            self.sums[name] = torch.cat([sums, sums.new_zeros(extra, sums.shape[1])])
+        if self.sums is not None:
+            self.sums = torch.cat([self.sums, self.sums.new_zeros(extra, self.sums.shape[1])])
         self.num_classes = num_classes
 
     def add(self, features: Mapping[str, Tensor], labels: Tensor) -> None:
@@ -91,17 +100,15 @@ class ClassSums:
             )
         if self.fixed_classes is None:
             self._grow(hi + 1)
+        if self.sums is None:
+            for name in self.layers:
+                shape = tuple(features[name].shape[1:])
+                self.unit_shapes[name] = shape if self.reduction == "none" else (shape[0],)
+            self._allocate()
+        assert self.sums is not None
+        batch = torch.cat([features[n].reshape(labels.shape[0], -1) for n in self.layers], dim=1)
         labels = labels.to(self.device, dtype=torch.int64, non_blocking=True)
-        for name in self.layers:
-            feats = features[name]
-            if name not in self.sums:
-                self.unit_shapes[name] = (
-                    tuple(feats.shape[1:]) if self.reduction == "none" else (int(feats.shape[1]),)
-                )
-                self.sums[name] = torch.zeros(
-                    self.num_classes, int(feats[0].numel()), dtype=self.dtype, device=self.device
-                )
-            self.sums[name].index_add_(0, labels, feats.reshape(feats.shape[0], -1).to(self.dtype))
+        self.sums.index_add_(0, labels, batch.to(self.dtype))
         self.counts.index_add_(0, labels, torch.ones_like(labels))
 
     def all_reduce(self) -> None:
@@ -111,31 +118,28 @@ class ClassSums:
             size = torch.tensor([self.num_classes], dtype=torch.int64, device=self.device)
             dist.all_reduce(size, op=dist.ReduceOp.MAX)
             self._grow(int(size))
-        # A rank with an empty shard has no sums yet; every rank must take part
-        # in each collective with the same shapes, so agree on the unit counts.
-        for name in self.layers:
-            local = self.sums[name].shape[1] if name in self.sums else 0
-            units = torch.tensor([local], dtype=torch.int64, device=self.device)
-            dist.all_reduce(units, op=dist.ReduceOp.MAX)
-            if name not in self.sums:
-                self.sums[name] = torch.zeros(
-                    self.num_classes, int(units), dtype=self.dtype, device=self.device
-                )
-            dist.all_reduce(self.sums[name])
-        dist.all_reduce(self.counts)
-        # Unit shapes are only known on ranks that saw data; share them.
+        # Unit shapes are known only on ranks that saw data; a rank with an empty
+        # shard still joins the all-reduce, with zeros of the same shape.
         gathered: list[dict[str, tuple[int, ...]] | None] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, self.unit_shapes)
-        self.unit_shapes = next((dict(s) for s in gathered if s), self.unit_shapes)
+        shapes = next((dict(s) for s in gathered if s), None)
+        if shapes is not None:
+            self.unit_shapes = shapes
+            if self.sums is None:
+                self._allocate()
+            dist.all_reduce(self.sums)
+        dist.all_reduce(self.counts)
 
     def result(self) -> ClassActivationStats:
-        """The sums so far (layers without data get zero units)."""
-        for name in self.layers:
-            if name not in self.sums:
-                self.sums[name] = torch.zeros(self.num_classes, 0, dtype=self.dtype)
-                self.unit_shapes[name] = (0,)
+        """The sums so far, per layer (layers without data get zero units)."""
+        if self.sums is None:
+            self.unit_shapes = {n: (0,) for n in self.layers}
+            self._allocate()
+        assert self.sums is not None
+        sizes = [math.prod(self.unit_shapes[n]) for n in self.layers]
+        views = torch.split(self.sums, sizes, dim=1)
         return ClassActivationStats(
-            sums={n: self.sums[n] for n in self.layers},
+            sums=dict(zip(self.layers, views)),
             counts=self.counts,
             reduction=self.reduction,
             unit_shapes=dict(self.unit_shapes),
