@@ -238,7 +238,10 @@ def _data_module(cfg: Namespace, explicit: Namespace, stored: dict[str, Any]) ->
         )
     class_path = cfg.data.class_path if cfg.data is not None else stored_class
     module_name, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name)
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"cannot import the data module {class_path!r}: {one_line(err)}") from err
     given = explicit.get("data")
     given_args = given.get("init_args").as_dict() if given and given.get("init_args") else {}
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
