@@ -1,231 +1,359 @@
-"""``reaf-analysis``: class selectivity of one or two models (paper Figures 2-4).
+"""``reaf-analysis``: class selectivity of one or two models (paper §IV-D, Figures 2-4).
 
-Example (Figure 2; ``configs/analysis/figure2.yaml`` holds the full setting)::
+Examples (``configs/analysis/figure*.yaml`` hold the paper's settings)::
 
-    reaf-analysis --config configs/analysis/figure2.yaml \\
-        --model_b.checkpoint logs/reaf_resnet50/checkpoints/last.ckpt
+    reaf-analysis --config configs/analysis/figure2.yaml --data.init_args.root /data/imagenet
 
-    reaf-analysis --model_a.arch resnet50 --model_a.weights IMAGENET1K_V1 \\
-        --model_b.arch resnext50_32x4d --model_b.weights IMAGENET1K_V1 \\
-        --data.class_path reaf_lightning.data.ImageNetDataModule \\
-        --data.init_args.root /data/imagenet --output_dir outputs/figure4
+    reaf-analysis --model_a.checkpoint logs/quickstart/checkpoints/last.ckpt \\
+        --output_dir outputs/quickstart
 
-The command loads every model first (so a bad checkpoint fails before any
-compute), streams the data module's validation split through each model
-(:func:`analysis.selectivity.compute_selectivity`), prints the per-layer
-summary and, for two models, a KS test per layer, and writes the figure
-(PNG, PDF), the raw SI values and the tables to ``output_dir`` atomically.
-Errors are one line on stderr with exit status 1 (configuration parse errors:
-status 2, as argparse); set ``REAF_DEBUG=1`` for the traceback.
+The command checks that ``output_dir`` is writable and loads every model
+first (a bad checkpoint or output directory fails before any compute), then
+streams the validation split through each model, prints per-layer summaries,
+a KS test per layer for two models and the layer that separates most, and
+writes the figure (PNG, PDF), the raw values and the tables atomically.
+
+Data settings: without ``--data`` the data module recorded in model_a's
+checkpoint is rebuilt with the settings it was trained with. With ``--data``
+of the same class, the checkpoint's settings fill every argument not given;
+with another class, the input settings (image size, resize, mean, std) do. A
+given input setting that differs from a checkpoint's is used, with a warning.
+
+Errors follow :mod:`reaf_lightning.errors` (one line, exit 2 for user errors,
+3 for NaN/inf weights or activations). Only the parser is built at import, so
+``--help`` and argument errors answer without importing torch.
 """
 
 from __future__ import annotations
 
-import os
+import abc
 import sys
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
-import torch
-from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
-from lightning.pytorch import LightningDataModule
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 
-from .loading import ModelLoadError, ModelSpec, load_model
-from .plots import save_selectivity_outputs
-from .selectivity import DEFAULT_LAYERS, compute_selectivity
-from .stats import format_table, ks_tests, selectivity_frame, summarize
+from reaf_lightning.errors import ConfigError, NumericalError, ReafError, one_line, run_command
+
+from .spec import ModelSpec
 
 __all__ = ["build_parser", "main"]
 
+PROG = "reaf-analysis"
+#: Data settings that change what the network sees; a differing override is warned about.
+INPUT_SETTINGS = ("image_size", "resize_size", "mean", "std")
 
-class AnalysisError(Exception):
-    """A user-facing failure of the command (one line, no traceback)."""
+
+class DataModule(abc.ABC):  # noqa: B024 - structural check by __subclasshook__
+    """A data module (any class with LightningDataModule's ``prepare_data``, ``setup`` and
+    ``val_dataloader``). Checked by shape so that parsing needs no Lightning import."""
+
+    @classmethod
+    def __subclasshook__(cls, other: type) -> bool:
+        methods = ("prepare_data", "setup", "val_dataloader")
+        return all(callable(getattr(other, m, None)) for m in methods) or NotImplemented
 
 
 def build_parser() -> ArgumentParser:
     """The command's parser: ``--config`` YAML files and flags compose (later wins)."""
     parser = ArgumentParser(
-        prog="reaf-analysis",
+        prog=PROG,
         description="Class selectivity histograms of one or two models (REAF paper, Figs. 2-4).",
         default_env=False,
+        exit_on_error=False,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s).")
-    parser.add_argument("--model_a", type=ModelSpec, required=True, help="First model.")
-    parser.add_argument(
-        "--model_b", type=ModelSpec | None, default=None, help="Optional second model."
-    )
+    add = parser.add_argument
+    add("--config", action=ActionConfigFile, help="YAML config file(s).")
+    add("--model_a", type=ModelSpec, required=True, help="First model.")
+    add("--model_b", type=ModelSpec | None, default=None, help="Optional second model.")
     parser.add_subclass_arguments(
-        LightningDataModule,
-        "data",
-        required=True,
-        help="Data module; its validation split is used.",
+        DataModule, "data", required=False,
+        help="Data module (full class path); default: the one recorded in model_a's checkpoint.",
+    )  # fmt: skip
+    add("--split", type=Literal["val", "test"], default="val", help="Which dataloader to use.")
+    add(
+        "--layers",
+        type=list[str] | None,
+        default=None,
+        help="Modules to analyse (dotted names); default the paper's layer1..layer4, avgpool.",
     )
-    parser.add_argument(
-        "--split", type=Literal["val", "test"], default="val", help="Which dataloader to use."
-    )
-    parser.add_argument(
-        "--layers", type=list[str], default=list(DEFAULT_LAYERS), help="Modules to analyse."
-    )
-    parser.add_argument(
+    add(
         "--reduction",
         type=Literal["mean", "none"],
         default="mean",
         help="'mean': one unit per channel (paper); 'none': every (c, h, w) unit.",
     )
-    parser.add_argument("--output_dir", type=str, default="outputs/selectivity")
-    parser.add_argument("--stem", type=str, default="selectivity", help="Output file prefix.")
-    parser.add_argument("--title", type=str | None, default=None, help="Figure title.")
-    parser.add_argument(
-        "--device", type=str, default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda:0'."
+    add(
+        "--plot_layers",
+        type=list[str] | str,
+        default="all",
+        help="Panels: 'all' (duplicates drawn once), 'most_separated' (largest KS statistic, "
+        "as the paper chooses), or layer names.",
     )
-    parser.add_argument(
-        "--max_batches", type=int | None, default=None, help="Stop after N batches (smoke runs)."
+    add(
+        "--width",
+        type=Literal["auto", "column", "page"],
+        default="auto",
+        help="Figure width: IEEE column 3.5 in, page 7.16 in; auto: column for one panel.",
     )
-    parser.add_argument("--alpha", type=float, default=0.05, help="Significance of the KS test.")
-    parser.add_argument("--progress", type=bool, default=True, help="tqdm bar over batches.")
-    parser.add_argument(
+    add("--output_dir", type=str, required=True, help="Where the figure and tables go.")
+    add("--stem", type=str, default="selectivity", help="Output file prefix.")
+    add("--title", type=str | None, default=None, help="Figure title (default none: captions).")
+    add("--device", type=str, default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda:0'.")
+    add("--max_batches", type=int | None, default=None, help="Stop after N batches (smoke runs).")
+    add("--alpha", type=float, default=0.05, help="Significance level of the KS test.")
+    add("--progress", type=bool, default=True, help="tqdm bar over batches.")
+    add(
+        "--weights_only",
+        type=bool,
+        default=True,
+        help="Load checkpoints with the safe unpickler; false only for files you trust.",
+    )
+    add(
         "--wandb_project",
         type=str | None,
         default=None,
-        help="Start a W&B run in this project and log figure + tables (WANDB_MODE applies).",
+        help="Log figure, tables and the compared checkpoints to a W&B run in this project.",
     )
-    return parser
+    add(
+        "--wandb_mode",
+        type=Literal["auto", "online", "offline", "disabled"],
+        default="auto",
+        help="auto: online with credentials and network, else offline (as training).",
+    )
+    return parser  # fmt: skip
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``reaf-analysis``; ``args`` defaults to ``sys.argv[1:]``."""
+    raise SystemExit(run_command(PROG, lambda: _main(sys.argv[1:] if args is None else args)))
+
+
+def _main(args: list[str]) -> None:
     parser = build_parser()
-    debug = os.environ.get("REAF_DEBUG") == "1"
-    parser.exit_on_error = debug  # else jsonargparse prints its whole usage before the error
     try:
         cfg = parser.parse_args(args)
+        explicit = parser.parse_args(args, defaults=False)  # what the user set, to merge data
     except ArgumentError as err:
-        from reaf_lightning.cli_errors import format_parse_error
-
-        keys = [a.dest for a in parser._actions]
-        configs = _config_files(sys.argv[1:] if args is None else [str(a) for a in args])
-        print(
-            f"reaf-analysis: error: {format_parse_error(str(err), keys, configs)}", file=sys.stderr
-        )
-        raise SystemExit(2) from None
-    try:
-        _run(parser, cfg)
-    except (AnalysisError, ModelLoadError, ValueError, FileNotFoundError) as err:
-        if debug:
-            raise
-        from reaf_lightning.cli_errors import unwrap
-
-        err = unwrap(err)  # a data module's own message, not jsonargparse's wrapper
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"reaf-analysis: error: {message}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise ConfigError(one_line(err)) from None
+    _run(cfg, explicit)
 
 
-def _config_files(argv: list[str]) -> list[str]:
-    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"] + [
-        a.split("=", 1)[1] for a in argv if a.startswith("--config=")
-    ]
-
-
-def _run(parser: ArgumentParser, cfg) -> None:
+def _run(cfg: Namespace, explicit: Namespace) -> None:
     if cfg.max_batches is not None and cfg.max_batches < 1:
-        raise AnalysisError(f"--max_batches must be >= 1, got {cfg.max_batches}")
+        raise ConfigError(f"--max_batches must be >= 1, got {cfg.max_batches}")
     if not 0.0 < cfg.alpha < 1.0:
-        raise AnalysisError(f"--alpha must be in (0, 1), got {cfg.alpha}")
-    init = (
-        parser.instantiate(cfg)
-        if hasattr(parser, "instantiate")
-        else parser.instantiate_classes(cfg)
-    )
-    data: LightningDataModule = init.data
-    specs = [s for s in (init.model_a, init.model_b) if s is not None]
-    labels = [s.display_name() for s in specs]
-    if len(set(labels)) != len(labels):
-        raise AnalysisError(f"both models are labelled {labels[0]!r}; set model_b.label")
-    device = _device(cfg.device)
-    num_classes = getattr(data, "num_classes", None)
+        raise ConfigError(f"--alpha must be in (0, 1), got {cfg.alpha}")
+    from reaf_lightning.io import ensure_writable
 
+    ensure_writable(cfg.output_dir)
+    specs = [ModelSpec(**ns.as_dict()) for ns in (cfg.model_a, cfg.model_b) if ns is not None]
+
+    import torch
+
+    from .hooks import compute_selectivity
+    from .loading import load_model
+    from .stats import format_table, ks_tests, selectivity_frame, summarize
+
+    device = _device(cfg.device)
     # Load everything before computing anything: a bad checkpoint fails fast.
-    models = [load_model(spec, num_classes=num_classes) for spec in specs]
-    for label, model in zip(labels, models, strict=True):
-        _check_classes(label, model, num_classes)
+    first = load_model(specs[0], weights_only=cfg.weights_only)
+    data = _data_module(cfg, explicit, first.data_settings)
+    num_classes = getattr(data, "num_classes", None)
+    models = [first] + [
+        load_model(s, num_classes=num_classes, weights_only=cfg.weights_only) for s in specs[1:]
+    ]
+    labels = [m.label for m in models]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"both models are labelled {labels[0]!r}; set --model_b.label")
+    for model in models:
+        _check_classes(model.label, model.net, num_classes)
+    used = {k: getattr(data, k) for k in INPUT_SETTINGS if hasattr(data, k)}
+    for model in models[1:]:
+        _warn_other_settings(model, used)
 
     data.prepare_data()
     data.setup("validate" if cfg.split == "val" else "test")
     loader = data.val_dataloader() if cfg.split == "val" else data.test_dataloader()
-
     results = {}
-    for label, model in zip(labels, models, strict=True):
-        print(f"[reaf-analysis] {label}: class selectivity on {type(data).__name__}/{cfg.split}")
-        results[label] = compute_selectivity(
-            model,
-            loader,
-            layers=cfg.layers,
-            num_classes=num_classes,
-            reduction=cfg.reduction,
-            device=device,
-            max_batches=cfg.max_batches,
-            progress=cfg.progress,
-        )
-        model.cpu()
+    for model in models:
+        print(f"[{PROG}] {model.label}: class selectivity on {type(data).__name__}/{cfg.split}")
+        try:
+            results[model.label] = compute_selectivity(
+                model.net, loader, layers=cfg.layers, num_classes=num_classes,
+                reduction=cfg.reduction, device=device, max_batches=cfg.max_batches,
+                progress=cfg.progress,
+            )  # fmt: skip
+        except NumericalError as err:
+            raise NumericalError(f"model {model.label!r}: {err}") from err
+        model.net.to(torch.device("cpu"))
 
     frame = selectivity_frame(results)
     summary = summarize(frame)
     ks = ks_tests(frame, alpha=cfg.alpha) if len(results) == 2 else None
     print("\nClass selectivity summary (per layer and model):")
     print(format_table(summary))
+    _write(cfg, frame, summary, ks, {m.label: m.provenance() for m in models})
+
+
+def _write(cfg: Namespace, frame, summary, ks, provenance: dict[str, dict[str, Any]]) -> None:
+    from .plots import choose_panels, save_selectivity_outputs
+    from .stats import format_table
+
+    panels, notes = choose_panels(frame, cfg.plot_layers, ks)
     if ks is not None:
         print(f"\nTwo-sample Kolmogorov-Smirnov test per layer (alpha={cfg.alpha}):")
         print(format_table(ks))
-
-    run = _start_wandb(cfg) if cfg.wandb_project else None
-    try:
-        paths = save_selectivity_outputs(
-            frame, summary, cfg.output_dir, stem=cfg.stem, ks=ks, title=cfg.title
+        best = ks.loc[ks["ks_statistic"].idxmax()]
+        print(
+            f"\nMost separated layer (largest KS statistic): {best['layer']} "
+            f"(D = {best['ks_statistic']:.3f}, p = {best['p_value']:.2g})"
         )
-    finally:
-        if run is not None:
-            run.finish()
-    print("\nWrote " + ", ".join(str(p) for p in paths.values()))
+    for note in notes:
+        print(f"Note: {note}")
+    paths = save_selectivity_outputs(
+        frame, summary, cfg.output_dir, stem=cfg.stem, ks=ks, title=cfg.title,
+        layers=panels, width=cfg.width,
+    )  # fmt: skip
+    print(f"Figure panels: {', '.join(panels)}")
+    print("Wrote " + ", ".join(str(p) for p in paths.values()))
+    if cfg.wandb_project:
+        _log_wandb(cfg, paths, summary, ks, provenance)
 
 
-def _device(name: str) -> torch.device:
+def _init_settings(cfg: Namespace) -> dict[str, Any]:
+    return cfg.data.init_args.as_dict() if cfg.data is not None else {}
+
+
+def _data_module(cfg: Namespace, explicit: Namespace, stored: dict[str, Any]) -> Any:
+    """The data module: the user's, completed by the checkpoint's settings (module docstring)."""
+    import importlib
+    import inspect
+
+    stored_class = stored.get("_class_path")
+    if cfg.data is None and not stored_class:
+        raise ConfigError(
+            "give --data.class_path: the checkpoint of model_a does not record its data module "
+            "(it was not trained with reaf-lightning), or model_a is not a checkpoint"
+        )
+    class_path = cfg.data.class_path if cfg.data is not None else stored_class
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"cannot import the data module {class_path!r}: {one_line(err)}") from err
+    given = explicit.get("data")
+    given_args = given.get("init_args").as_dict() if given and given.get("init_args") else {}
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    carry = accepted if class_path == stored_class else accepted & set(INPUT_SETTINGS)
+    kwargs = _init_settings(cfg)
+    for key in sorted(carry & set(stored)):
+        if key in given_args and _differs(given_args[key], stored[key]):
+            if key in INPUT_SETTINGS:
+                warnings.warn(
+                    f"data {key}={given_args[key]!r} differs from {stored[key]!r} that model_a "
+                    "was trained with; using the given value",
+                    stacklevel=1,
+                )
+        elif key not in given_args:
+            kwargs[key] = stored[key]
+    try:
+        return cls(**kwargs)
+    except ReafError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(one_line(err)) from err
+
+
+def _differs(a: Any, b: Any) -> bool:
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return norm(a) != norm(b)
+
+
+def _warn_other_settings(model, used: dict[str, Any]) -> None:
+    """Warn when model_b was trained with other input settings than those used."""
+    for key in INPUT_SETTINGS:
+        if (
+            key in model.data_settings
+            and key in used
+            and _differs(model.data_settings[key], used[key])
+        ):
+            warnings.warn(
+                f"{model.label} was trained with data {key}={model.data_settings[key]!r}, "
+                f"but is evaluated with {used[key]!r}",
+                stacklevel=1,
+            )
+
+
+def _device(name: str):
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise AnalysisError(
+        raise ConfigError(
             f"--device {name!r} is not a valid device (e.g. auto, cpu, cuda:0)"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise AnalysisError(f"--device {name!r} requested but CUDA is not available")
+        raise ConfigError(f"--device {name!r} requested but CUDA is not available")
     return device
 
 
-def _check_classes(label: str, model: torch.nn.Module, num_classes: int | None) -> None:
+def _check_classes(label: str, net, num_classes: int | None) -> None:
     """Warn when the classifier was trained for another label set (hidden units still work)."""
-    head = getattr(model, "fc", None)
-    if num_classes is None or not isinstance(head, torch.nn.Linear):
-        return
-    if head.out_features != num_classes:
+    head = getattr(net, "fc", None)
+    out_features = getattr(head, "out_features", None)
+    if num_classes is not None and out_features is not None and out_features != num_classes:
         warnings.warn(
-            f"{label}: the model has {head.out_features} outputs but the data has {num_classes} "
+            f"{label}: the model has {out_features} outputs but the data has {num_classes} "
             "classes; selectivity is computed for the data's classes",
-            stacklevel=2,
+            stacklevel=1,
         )
 
 
-def _start_wandb(cfg):
+def _log_wandb(cfg: Namespace, paths, summary, ks, provenance: dict[str, dict[str, Any]]) -> None:
+    """One W&B run recording the compared checkpoints, the figure and the tables.
+
+    The mode is decided by the same function as training's logger
+    (:func:`reaf_lightning.loggers.resolve_wandb_mode`): no credentials or no
+    network means an offline run. Its files go under ``output_dir``.
+    """
     import wandb
 
-    name = cfg.stem if cfg.title is None else cfg.title
-    return wandb.init(
-        project=cfg.wandb_project,
-        name=name,
-        job_type="analysis",
-        config={"layers": cfg.layers, "reduction": cfg.reduction, "split": cfg.split},
-    )
+    from reaf_lightning.loggers import resolve_wandb_mode
+
+    mode, reason = resolve_wandb_mode(cfg.wandb_mode)
+    if mode == "disabled":
+        return
+    run = wandb.init(
+        project=cfg.wandb_project, name=cfg.stem, job_type="analysis", mode=mode,
+        dir=cfg.output_dir,
+        config={"models": provenance, "layers": cfg.layers, "reduction": cfg.reduction,
+                "split": cfg.split, "data": _init_settings(cfg) or None},
+    )  # fmt: skip
+    try:
+        payload = {
+            f"{cfg.stem}/figure": wandb.Image(str(paths["png"])),
+            f"{cfg.stem}/summary": wandb.Table(dataframe=_plain(summary)),
+        }
+        if ks is not None:
+            payload[f"{cfg.stem}/ks"] = wandb.Table(dataframe=_plain(ks))
+        run.log(payload)
+    finally:
+        run.finish()
+    if mode == "offline":
+        print(f"W&B run saved offline ({reason or 'requested'}) under {cfg.output_dir}/wandb")
+
+
+def _plain(table):
+    """Categoricals as strings: W&B tables want plain column types."""
+    out = table.copy()
+    for column in out.columns:
+        if str(out[column].dtype) == "category":
+            out[column] = out[column].astype(str)
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

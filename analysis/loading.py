@@ -1,146 +1,148 @@
-"""Build the networks to analyse (paper Section IV-D, Figures 2-4) from saved weights.
+"""The networks to analyse (paper §IV-D, Figures 2-4), rebuilt from saved weights.
 
-Three sources, one :class:`ModelSpec` each:
+Three sources, one :class:`analysis.spec.ModelSpec` each:
 
 * a Lightning checkpoint of :class:`reaf_lightning.module.ImageClassifier`
-  (``checkpoint``): the architecture is rebuilt from the saved hyperparameters;
-* a registry name plus a ``state_dict`` file (``arch`` + ``state_dict``): for
+  (``checkpoint``): the network is rebuilt from the saved hyperparameters, and
+  the checkpoint's data settings (``datamodule_hyper_parameters``) are kept so
+  that the analysis can evaluate it as it was trained;
+* a registry name plus a ``state_dict`` file (``arch`` + ``state_dict``), for
   weights saved with ``torch.save(model.state_dict())`` (a Lightning
   checkpoint is accepted too; its ``net.``/``model.`` prefix is stripped);
 * a registry name plus torchvision's pretrained weights (``arch`` +
-  ``weights``, e.g. ``IMAGENET1K_V1``) when the file is already in the local
-  torch hub cache. The registry's plain ``resnet*``/``resnext*`` models use
-  torchvision's parameter names, so Figure 4 (ResNet50 vs ResNeXt50) can be
-  regenerated without training. Nothing is downloaded.
+  ``weights``, e.g. ``IMAGENET1K_V1``) from the local torch hub cache: the
+  registry's plain ``resnet*``/``resnext*`` use torchvision's parameter names,
+  so Figure 4 (ResNet50 vs ResNeXt50) needs no training. Nothing is downloaded.
 
-Every failure is a :class:`ModelLoadError` with a one-line message that names
-the file and what was wrong (missing, corrupt, incompatible).
+Every file is read by :func:`reaf_lightning.io.load_checkpoint` (safe unless
+``weights_only=False`` is asked for explicitly). Failures are
+:class:`~reaf_lightning.errors.CheckpointError` (exit 2) with one line naming
+the file; non-finite weights are a :class:`~reaf_lightning.errors.NumericalError`
+naming the model and the tensor. torch is imported only when a model is loaded,
+so the command's ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
+from reaf_lightning.errors import CheckpointError, ConfigError, NumericalError, one_line
 
-from reaf_lightning.checkpointing import describe_mismatch
+from .spec import ModelSpec
 
-__all__ = ["ModelLoadError", "ModelSpec", "load_model", "torchvision_weights_path"]
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
-DEFAULT_MODULE_CLASS = "reaf_lightning.module.ImageClassifier"
-
-
-class ModelLoadError(Exception):
-    """A model could not be built from its spec; the message is one line for the user."""
+__all__ = ["LoadedModel", "load_model", "torchvision_weights_path"]
 
 
 @dataclass
-class ModelSpec:
-    """Where one model of the comparison comes from.
+class LoadedModel:
+    """A network ready for analysis and what is known about where it came from.
 
-    Exactly one weight source must be given: ``checkpoint``, or ``arch`` with
-    ``state_dict``, or ``arch`` with ``weights``.
-
-    Args:
-        label: Name in the legend and tables; default derived from the source.
-        checkpoint: Lightning checkpoint (``.ckpt``) of ``module_class``.
-        arch: Registry name (``reaf_lightning.models.list_models()``).
-        arch_kwargs: Keyword arguments of ``create_model`` (``stem``, ``width``,
-            ``reaf``, ``num_classes``, ...). For ``state_dict`` the number of
-            classes defaults to the data module's; for ``weights`` the
-            defaults are ``num_classes=1000, stem="imagenet"``.
-        state_dict: File with ``torch.save(model.state_dict())``.
-        weights: torchvision weights name of ``arch`` (``IMAGENET1K_V1``,
-            ``IMAGENET1K_V2`` or ``DEFAULT``), read from the torch hub cache.
-        module_class: LightningModule class of ``checkpoint``.
+    Attributes:
+        label: Legend label (the spec's, else the network's name).
+        net: The network on the CPU, in eval mode.
+        source: What was loaded: a file's absolute path, or the torchvision weights.
+        arch: Registry name of the network, when known.
+        data_settings: The data module's init arguments saved in the checkpoint
+            (with ``_class_path`` when trained by ``reaf-lightning``); ``{}`` if none.
+        epoch: Training epoch stored in the checkpoint, when there is one.
+        global_step: Optimiser step stored in the checkpoint, when there is one.
     """
 
-    label: str | None = None
-    checkpoint: str | None = None
+    label: str
+    net: nn.Module
+    source: str
     arch: str | None = None
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    state_dict: str | None = None
-    weights: str | None = None
-    module_class: str = DEFAULT_MODULE_CLASS
+    data_settings: dict[str, Any] = field(default_factory=dict)
+    epoch: int | None = None
+    global_step: int | None = None
 
-    def display_name(self) -> str:
-        """Legend label: ``label`` or a name derived from the source."""
-        if self.label:
-            return self.label
-        if self.checkpoint:
-            return Path(self.checkpoint).stem
-        if self.weights:
-            return f"{self.arch} ({self.weights})"
-        return str(self.arch)
+    def provenance(self) -> dict[str, Any]:
+        """What a W&B run or a table should record about this model."""
+        return {
+            "source": self.source,
+            "arch": self.arch,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+        }
 
 
-def load_model(spec: ModelSpec, num_classes: int | None = None) -> nn.Module:
-    """Build the network described by ``spec`` on the CPU, in eval mode.
+def load_model(
+    spec: ModelSpec, num_classes: int | None = None, weights_only: bool = True
+) -> LoadedModel:
+    """Build the network described by ``spec`` on the CPU, in eval mode, with finite weights.
 
     Args:
         spec: The model source.
-        num_classes: Classes of the data set to analyse; used as the default
+        num_classes: Classes of the data set to analyse; the default
             ``num_classes`` of an ``arch`` + ``state_dict`` model.
+        weights_only: Load files with the safe unpickler (``False`` only for
+            trusted files holding other Python objects).
 
     Raises:
-        ModelLoadError: missing/corrupt/incompatible files, or an invalid spec.
+        ConfigError: an invalid spec (no or several sources, unknown arch).
+        CheckpointError: missing, corrupt, refused or incompatible files.
+        NumericalError: NaN or inf in a parameter or buffer.
     """
-    sources = [
-        name
-        for name, given in (
-            ("checkpoint", spec.checkpoint),
-            ("state_dict", spec.state_dict),
-            ("weights", spec.weights),
-        )
-        if given
-    ]
+    sources = [n for n in ("checkpoint", "state_dict", "weights") if getattr(spec, n)]
     if len(sources) != 1:
-        raise ModelLoadError(
-            f"model {spec.display_name()!r}: give exactly one of checkpoint, state_dict or "
-            f"weights (got {sources or 'none'})"
+        raise ConfigError(
+            f"model {spec.label or spec.arch or '?'!r}: give exactly one of checkpoint, "
+            f"state_dict or weights (got {sources or 'none'})"
         )
     if spec.checkpoint:
         if spec.arch:
-            raise ModelLoadError(
-                f"model {spec.display_name()!r}: 'arch' is read from the checkpoint; "
+            raise ConfigError(
+                f"model {spec.label or spec.checkpoint!r}: 'arch' is read from the checkpoint; "
                 "use arch + state_dict to override the architecture"
             )
-        model = _from_lightning_checkpoint(Path(spec.checkpoint), spec.module_class)
+        loaded = _from_lightning_checkpoint(spec, weights_only)
     elif spec.state_dict:
+        from reaf_lightning.io import load_checkpoint
+
         kwargs = dict(spec.arch_kwargs)
         if num_classes is not None:
             kwargs.setdefault("num_classes", num_classes)
-        model = _build(spec, kwargs)
         path = Path(spec.state_dict)
-        _load_into(model, _state_dict_of(_read(path), path), path, spec.arch)
+        net = _build(spec, kwargs)
+        content = load_checkpoint(path, weights_only=weights_only)
+        _load_into(net, _state_dict_of(content, path), path, spec.arch)
+        loaded = LoadedModel(spec.label or str(spec.arch), net, str(path.resolve()), spec.arch)
     else:
-        kwargs = {"num_classes": 1000, "stem": "imagenet", **spec.arch_kwargs}
-        model = _build(spec, kwargs)
+        from reaf_lightning.io import load_checkpoint
+
+        net = _build(spec, {"num_classes": 1000, "stem": "imagenet", **spec.arch_kwargs})
         path = torchvision_weights_path(str(spec.arch), str(spec.weights))
-        _load_into(model, _state_dict_of(_read(path), path), path, spec.arch)
-    return model.eval()
+        _load_into(net, _state_dict_of(load_checkpoint(path), path), path, spec.arch)
+        label = spec.label or f"{spec.arch} ({spec.weights})"
+        loaded = LoadedModel(label, net, f"torchvision:{spec.arch}.{spec.weights}", spec.arch)
+    _check_finite(loaded)
+    loaded.net.eval()
+    return loaded
 
 
 def torchvision_weights_path(arch: str, weights: str) -> Path:
     """Local torch hub cache file of torchvision's ``weights`` for ``arch``.
 
     Raises:
-        ModelLoadError: unknown architecture/weights name, or file not cached.
+        ConfigError: unknown architecture or weights name.
+        CheckpointError: the file is not in the cache.
     """
+    import torch
     from torchvision.models import get_model_weights
 
     try:
         enum = get_model_weights(arch)
     except (ValueError, KeyError):
-        raise ModelLoadError(
+        raise ConfigError(
             f"torchvision has no pretrained weights for arch {arch!r}; use a checkpoint or a "
             "state_dict instead"
         ) from None
@@ -148,12 +150,12 @@ def torchvision_weights_path(arch: str, weights: str) -> Path:
         entry = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
     except KeyError:
         valid = ["DEFAULT", *(w.name for w in enum)]
-        raise ModelLoadError(
+        raise ConfigError(
             f"unknown torchvision weights {weights!r} for {arch}; valid: {valid}"
         ) from None
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(entry.url)
     if not path.is_file():
-        raise ModelLoadError(
+        raise CheckpointError(
             f"torchvision weights {arch}.{entry.name} are not available locally: expected {path} "
             f"(download {entry.url} there, or set TORCH_HOME)"
         )
@@ -167,92 +169,116 @@ def _build(spec: ModelSpec, kwargs: dict[str, Any]) -> nn.Module:
     from reaf_lightning.models import create_model
 
     if not spec.arch:
-        raise ModelLoadError(
-            f"model {spec.display_name()!r}: 'arch' (a registry name) is required with "
+        raise ConfigError(
+            f"model {spec.label or '?'!r}: 'arch' (a registry name) is required with "
             "state_dict or weights"
         )
     try:
         return create_model(spec.arch, **kwargs)
-    except (ValueError, TypeError) as err:
-        raise ModelLoadError(f"cannot build {spec.arch!r} with {kwargs}: {_one_line(err)}") from err
+    except (ValueError, TypeError, KeyError) as err:
+        raise ConfigError(f"cannot build {spec.arch!r} with {kwargs}: {one_line(err)}") from err
 
 
-def _read(path: Path) -> Any:
-    """``torch.load`` with the failure modes turned into one-line errors."""
-    if not path.exists():
-        raise ModelLoadError(f"checkpoint not found: {path}")
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint is not a file: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise ModelLoadError(f"corrupt checkpoint {path}: {_one_line(err)}") from err
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ModelLoadError(f"corrupt checkpoint {path}: {_one_line(err)}") from err
-    # Hyperparameters holding arbitrary Python objects need the full unpickler.
-    # Checkpoints are the user's own files (Lightning loads them the same way).
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means corrupt
-        raise ModelLoadError(f"corrupt checkpoint {path}: {_one_line(err)}") from err
+def _from_lightning_checkpoint(spec: ModelSpec, weights_only: bool) -> LoadedModel:
+    """Rebuild ``module_class`` from the saved hyperparameters and load its state_dict.
 
+    The module is constructed from the hyperparameters its ``__init__``
+    accepts (keys of older versions are ignored) rather than through
+    ``load_from_checkpoint``, so that the file is read once, by the one loader.
+    """
+    from torch import nn
 
-def _from_lightning_checkpoint(path: Path, module_class: str) -> nn.Module:
-    content = _read(path)
+    from reaf_lightning.io import load_checkpoint
+
+    path = Path(str(spec.checkpoint))
+    content = load_checkpoint(path, weights_only=weights_only)
     if not isinstance(content, Mapping) or "state_dict" not in content:
-        raise ModelLoadError(
+        raise CheckpointError(
             f"incompatible checkpoint {path}: not a Lightning checkpoint (no 'state_dict'); "
             "for a bare state_dict use arch + state_dict"
         )
-    if "hyper_parameters" not in content:
-        raise ModelLoadError(
+    hparams = content.get("hyper_parameters")
+    if not isinstance(hparams, Mapping):
+        raise CheckpointError(
             f"incompatible checkpoint {path}: no 'hyper_parameters' to rebuild the model from; "
             "use arch + state_dict instead"
         )
-    cls = _import(module_class)
+    cls = _import(spec.module_class)
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in hparams.items() if k in accepted and k != "self"}
     try:
-        module = cls.load_from_checkpoint(path, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - wrong hparams, keys or shapes: all "incompatible"
-        raise ModelLoadError(
-            f"incompatible checkpoint {path} for {module_class}: {_one_line(err)}"
+        module = cls(**kwargs)
+    except Exception as err:  # noqa: BLE001 - wrong or stale hyperparameters: "incompatible"
+        raise CheckpointError(
+            f"incompatible checkpoint {path} for {spec.module_class}: {one_line(err)}"
         ) from err
-    for attribute in ("net", "model"):
-        network = getattr(module, attribute, None)
-        if isinstance(network, nn.Module):
-            return network
-    raise ModelLoadError(
-        f"incompatible checkpoint {path}: {module_class} has no 'net' or 'model' network"
+    _load_into(module, _state_dict_of(content, path), path, hparams.get("arch"), prefixed=True)
+    nets = [getattr(module, a, None) for a in ("net", "model")]
+    net = next((n for n in nets if isinstance(n, nn.Module)), None)
+    if net is None:
+        raise CheckpointError(
+            f"incompatible checkpoint {path}: {spec.module_class} has no 'net' or 'model' network"
+        )
+    arch = hparams.get("arch")
+    data = content.get("datamodule_hyper_parameters")
+    return LoadedModel(
+        label=spec.label or str(arch or path.stem),
+        net=net,
+        source=str(path.resolve()),
+        arch=arch,
+        data_settings=dict(data) if isinstance(data, Mapping) else {},
+        epoch=content.get("epoch"),
+        global_step=content.get("global_step"),
     )
 
 
 def _state_dict_of(content: Any, path: Path) -> dict[str, Tensor]:
-    """The network's parameters from a bare state_dict or a Lightning checkpoint."""
+    """The parameters of a bare state_dict or of a Lightning checkpoint."""
+    from torch import Tensor
+
     if isinstance(content, Mapping) and "state_dict" in content:
         content = content["state_dict"]
     if not isinstance(content, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in content.items()
     ):
-        raise ModelLoadError(
+        raise CheckpointError(
             f"incompatible checkpoint {path}: expected a state_dict (parameter name -> tensor), "
             f"got {type(content).__name__}"
         )
-    state = dict(content)
-    for prefix in ("net.", "model.", "module."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
+    return dict(content)
 
 
-def _load_into(model: nn.Module, state: dict[str, Tensor], path: Path, arch: str | None) -> None:
+def _load_into(
+    model: nn.Module, state: dict[str, Tensor], path: Path, arch: str | None, prefixed=False
+) -> None:
+    """Strict ``load_state_dict``; a network's keys may carry a ``net.``/``model.`` prefix."""
+    from reaf_lightning.checkpointing import describe_mismatch
+
+    if not prefixed:
+        for prefix in ("net.", "model.", "module."):
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         details = describe_mismatch(expected, {k: tuple(v.shape) for k, v in state.items()})
-        raise ModelLoadError(
-            f"incompatible checkpoint {path} for arch {arch!r}: " + (details or _one_line(err))
+        raise CheckpointError(
+            f"incompatible checkpoint {path} for arch {arch!r}: " + (details or one_line(err))
         ) from err
+
+
+def _check_finite(loaded: LoadedModel) -> None:
+    """Refuse NaN/inf weights: every selectivity value would silently be NaN."""
+    import torch
+
+    for name, tensor in [*loaded.net.named_parameters(), *loaded.net.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+            raise NumericalError(
+                f"model {loaded.label!r} ({loaded.source}): non-finite weights in layer "
+                f"{name} ({nan} NaN, {inf} inf); the checkpoint cannot be analysed"
+            )
 
 
 def _import(dotted: str) -> type:
@@ -260,10 +286,4 @@ def _import(dotted: str) -> type:
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError):
-        raise ModelLoadError(f"cannot import module_class {dotted!r}") from None
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(err).__name__}: {first}"[:300]
+        raise ConfigError(f"cannot import module_class {dotted!r}") from None

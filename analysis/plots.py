@@ -1,16 +1,21 @@
-"""Figures 2-4 of the paper: overlaid class-selectivity histograms per layer.
+"""Figures 2-4 of the paper: overlaid class-selectivity histograms, ready for print.
 
-One panel per layer (``layer1`` .. ``layer4``, ``avgpool``), the density
-histograms of the SI of two models overlaid, as in the paper's Figures 2
-(ResNet50 vs REAF-ResNet50), 3 (ResNet101 vs REAF-ResNet101) and 4 (ResNet50
-vs ResNeXt50). The figure is saved as PNG and PDF next to the raw SI values
-(CSV) and the summary statistics, all written atomically; if a W&B run is
-active the figure and the summary are logged to it as well.
+The paper draws, per figure, the layer where the two networks' distributions
+separate most (§IV-D: layer1 for Figures 2-3, layer4 for Figure 4). We draw
+one chosen layer at IEEE column width (3.5 in) or several layers side by side
+at page width (7.16 in), 8-pt text, shared axes, each model's median as a
+dashed line and the two-sample KS result written in every panel. PDFs embed
+TrueType fonts (``pdf.fonttype: 42``), not Type 3, as IEEE's PDF checks ask.
+
+A layer whose values equal an earlier layer's is not drawn twice unless it is
+asked for by name: with the spatial mean, ``avgpool``'s output *is* the
+spatial mean of ``layer4``'s, so its panel would repeat layer4's.
 """
 
 from __future__ import annotations
 
-import sys
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -23,63 +28,204 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .atomic import atomic_outputs  # noqa: E402
+from reaf_lightning.errors import ConfigError  # noqa: E402
+from reaf_lightning.io import atomic_outputs  # noqa: E402
 
-__all__ = ["log_to_wandb", "plot_selectivity", "save_selectivity_outputs"]
+__all__ = [
+    "COLUMN_WIDTH_IN",
+    "PAGE_WIDTH_IN",
+    "choose_panels",
+    "duplicate_layers",
+    "plot_selectivity",
+    "save_selectivity_outputs",
+]
+
+#: IEEE two-column layout: one column and the full text width, in inches.
+COLUMN_WIDTH_IN, PAGE_WIDTH_IN = 3.5, 7.16
+#: Print style: every text 8 pt (IEEE's minimum for figures), TrueType fonts in PDF/PS.
+PRINT_STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "figure.titlesize": 8,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "axes.linewidth": 0.6,
+    "lines.linewidth": 0.9,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "xtick.major.size": 2.5,
+    "ytick.major.size": 2.5,
+}
+PANEL_HEIGHT_IN = 1.9
+HEADROOM = 1.6  # y range over the tallest bar, leaving the top third for the annotations
+MAX_COLUMNS = 4
 
 
-def plot_selectivity(frame: pd.DataFrame, title: str | None = None, bins: int = 40) -> Figure:
-    """Draw one density-histogram panel per layer with all models overlaid.
+def duplicate_layers(frame: pd.DataFrame) -> dict[str, str]:
+    """``{layer: earlier layer}`` for layers whose values equal an earlier layer's for every model.
+
+    Float32 activations averaged in a different order differ in the last bits,
+    so values are compared with a relative tolerance of 1e-5.
+    """
+    layers = list(frame["layer"].cat.categories)
+    values = {
+        (layer, model): group.sort_values("unit")["si"].to_numpy()
+        for (layer, model), group in frame.groupby(["layer", "model"], observed=True)
+    }
+    models = list(frame["model"].cat.categories)
+    duplicates: dict[str, str] = {}
+    for i, layer in enumerate(layers):
+        for earlier in layers[:i]:
+            if earlier in duplicates:
+                continue
+            pairs = [(values.get((layer, m)), values.get((earlier, m))) for m in models]
+            if all(
+                a is not None and b is not None and a.shape == b.shape
+                and np.allclose(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)
+                for a, b in pairs
+            ):  # fmt: skip
+                duplicates[layer] = earlier
+                break
+    return duplicates
+
+
+def choose_panels(
+    frame: pd.DataFrame, plot_layers: str | Sequence[str], ks: pd.DataFrame | None
+) -> tuple[list[str], list[str]]:
+    """The layers to draw and the notes to print about the choice.
 
     Args:
-        frame: Long-form SI table (``layer``, ``unit``, ``model``, ``si``) as
-            from :func:`analysis.stats.selectivity_frame`.
-        title: Optional figure title (e.g. "Figure 2").
-        bins: Number of histogram bins; shared by all models of a panel so the
-            overlaid densities are comparable.
+        frame: Long-form SI table (``layer``, ``unit``, ``model``, ``si``).
+        plot_layers: ``"all"`` (every layer, duplicates once),
+            ``"most_separated"`` (the layer with the largest KS statistic, as
+            the paper chooses) or layer names (drawn as asked).
+        ks: Per-layer KS tests (:func:`analysis.stats.ks_tests`), for two models.
+
+    Raises:
+        ConfigError: an unknown layer, or ``most_separated`` with one model.
+    """
+    layers = list(frame["layer"].cat.categories)
+    duplicates = duplicate_layers(frame)
+    notes = [
+        f"{layer} has the same values as {earlier} (with the spatial mean, avgpool's output is "
+        f"the spatial mean of layer4's); drawn once, as {earlier}"
+        for layer, earlier in duplicates.items()
+    ]
+    if isinstance(plot_layers, str) and plot_layers == "all":
+        return [layer for layer in layers if layer not in duplicates], notes
+    if isinstance(plot_layers, str) and plot_layers == "most_separated":
+        if ks is None:
+            raise ConfigError("plot_layers 'most_separated' compares two models; give model_b")
+        distinct = ks[~ks["layer"].isin(list(duplicates))]
+        best = distinct.loc[distinct["ks_statistic"].idxmax(), "layer"]
+        return [str(best)], notes
+    names = [plot_layers] if isinstance(plot_layers, str) else list(plot_layers)
+    unknown = [n for n in names if n not in layers]
+    if unknown or not names:
+        raise ConfigError(
+            f"plot_layers {names} must name analysed layers {layers}, or be 'all' or "
+            "'most_separated'"
+        )
+    return names, []
+
+
+def plot_selectivity(
+    frame: pd.DataFrame,
+    layers: Sequence[str] | None = None,
+    ks: pd.DataFrame | None = None,
+    width: str = "auto",
+    title: str | None = None,
+    bins: int = 40,
+) -> Figure:
+    """Overlaid density histograms of every model's SI, one panel per layer.
+
+    Args:
+        frame: Long-form SI table as from :func:`analysis.stats.selectivity_frame`.
+        layers: Panels to draw, in order; default every layer of ``frame``.
+        ks: Per-layer KS tests; when given, each panel shows D and p.
+        width: ``"column"`` (3.5 in), ``"page"`` (7.16 in) or ``"auto"``
+            (column for one panel, page for more).
+        title: Optional figure title (IEEE figures usually leave it to the caption).
+        bins: Histogram bins over [0, 1], shared by all models and panels.
 
     Returns:
         The matplotlib figure (close it with ``plt.close(fig)``).
     """
-    data = frame[np.isfinite(frame["si"])]
-    layers = list(frame["layer"].cat.categories)
+    layers = list(frame["layer"].cat.categories) if layers is None else list(layers)
     models = list(frame["model"].cat.categories)
-    palette = dict(zip(models, sns.color_palette("colorblind", len(models)), strict=True))
-    width = 3.4 * len(layers)
-    fig, axes = plt.subplots(1, len(layers), figsize=(width, 3.4), squeeze=False)
+    palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
+    data = frame[np.isfinite(frame["si"])]
     # SI lies in [0, 1] for non-negative activations; widen only if needed.
     lo = min(0.0, float(data["si"].min())) if len(data) else 0.0
     hi = max(1.0, float(data["si"].max())) if len(data) else 1.0
     edges = np.linspace(lo, hi, bins + 1)
-    for ax, layer in zip(axes[0], layers, strict=True):
-        panel = data[data["layer"] == layer]
-        sns.histplot(
-            data=panel,
-            x="si",
-            hue="model",
-            hue_order=models,
-            palette=palette,
-            stat="density",
-            common_norm=False,  # each model's histogram integrates to 1
-            bins=edges,
-            element="step",
-            alpha=0.35,
-            ax=ax,
-            legend=False,
-        )
-        ax.set_title(layer)
-        ax.set_xlabel("class selectivity index")
-        ax.set_ylabel("density")
-        ax.set_xlim(lo, hi)
-    handles = [
-        matplotlib.patches.Patch(facecolor=palette[m], edgecolor=palette[m], alpha=0.6, label=m)
-        for m in models
-    ]
-    axes[0][0].legend(handles=handles, loc="upper right", frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+    ncols = min(len(layers), MAX_COLUMNS)
+    nrows = math.ceil(len(layers) / ncols)
+    if width == "auto":
+        width = "column" if ncols == 1 else "page"
+    fig_width = {"column": COLUMN_WIDTH_IN, "page": PAGE_WIDTH_IN}[width]
+    height = PANEL_HEIGHT_IN * nrows + (0.35 if title else 0.0) + 0.25
+    with plt.rc_context(PRINT_STYLE):
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=(fig_width, height), sharex=True, sharey=True,
+            squeeze=False, layout="constrained",
+        )  # fmt: skip
+        for ax in axes.flat[len(layers) :]:
+            ax.set_visible(False)
+        for ax, layer in zip(axes.flat, layers):
+            panel = data[data["layer"] == layer]
+            sns.histplot(
+                data=panel, x="si", hue="model", hue_order=models, palette=palette,
+                stat="density", common_norm=False, bins=edges, element="step",
+                alpha=0.3, linewidth=0.8, ax=ax, legend=False,
+            )  # fmt: skip
+            _annotate(ax, panel, models, palette, _ks_row(ks, layer))
+            ax.set_title(layer, pad=2)
+            ax.set_xlim(lo, hi)
+            ax.set_xlabel("class selectivity index" if ax in axes[-1] else "")
+            ax.set_ylabel("density" if ax in axes[:, 0] else "")
+        # Headroom above the tallest bar for the medians and the KS result (shared y axis).
+        axes.flat[0].set_ylim(0, axes.flat[0].get_ylim()[1] * HEADROOM)
+        if (lo, hi) == (0.0, 1.0):
+            axes.flat[0].set_xticks([0, 0.5, 1] if ncols > 1 else [0, 0.25, 0.5, 0.75, 1])
+        handles = [
+            matplotlib.patches.Patch(facecolor=palette[m], edgecolor=palette[m], alpha=0.6,
+                                     label=m)
+            for m in models
+        ]  # fmt: skip
+        fig.legend(handles=handles, loc="outside upper center", ncols=len(models), frameon=False)
+        if title:
+            fig.suptitle(title)
     return fig
+
+
+def _ks_row(ks: pd.DataFrame | None, layer: str) -> pd.Series | None:
+    if ks is None:
+        return None
+    rows = ks[ks["layer"] == layer]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _annotate(ax, panel: pd.DataFrame, models: list[str], palette, ks_row) -> None:
+    """Each model's median as a dashed line and as text, plus the KS result (D, p)."""
+    lines = []
+    for model in models:
+        si = panel.loc[panel["model"] == model, "si"].to_numpy()
+        if si.size:
+            median = float(np.median(si))
+            ax.axvline(median, color=palette[model], linestyle="--", linewidth=0.8)
+            lines.append((f"median {median:.3f}", palette[model]))
+    if ks_row is not None and not math.isnan(ks_row["ks_statistic"]):
+        p = max(float(ks_row["p_value"]), 1e-99)
+        lines.append((f"KS D={ks_row['ks_statistic']:.2f}, p={p:.2g}", "black"))
+    for i, (text, color) in enumerate(lines):
+        ax.text(0.97, 0.96 - 0.12 * i, text, transform=ax.transAxes, ha="right", va="top",
+                color=color, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5,
+                                   "alpha": 0.8})  # fmt: skip
 
 
 def save_selectivity_outputs(
@@ -89,17 +235,21 @@ def save_selectivity_outputs(
     stem: str = "selectivity",
     ks: pd.DataFrame | None = None,
     title: str | None = None,
-    dpi: int = 150,
+    layers: Sequence[str] | None = None,
+    width: str = "auto",
+    dpi: int = 300,
 ) -> dict[str, Path]:
     """Write the figure (PNG, PDF), raw SI values and summaries, all or nothing.
 
     Args:
         frame: Long-form SI table (``layer``, ``unit``, ``model``, ``si``).
-        summary: Per layer/model statistics (:func:`analysis.stats.summarize`).
+        summary: Per layer and model statistics (:func:`analysis.stats.summarize`).
         output_dir: Destination directory (created if missing).
         stem: Common file-name prefix.
         ks: Optional per-layer KS tests (:func:`analysis.stats.ks_tests`).
         title: Optional figure title.
+        layers: Panels to draw (see :func:`plot_selectivity`).
+        width: Figure width (see :func:`plot_selectivity`).
         dpi: Resolution of the PNG.
 
     Returns:
@@ -114,52 +264,19 @@ def save_selectivity_outputs(
     }
     if ks is not None:
         paths["ks"] = out / f"{stem}_ks.csv"
-    fig = plot_selectivity(frame, title=title)
+    fig = plot_selectivity(frame, layers=layers, ks=ks, width=width, title=title)
     try:
         with atomic_outputs(list(paths.values())) as temps:
-            tmp = dict(zip(paths, temps, strict=True))
-            fig.savefig(tmp["png"], format="png", dpi=dpi)
-            fig.savefig(tmp["pdf"], format="pdf")
-            columns = ["layer", "unit", "model", "si"]
-            frame[columns].to_csv(tmp["csv"], index=False, float_format="%.8g")
+            tmp = dict(zip(paths, temps))
+            with plt.rc_context(PRINT_STYLE):
+                fig.savefig(tmp["png"], format="png", dpi=dpi)
+                fig.savefig(tmp["pdf"], format="pdf")
+            frame[["layer", "unit", "model", "si"]].to_csv(
+                tmp["csv"], index=False, float_format="%.8g"
+            )
             summary.to_csv(tmp["summary"], index=False, float_format="%.8g")
             if ks is not None:
                 ks.to_csv(tmp["ks"], index=False, float_format="%.8g")
-        log_to_wandb(fig, summary, ks, key=stem)
     finally:
         plt.close(fig)
     return paths
-
-
-def log_to_wandb(
-    fig: Figure, summary: pd.DataFrame, ks: pd.DataFrame | None = None, key: str = "selectivity"
-) -> bool:
-    """Log the figure and the summary tables to the active W&B run, if there is one.
-
-    W&B is looked up in ``sys.modules`` rather than imported: if nothing has
-    imported it, no run can be active, and the analysis stays free of the
-    (slow) import.
-
-    Returns:
-        Whether anything was logged.
-    """
-    wandb = sys.modules.get("wandb")
-    if wandb is None or getattr(wandb, "run", None) is None:
-        return False
-    payload = {
-        f"{key}/figure": wandb.Image(fig),
-        f"{key}/summary": wandb.Table(dataframe=_plain(summary)),
-    }
-    if ks is not None:
-        payload[f"{key}/ks"] = wandb.Table(dataframe=_plain(ks))
-    wandb.run.log(payload)
-    return True
-
-
-def _plain(table: pd.DataFrame) -> pd.DataFrame:
-    """Categoricals as strings: W&B tables want plain column types."""
-    out = table.copy()
-    for column in out.columns:
-        if isinstance(out[column].dtype, pd.CategoricalDtype):
-            out[column] = out[column].astype(str)
-    return out

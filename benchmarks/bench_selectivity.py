@@ -1,6 +1,6 @@
-"""Benchmark of the class-selectivity pass (paper Section IV-D, Figures 2-4).
+"""Benchmark of the class-selectivity pass (paper §IV-D, Figures 2-4).
 
-Two questions, both answered against a baseline measured in the same run:
+Three questions, each answered against a baseline measured in the same run:
 
 1. Throughput: images/s of :func:`analysis.selectivity.compute_selectivity`
    versus plain inference (``model(x)`` under ``no_grad``) on the same model
@@ -12,6 +12,11 @@ Two questions, both answered against a baseline measured in the same run:
    this is ``torch.cuda.max_memory_allocated``; on CPU each size runs in a
    fresh subprocess that reports its peak RSS growth during the pass (the data
    set synthesises images on the fly, so it does not grow with N either).
+3. Callback cost: wall time of ``Trainer.validate`` with
+   :class:`analysis.callback.SelectivityCallback` (all batches, the paper's
+   five layers) versus the same validation epoch without it, interleaved,
+   median over repeats. The callback adds hooks and ``index_add_`` to the
+   validation forward passes, no extra pass.
 
 Usage::
 
@@ -34,11 +39,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.selectivity import compute_selectivity  # noqa: E402
+from analysis.hooks import compute_selectivity  # noqa: E402
 from reaf_lightning.models import create_model  # noqa: E402
 
 
@@ -95,6 +100,45 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict[str, floa
     plain = args.num_images / statistics.median(times["plain"])
     sel = args.num_images / statistics.median(times["selectivity"])
     return {"plain_img_s": plain, "selectivity_img_s": sel, "ratio": sel / plain}
+
+
+def callback_cost(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Interleaved ``Trainer.validate`` with and without the callback; median seconds."""
+    import lightning.pytorch as pl
+
+    from analysis.callback import SelectivityCallback
+    from reaf_lightning.module import ImageClassifier
+
+    arch_kwargs = {"stem": args.stem} if args.stem else {}
+    torch.manual_seed(0)
+    module = ImageClassifier(arch=args.model, num_classes=args.num_classes, arch_kwargs=arch_kwargs)
+    data = SyntheticImages(args.num_images, args.image_size, args.num_classes)
+    images, labels = zip(*(data[i] for i in range(len(data))))  # materialised once
+    tensors = TensorDataset(torch.stack(images), torch.tensor(labels))
+    loader = DataLoader(tensors, batch_size=args.batch_size)
+
+    def validate(with_callback: bool, root: str) -> float:
+        callbacks = [SelectivityCallback()] if with_callback else []
+        trainer = pl.Trainer(
+            accelerator=device.type, devices=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+            default_root_dir=root,
+        )  # fmt: skip
+        start = time.perf_counter()
+        trainer.validate(module, dataloaders=loader, verbose=False)
+        _sync(device)
+        return time.perf_counter() - start
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        validate(True, root)  # warm-up
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(args.repeats):
+            for with_callback in (False, True):
+                times[with_callback].append(validate(with_callback, root))
+    plain, with_cb = statistics.median(times[False]), statistics.median(times[True])
+    return {"validate_s": plain, "validate_callback_s": with_cb, "callback_ratio": with_cb / plain}
 
 
 def peak_memory_cuda(args: argparse.Namespace, device: torch.device, num_images: int) -> int:
@@ -183,6 +227,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  compute_selectivity  {speed['selectivity_img_s']:10.1f} images/s")
     print(f"  ratio selectivity / plain = {speed['ratio']:.3f}  (target >= 0.9)")
 
+    cost = callback_cost(args, device)
+    print(f"validation epoch over {args.num_images} images, median of {args.repeats} interleaved:")
+    print(f"  Trainer.validate                       {cost['validate_s']:8.3f} s")
+    print(f"  Trainer.validate + SelectivityCallback {cost['validate_callback_s']:8.3f} s")
+    print(f"  ratio with / without callback = {cost['callback_ratio']:.3f}")
+
     sizes = [args.memory_images, 4 * args.memory_images]
     if device.type == "cuda":
         peaks = [peak_memory_cuda(args, device, n) for n in sizes]
@@ -198,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "model": args.model, "device": name, "batch_size": args.batch_size,
-        "image_size": args.image_size, **speed,
+        "image_size": args.image_size, **speed, **cost,
         "memory_images": sizes, "peak_memory_bytes": peaks, "memory_ratio": ratio,
     }  # fmt: skip
     if args.json:

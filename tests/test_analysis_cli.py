@@ -1,8 +1,16 @@
-"""End-to-end tests of ``reaf-analysis`` (Figures 2-4 pipeline) on scikit-learn digits."""
+"""End-to-end tests of ``reaf-analysis`` (the Figures 2-4 pipeline) on scikit-learn digits.
+
+One tiny REAF network is trained once per session through Lightning's own
+``LightningCLI`` (so its checkpoint records the data module's class and
+settings exactly as ``reaf-lightning`` runs do); every test compares the
+command's outputs with the library run by hand or with scipy.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,231 +19,294 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis.atomic import atomic_outputs
 from analysis.cli import build_parser, main
-from analysis.loading import ModelLoadError, ModelSpec, load_model
-from analysis.selectivity import DEFAULT_LAYERS, compute_selectivity
+from analysis.hooks import DEFAULT_LAYERS, compute_selectivity
+from analysis.loading import load_model
+from analysis.spec import ModelSpec
 from reaf_lightning.data import DigitsDataModule
+from reaf_lightning.errors import CheckpointError
 from reaf_lightning.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = [
-    "--data.class_path",
-    "reaf_lightning.data.DigitsDataModule",
-    "--data.init_args.image_size",
-    "16",
-    "--data.init_args.batch_size",
-    "128",
-]
-OUTPUTS = ["selectivity.png", "selectivity.pdf", "selectivity.csv", "selectivity_summary.csv"]
+IMAGE_SIZE = 16
+DRAWN = ["layer1", "layer2", "layer3", "layer4"]  # avgpool repeats layer4: drawn once
 
 
-@pytest.fixture(scope="module")
-def state_dicts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("weights")
-    paths = {}
-    for seed, arch in enumerate(["test_resnet", "test_reaf_resnet"]):
-        torch.manual_seed(seed)
-        paths[arch] = root / f"{arch}.pt"
-        torch.save(create_model(arch, num_classes=10).state_dict(), paths[arch])
-    return paths
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A test_reaf_resnet trained for 2 steps via LightningCLI, plus a test_resnet state_dict."""
+    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch.cli import LightningCLI
 
+    from reaf_lightning.module import ImageClassifier
 
-def _two_models(sd: dict[str, Path]) -> list[str]:
-    return [
-        "--model_a.arch", "test_resnet", "--model_a.state_dict", str(sd["test_resnet"]),
-        "--model_a.label", "plain",
-        "--model_b.arch", "test_reaf_resnet", "--model_b.state_dict", str(sd["test_reaf_resnet"]),
-        "--model_b.label", "REAF",
+    root = tmp_path_factory.mktemp("analysis_run")
+    args = [
+        "fit", "--seed_everything", "0", "--model.arch", "test_reaf_resnet",
+        "--model.num_classes", "10", "--model.lr", "0.05",
+        "--data.class_path", "reaf_lightning.data.DigitsDataModule",
+        "--data.init_args.image_size", str(IMAGE_SIZE), "--data.init_args.batch_size", "64",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
+        "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu",
+        "--trainer.default_root_dir", str(root),
     ]  # fmt: skip
+    cli = LightningCLI(
+        ImageClassifier, LightningDataModule, subclass_mode_data=True, args=args,
+        save_config_callback=None,
+    )  # fmt: skip
+    checkpoint = root / "checkpoints" / "last.ckpt"
+    cli.trainer.save_checkpoint(checkpoint)
+    torch.manual_seed(1)
+    plain = root / "test_resnet.pt"
+    torch.save(create_model("test_resnet", num_classes=10).state_dict(), plain)
+    return {"reaf": checkpoint, "plain": plain}
 
 
-def _digits_loader():
-    dm = DigitsDataModule(image_size=16, batch_size=128)
+def _models(trained: dict[str, Path]) -> list[str]:
+    plain = str(trained["plain"])
+    return ["--model_a.checkpoint", str(trained["reaf"]),
+            "--model_b.arch", "test_resnet", "--model_b.state_dict", plain]  # fmt: skip
+
+
+def _digits_loader(image_size: int = IMAGE_SIZE):
+    """The validation loader the checkpoint's data settings describe (batch size 64)."""
+    dm = DigitsDataModule(image_size=image_size, batch_size=64)
     dm.setup("validate")
     return dm.val_dataloader()
 
 
-def test_cli_two_models_writes_figure_tables_and_matches_library(state_dicts, tmp_path, capsys):
+def _fails(args: list[str], capsys, code: int = 2) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("reaf-analysis: error: ")
+    return err
+
+
+def test_two_models_data_from_checkpoint_figure_tables(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may appear in the current directory
     out = tmp_path / "out"
-    main([*_two_models(state_dicts), *DATA, "--output_dir", str(out), "--progress", "false"])
+    with pytest.raises(SystemExit) as exc:
+        main([*_models(trained), "--output_dir", str(out), "--max_batches", "2",
+              "--progress", "false"])  # fmt: skip
+    assert exc.value.code == 0
     printed = capsys.readouterr().out
-    assert "Kolmogorov-Smirnov" in printed and "frac_si_gt_0.5" in printed
-
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted([*OUTPUTS, "selectivity_ks.csv"])  # no temporaries left behind
-    with Image.open(out / "selectivity.png") as png:
-        assert png.format == "PNG" and png.width > 3 * png.height  # one row of 5 panels
-    assert (out / "selectivity.pdf").read_bytes().startswith(b"%PDF")
+    assert files == sorted(f"selectivity{s}" for s in
+                           [".png", ".pdf", ".csv", "_summary.csv", "_ks.csv"])  # fmt: skip
 
-    # The CSV holds exactly what the library computes for the same models and data.
+    # No --data: the checkpoint's DigitsDataModule at image size 16; labels are the arch names.
     table = pd.read_csv(out / "selectivity.csv")
     assert list(table.columns) == ["layer", "unit", "model", "si"]
-    for label, arch in [("plain", "test_resnet"), ("REAF", "test_reaf_resnet")]:
-        model = create_model(arch, num_classes=10)
-        model.load_state_dict(torch.load(state_dicts[arch]))
-        expected = compute_selectivity(model, _digits_loader(), num_classes=10)
+    assert list(dict.fromkeys(table.model)) == ["test_reaf_resnet", "test_resnet"]
+    nets = {
+        "test_reaf_resnet": load_model(ModelSpec(checkpoint=str(trained["reaf"]))).net,
+        "test_resnet": create_model("test_resnet", num_classes=10),
+    }
+    nets["test_resnet"].load_state_dict(torch.load(trained["plain"]))
+    for label, net in nets.items():
+        expected = compute_selectivity(net, _digits_loader(), num_classes=10, max_batches=2)
         for layer in DEFAULT_LAYERS:
             rows = table[(table.model == label) & (table.layer == layer)].sort_values("unit")
-            np.testing.assert_allclose(rows.si.to_numpy(), expected[layer].numpy(), rtol=1e-6)
+            got = rows.si.to_numpy()
+            np.testing.assert_allclose(got, expected[layer].numpy(), rtol=1e-5, atol=1e-6)
 
     # Summary and KS tables agree with statistics recomputed from the raw CSV.
+    from scipy.stats import ks_2samp
+
     summary = pd.read_csv(out / "selectivity_summary.csv")
     for (layer, label), group in table.groupby(["layer", "model"]):
         row = summary[(summary.layer == layer) & (summary.model == label)].iloc[0]
         assert row.units == len(group)
-        assert row["mean"] == pytest.approx(group.si.mean(), rel=1e-6)
         assert row["median"] == pytest.approx(group.si.median(), rel=1e-6)
         assert row["frac_si_gt_0.5"] == pytest.approx((group.si > 0.5).mean())
     ks = pd.read_csv(out / "selectivity_ks.csv")
-    assert list(ks.layer) == list(DEFAULT_LAYERS)
-    from scipy.stats import ks_2samp
+    statistics = {}
+    for layer in DEFAULT_LAYERS:
+        part = table[table.layer == layer]
+        ref = ks_2samp(
+            part[part.model == "test_reaf_resnet"].si, part[part.model == "test_resnet"].si
+        )
+        statistics[layer] = ref.statistic
+        assert ks.set_index("layer").loc[layer, "p_value"] == pytest.approx(ref.pvalue, rel=1e-6)
+    best = max(DRAWN, key=statistics.get)
+    assert f"Most separated layer (largest KS statistic): {best} " in printed
+    assert "avgpool has the same values as layer4" in printed
+    assert f"Figure panels: {', '.join(DRAWN)}" in printed
 
-    layer1 = table[table.layer == "layer1"]
-    ref = ks_2samp(layer1[layer1.model == "plain"].si, layer1[layer1.model == "REAF"].si)
-    assert ks.loc[0, "p_value"] == pytest.approx(ref.pvalue, rel=1e-6)
-
-
-def _lightning_checkpoint(path: Path) -> Path:
-    """A real ImageClassifier checkpoint after one optimisation step on digits."""
-    import lightning.pytorch as pl
-
-    from reaf_lightning.module import ImageClassifier
-
-    torch.manual_seed(0)
-    module = ImageClassifier(arch="test_reaf_resnet", num_classes=10, lr=0.05)
-    dm = DigitsDataModule(image_size=16, batch_size=32)
-    trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-    )  # fmt: skip
-    trainer.fit(module, datamodule=dm)
-    trainer.save_checkpoint(path)
-    return path
+    # Print-ready: page width (7.16 in at 300 dpi) and TrueType, not Type 3, fonts in the PDF.
+    with Image.open(out / "selectivity.png") as png:
+        assert png.width == round(7.16 * 300)
+    pdf = (out / "selectivity.pdf").read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType font programs embedded
 
 
-def test_cli_single_lightning_checkpoint_and_config_composition(tmp_path):
-    ckpt = _lightning_checkpoint(tmp_path / "reaf.ckpt")
-    config = tmp_path / "analysis.yaml"
-    config.write_text(
-        "model_a:\n"
-        f"  checkpoint: {ckpt}\n"
-        "data:\n"
-        "  class_path: reaf_lightning.data.DigitsDataModule\n"
-        "  init_args: {image_size: 16, batch_size: 128}\n"
-        "layers: [layer1, avgpool]\n"
-        "output_dir: never_used\n"
+def test_most_separated_panel_at_column_width(trained, tmp_path, capsys):
+    out = tmp_path / "one"
+    with pytest.raises(SystemExit):
+        main([*_models(trained), "--output_dir", str(out), "--plot_layers", "most_separated",
+              "--layers", "[layer1, layer3]", "--stem", "fig", "--max_batches", "2",
+              "--progress", "false"])  # fmt: skip
+    printed = capsys.readouterr().out
+    ks = pd.read_csv(out / "fig_ks.csv")
+    best = ks.loc[ks.ks_statistic.idxmax(), "layer"]
+    assert f"Figure panels: {best}\n" in printed
+    with Image.open(out / "fig.png") as png:
+        assert png.width == round(3.5 * 300)
+
+
+def test_given_data_settings_override_the_checkpoint_with_a_warning(trained, tmp_path):
+    out = tmp_path / "override"
+    args = [*_models(trained)[:2], "--output_dir", str(out), "--layers", "[layer4]",
+            "--data.class_path", "reaf_lightning.data.DigitsDataModule",
+            "--data.init_args.image_size", "24", "--data.init_args.batch_size", "64",
+            "--max_batches", "1", "--progress", "false"]  # fmt: skip
+    with pytest.warns(UserWarning, match="image_size=24 differs from 16"):
+        with pytest.raises(SystemExit):
+            main(args)
+    net = load_model(ModelSpec(checkpoint=str(trained["reaf"]))).net
+    expected = compute_selectivity(
+        net, _digits_loader(24), layers=["layer4"], num_classes=10, max_batches=1
     )
-    out = tmp_path / "flag_wins"
-    main(["--config", str(config), "--output_dir", str(out), "--stem", "one"])
-    assert sorted(p.name for p in out.iterdir()) == ["one.csv", "one.pdf", "one.png",
-                                                     "one_summary.csv"]  # fmt: skip
-    table = pd.read_csv(out / "one.csv")
-    assert set(table.model) == {"reaf"} and set(table.layer) == {"layer1", "avgpool"}
-    # Same numbers as loading the checkpoint by hand.
-    from reaf_lightning.module import ImageClassifier
-
-    net = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu").net
-    expected = compute_selectivity(net, _digits_loader(), layers=["avgpool"], num_classes=10)
-    np.testing.assert_allclose(
-        table[table.layer == "avgpool"].sort_values("unit").si, expected["avgpool"], rtol=1e-6
-    )
-    # The checkpoint's state_dict also loads as arch + state_dict (prefix stripped).
-    same = load_model(ModelSpec(arch="test_reaf_resnet", state_dict=str(ckpt)), num_classes=10)
-    for (k, v), w in zip(net.state_dict().items(), same.state_dict().values(), strict=True):
-        assert torch.equal(v, w), k
+    got = pd.read_csv(out / "selectivity.csv").sort_values("unit").si.to_numpy()
+    np.testing.assert_allclose(got, expected["layer4"].numpy(), rtol=1e-5, atol=1e-6)
 
 
-def _fails(args: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert exc.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    return err
-
-
-def test_missing_corrupt_and_incompatible_checkpoints(state_dicts, tmp_path, capsys, monkeypatch):
+def test_bad_checkpoints_fail_before_any_output(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("REAF_DEBUG", raising=False)
     out = tmp_path / "out"
-    good = ["--model_b.arch", "test_resnet", "--model_b.label", "other",
-            "--model_b.state_dict", str(state_dicts["test_resnet"])]  # fmt: skip
-    common = [*good, *DATA, "--output_dir", str(out)]
+    b = ["--model_b.arch", "test_resnet", "--model_b.state_dict", str(trained["plain"])]
+    data = ["--data.class_path", "reaf_lightning.data.DigitsDataModule"]
+    common = [*b, *data, "--output_dir", str(out)]
 
     err = _fails(["--model_a.checkpoint", str(tmp_path / "nope.ckpt"), *common], capsys)
     assert "checkpoint not found" in err and "nope.ckpt" in err
-
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"PK\x03\x04 this is not a zip archive" + bytes(range(256)))
-    err = _fails(["--model_a.checkpoint", str(corrupt), *common], capsys)
-    assert "corrupt checkpoint" in err and "corrupt.ckpt" in err
-
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(state_dicts["test_resnet"].read_bytes()[:5000])
-    err = _fails(["--model_a.arch", "test_resnet", "--model_a.state_dict", str(truncated),
-                  *common], capsys)  # fmt: skip
-    assert "corrupt checkpoint" in err
-
-    # A test_resnet state_dict is not a test_reaf_resnet.
+    assert "corrupt checkpoint" in _fails(["--model_a.checkpoint", str(corrupt), *common], capsys)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("epoch 3, loss 0.1\n")
+    err = _fails(["--model_a.checkpoint", str(text), *common], capsys)
+    assert "not a PyTorch checkpoint" in err
+    # a test_resnet state_dict is not a test_reaf_resnet
     err = _fails(["--model_a.arch", "test_reaf_resnet", "--model_a.state_dict",
-                  str(state_dicts["test_resnet"]), *common], capsys)  # fmt: skip
+                  str(trained["plain"]), *common], capsys)  # fmt: skip
     assert "incompatible checkpoint" in err and "test_reaf_resnet" in err
-
-    # A bare state_dict passed where a Lightning checkpoint is expected.
-    err = _fails(["--model_a.checkpoint", str(state_dicts["test_resnet"]), *common], capsys)
-    assert "incompatible checkpoint" in err and "not a Lightning checkpoint" in err
-
-    err = _fails([*_two_models(state_dicts), *DATA, "--layers", "[layer1, relu9]",
-                  "--output_dir", str(out)], capsys)  # fmt: skip
+    err = _fails(["--model_a.checkpoint", str(trained["plain"]), *common], capsys)
+    assert "not a Lightning checkpoint" in err
+    err = _fails([*_models(trained), "--layers", "[layer1, relu9]", "--output_dir", str(out)],
+                 capsys)  # fmt: skip
     assert "unknown layer 'relu9'" in err and "layer4" in err
+    err = _fails(["--model_a.arch", "test_resnet", "--model_a.state_dict", str(trained["plain"]),
+                  "--output_dir", str(out)], capsys)  # fmt: skip
+    assert "give --data.class_path" in err
+    assert list(out.iterdir()) == []  # nothing written by any failed run
 
-    assert not out.exists()  # nothing written by any failed run
-
-    monkeypatch.setenv("REAF_DEBUG", "1")
-    with pytest.raises(ModelLoadError, match="checkpoint not found"):
-        main(["--model_a.checkpoint", str(tmp_path / "nope.ckpt"), *common])
-
-
-def test_torchvision_weights_from_local_hub_cache(tmp_path, monkeypatch):
-    """Registry resnet18 loads torchvision's weight file and computes the same function."""
-    import torchvision
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        spec = ModelSpec(arch="resnet18", weights="IMAGENET1K_V1")
-        with pytest.raises(ModelLoadError, match="not available locally"):
-            load_model(spec)
-        with pytest.raises(ModelLoadError, match="unknown torchvision weights 'V9'"):
-            load_model(ModelSpec(arch="resnet18", weights="V9"))
-        torch.manual_seed(0)
-        reference = torchvision.models.resnet18().eval()
-        url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-        (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-        torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / Path(url).name)
-        ours = load_model(spec)
-        x = torch.randn(2, 3, 64, 64)
-        with torch.no_grad():
-            torch.testing.assert_close(ours(x), reference(x))
-    finally:
-        torch.hub.set_dir(str(Path(torch.hub._get_torch_home()) / "hub"))
+    # the output location is checked before anything is loaded or computed
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    err = _fails([*_models(trained), "--output_dir", str(blocker / "sub")], capsys)
+    assert str(blocker / "sub") in err
 
 
-def test_atomic_outputs_leave_nothing_on_failure(tmp_path):
-    final = [tmp_path / "a.png", tmp_path / "b.csv"]
-    final[1].write_text("old result")
-    with pytest.raises(RuntimeError, match="crash"):
-        with atomic_outputs(final) as temps:
-            temps[0].write_bytes(b"half a figure")
-            raise RuntimeError("crash while writing the second file")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.csv"]
-    assert final[1].read_text() == "old result"  # the previous result is untouched
-    with atomic_outputs(final) as temps:
-        temps[0].write_bytes(b"png")
-        temps[1].write_text("new")
-    assert final[1].read_text() == "new" and final[0].read_bytes() == b"png"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.csv"]
+class Payload:
+    """Pickled into a checkpoint: unpickling it would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_unsafe_checkpoint_refused_unless_weights_only_false(trained, tmp_path, capsys):
+    marker = tmp_path / "payload_ran"
+    content = torch.load(trained["reaf"], weights_only=True)
+    content["extra"] = Payload(marker)
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(content, crafted)
+    out = tmp_path / "out"
+    args = ["--model_a.checkpoint", str(crafted), "--output_dir", str(out), "--layers", "[layer1]",
+            "--max_batches", "1", "--progress", "false"]  # fmt: skip
+    err = _fails(args, capsys)
+    assert "refused by the safe loader" in err and "--weights_only false" in err
+    assert not marker.exists()
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--weights_only", "false"])  # the explicit flag: the user trusts the file
+    assert exc.value.code == 0 and marker.exists()
+
+
+def test_non_finite_weights_and_activations_exit_3(trained, tmp_path, capsys):
+    sd = torch.load(trained["plain"])
+    broken = dict(sd, **{"layer2.0.conv1.weight": torch.full_like(sd["layer2.0.conv1.weight"],
+                                                                  float("nan"))})  # fmt: skip
+    torch.save(broken, tmp_path / "nan.pt")
+    data = ["--data.class_path", "reaf_lightning.data.DigitsDataModule", "--max_batches", "1",
+            "--progress", "false"]  # fmt: skip
+    args = ["--model_a.arch", "test_resnet", "--model_a.label", "broken", *data,
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    err = _fails([*args, "--model_a.state_dict", str(tmp_path / "nan.pt")], capsys, code=3)
+    assert "'broken'" in err and "layer2.0.conv1.weight" in err
+    # finite weights, but a negative BatchNorm variance makes layer1's activations NaN
+    broken = dict(
+        sd, **{"layer1.0.bn1.running_var": -torch.ones_like(sd["layer1.0.bn1.running_var"])}
+    )
+    torch.save(broken, tmp_path / "bn.pt")
+    err = _fails([*args, "--model_a.state_dict", str(tmp_path / "bn.pt")], capsys, code=3)
+    assert "'broken'" in err and "layer 'layer1'" in err and "non-finite activations" in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_wandb_without_credentials_logs_offline_into_output_dir(
+    trained, tmp_path, monkeypatch, capsys
+):
+    from wandb_records import run_contents
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main([*_models(trained), "--output_dir", str(out), "--max_batches", "1",
+              "--wandb_project", "reaf-test", "--progress", "false"])  # fmt: skip
+    assert exc.value.code == 0
+    assert "W&B run saved offline (no W&B credentials" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no ./wandb
+    import wandb
+
+    wandb.teardown()  # the command's process would exit here: W&B's service finishes the file
+    (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    contents = run_contents(run_file)
+    assert "models" in contents["config"], list(contents["config"])
+    models = contents["config"]["models"]
+    assert models["test_reaf_resnet"]["source"] == str(trained["reaf"].resolve())
+    assert models["test_resnet"]["source"] == str(trained["plain"].resolve())
+    (row,) = [r for r in contents["history"] if "selectivity/figure/_type" in r]
+    assert row["selectivity/summary/nrows"] == 2 * len(DEFAULT_LAYERS)
+    (table,) = run_file.parent.glob("files/media/table/selectivity/summary_*.table.json")
+    summary = pd.read_csv(out / "selectivity_summary.csv")
+    assert json.loads(table.read_text())["columns"] == list(summary.columns)
+
+
+def test_help_and_argument_errors_import_no_torch():
+    code = (
+        "import sys\nfrom analysis.cli import main\n"
+        "for args in (['--help'], ['--reduction', 'max', '--output_dir', 'x']):\n"
+        "    try:\n        main(args)\n    except SystemExit as e:\n        print('exit', e.code)\n"
+        "print('heavy', sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO, check=True)  # fmt: skip
+    assert "exit 0" in result.stdout and "exit 2" in result.stdout
+    assert "heavy []" in result.stdout
+    assert 'reaf-analysis: error: Parser key "reduction"' in result.stderr
 
 
 @pytest.mark.parametrize("name", ["figure2", "figure3", "figure4"])
@@ -244,46 +315,38 @@ def test_paper_figure_configs_parse(name):
         ["--config", str(REPO / "configs" / "analysis" / f"{name}.yaml")]
     )
     assert cfg.data.class_path == "reaf_lightning.data.ImageNetDataModule"
-    assert cfg.layers == list(DEFAULT_LAYERS) and cfg.reduction == "mean"
-    assert cfg.model_a.label and cfg.model_b.label
+    assert cfg.model_a.label and cfg.model_b.label and cfg.plot_layers == "most_separated"
     if name == "figure4":
         assert (cfg.model_a.arch, cfg.model_b.arch) == ("resnet50", "resnext50_32x4d")
+    elif name == "figure2":  # the paper's headline REAF-ResNet50: C = 72, 4-3-4 (Table 1)
+        assert "resnet50/" in cfg.model_a.checkpoint
+        assert "reaf_resnet50_c72_4-3-4/" in cfg.model_b.checkpoint
     else:
-        depth = "50" if name == "figure2" else "101"
-        assert f"resnet{depth}/" in cfg.model_a.checkpoint
-        assert f"reaf_resnet{depth}_" in cfg.model_b.checkpoint
+        assert "resnet101/" in cfg.model_a.checkpoint
+        assert "reaf_resnet101_c72_4-3-4/" in cfg.model_b.checkpoint
 
 
-def test_wandb_offline_run_receives_figure_and_tables(state_dicts, tmp_path, monkeypatch):
-    from wandb_records import run_contents
+def test_torchvision_weights_from_local_hub_cache(tmp_path, monkeypatch):
+    """Registry resnet18 loads torchvision's weight file and computes the same function."""
+    import torchvision
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    out = tmp_path / "out"
-    main([*_two_models(state_dicts), *DATA, "--output_dir", str(out), "--max_batches", "1",
-          "--wandb_project", "reaf-test", "--progress", "false"])  # fmt: skip
-    run_files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
-    assert len(run_files) == 1
-    (row,) = [r for r in run_contents(run_files[0])["history"] if "selectivity/figure/_type" in r]
-    assert row["selectivity/figure/_type"] == "image-file"
-    assert row["selectivity/summary/_type"] == "table-file"
-    assert row["selectivity/summary/nrows"] == 2 * len(DEFAULT_LAYERS)  # layers x models
-    assert row["selectivity/ks/nrows"] == len(DEFAULT_LAYERS)
-    (png,) = run_files[0].parent.glob("files/media/images/selectivity/figure_*.png")
-    with Image.open(png) as image:
-        assert image.format == "PNG"
-    (table,) = run_files[0].parent.glob("files/media/table/selectivity/summary_*.table.json")
-    logged = json.loads(table.read_text())
-    summary = pd.read_csv(out / "selectivity_summary.csv")
-    assert logged["columns"] == list(summary.columns)
-    np.testing.assert_allclose([r[3] for r in logged["data"]], summary["mean"], rtol=1e-6)
-
-
-def test_paper_config_without_checkpoints_fails_cleanly(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("REAF_DEBUG", raising=False)
-    monkeypatch.chdir(tmp_path)  # no logs/ and no data/imagenet here
-    config = str(REPO / "configs" / "analysis" / "figure2.yaml")
-    err = _fails(["--config", config, "--output_dir", str(tmp_path / "out")], capsys)
-    assert err.startswith("reaf-analysis: error:") and "data/imagenet" in err
-    assert not (tmp_path / "out").exists()
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        spec = ModelSpec(arch="resnet18", weights="IMAGENET1K_V1")
+        with pytest.raises(CheckpointError, match="not available locally"):
+            load_model(spec)
+        with pytest.raises(ValueError, match="unknown torchvision weights 'V9'"):
+            load_model(ModelSpec(arch="resnet18", weights="V9"))
+        torch.manual_seed(0)
+        reference = torchvision.models.resnet18().eval()
+        url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+        (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+        torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / Path(url).name)
+        ours = load_model(spec)
+        assert ours.label == "resnet18 (IMAGENET1K_V1)"
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(ours.net(x), reference(x))
+    finally:
+        torch.hub.set_dir(old)

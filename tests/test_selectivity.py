@@ -1,4 +1,4 @@
-"""Tests of the class selectivity index (paper Section IV-D) and its streaming computation."""
+"""Tests of the class selectivity index (paper §IV-D) and its streaming computation."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from analysis.selectivity import (
+from analysis.hooks import (
     DEFAULT_LAYERS,
-    class_selectivity,
     compute_class_means,
     compute_selectivity,
 )
+from analysis.selectivity import class_selectivity
 from reaf_lightning.models import create_model
 
 # ----------------------------------------------------------------------------- pure maths
@@ -260,6 +260,17 @@ def test_max_batches_stops_early():
     assert int(stats.counts.sum()) == 10
 
 
+def test_non_finite_activations_name_the_first_bad_layer():
+    from reaf_lightning.errors import NumericalError
+
+    model, data = _model(), _dataset()
+    model.layer3[0].bn1.running_var.fill_(-1.0)  # sqrt of a negative variance: NaN from layer3 on
+    with pytest.raises(NumericalError, match="layer 'layer3'"):
+        compute_selectivity(model, DataLoader(data, batch_size=8), layers=["layer2", "layer3"])
+    assert _no_hooks(model)
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     data = _dataset()

@@ -1,19 +1,27 @@
 """Class selectivity under real DDP: 2 CPU processes (gloo) give the 1-process result.
 
 The data set has 11 samples, so a 2-replica DistributedSampler pads with one
-repeated sample; counting it would shift the class means (SPEC §6 pitfall).
+repeated sample; counting it would shift the class means. Both the library
+function and the Lightning callback (``ddp_spawn``) are checked.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from analysis.selectivity import compute_class_means, compute_selectivity
+from analysis.callback import SelectivityCallback
+from analysis.hooks import compute_class_means, compute_selectivity
 from reaf_lightning.models import create_model
+from reaf_lightning.module import ImageClassifier
 
 NUM_SAMPLES, NUM_CLASSES, WORLD = 11, 3, 2
 
@@ -67,3 +75,42 @@ def test_two_processes_equal_one_process(tmp_path):
         assert list(got["si"]) == list(single_si)
         for layer, si in single_si.items():
             torch.testing.assert_close(got["si"][layer], si, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the callback
+
+
+class _TensorData(pl.LightningDataModule):
+    """11 fixed images: a 2-process DistributedSampler pads one repeated sample."""
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_dataset(), batch_size=4)
+
+
+def _validate(root: Path, **trainer_kwargs) -> pd.DataFrame:
+    torch.manual_seed(0)
+    module = ImageClassifier(arch="test_reaf_resnet", num_classes=NUM_CLASSES)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(root),
+        callbacks=[SelectivityCallback(layers=["layer1", "layer3", "avgpool"])], **trainer_kwargs,
+    )  # fmt: skip
+    trainer.validate(module, datamodule=_TensorData(), verbose=False)
+    return pd.read_csv(root / "selectivity.csv")
+
+
+@pytest.mark.slow
+def test_callback_two_processes_equal_one_process(tmp_path):
+    single = _validate(tmp_path / "one", devices=1)
+    double = _validate(tmp_path / "two", devices=WORLD, strategy="ddp_spawn")
+    assert list(double.layer) == list(single.layer) and list(double.unit) == list(single.unit)
+    np.testing.assert_allclose(double.si, single.si, rtol=1e-4, atol=1e-5)
+    # ... and both are the library's one-process result over all 11 images
+    torch.manual_seed(0)
+    net = ImageClassifier(arch="test_reaf_resnet", num_classes=NUM_CLASSES).net
+    expected = compute_selectivity(
+        net, DataLoader(_dataset(), batch_size=4), layers=["layer1", "layer3", "avgpool"]
+    )
+    for layer, si in expected.items():
+        got = single[single.layer == layer].sort_values("unit").si.to_numpy()
+        np.testing.assert_allclose(got, si.numpy(), rtol=1e-4, atol=1e-5)

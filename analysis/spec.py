@@ -1,0 +1,45 @@
+"""What ``reaf-analysis`` is told about one model: its weight source and its label.
+
+Kept apart from :mod:`analysis.loading` so that building the command's parser
+(which reads this dataclass's fields and docstring) imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DEFAULT_MODULE_CLASS", "ModelSpec"]
+
+DEFAULT_MODULE_CLASS = "reaf_lightning.module.ImageClassifier"
+
+
+@dataclass
+class ModelSpec:
+    """Where one model of the comparison comes from.
+
+    Exactly one weight source must be given: ``checkpoint``, or ``arch`` with
+    ``state_dict``, or ``arch`` with ``weights``.
+
+    Args:
+        label: Name in the legend and tables; default the network's registry
+            name (a checkpoint's ``arch``), plus the weights name for torchvision.
+        checkpoint: Lightning checkpoint (``.ckpt``) of ``module_class``.
+        arch: Registry name (``reaf_lightning.models.list_models()``).
+        arch_kwargs: Keyword arguments of ``create_model`` (``stem``, ``width``,
+            ``reaf``, ``num_classes``, ...). For ``state_dict`` the number of
+            classes defaults to the data module's; for ``weights`` the
+            defaults are ``num_classes=1000, stem="imagenet"``.
+        state_dict: File with ``torch.save(model.state_dict())``.
+        weights: torchvision weights name of ``arch`` (``IMAGENET1K_V1``,
+            ``IMAGENET1K_V2`` or ``DEFAULT``), read from the torch hub cache.
+        module_class: LightningModule class of ``checkpoint``.
+    """
+
+    label: str | None = None
+    checkpoint: str | None = None
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    state_dict: str | None = None
+    weights: str | None = None
+    module_class: str = DEFAULT_MODULE_CLASS
