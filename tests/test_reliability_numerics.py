@@ -109,7 +109,10 @@ def test_nan_weights_are_never_saved(config, tmp_path, capsys):
 
 def test_skip_policy_skips_the_bad_batch_and_nothing_else(config, tmp_path):
     record = tmp_path / "record"
-    with pytest.warns(UserWarning, match="skipping a batch") as warned:
+    with (
+        pytest.warns(UserWarning, match="skipping a batch") as warned,
+        pytest.raises(SystemExit) as done,
+    ):
         main(
             [
                 "fit",
@@ -122,6 +125,7 @@ def test_skip_policy_skips_the_bad_batch_and_nothing_else(config, tmp_path):
                 *_inject("RecordStep", 1, 2, out_dir=record / "good"),
             ]
         )
+    assert done.value.code == 0
     message = next(str(w.message) for w in warned if "skipping a batch" in str(w.message))
     assert f"at epoch 1, global step {BATCHES + 1} (batch 1 of the epoch)" in message
     assert "1 batch(es) skipped so far" in message

@@ -86,7 +86,7 @@ def test_fit_resume_and_validate_are_one_wandb_run(tmp_path, monkeypatch):
     assert len(runs) == 3
     assert len({r["run"]["id"] for r in runs}) == 1  # one W&B run, resumed twice
     first = runs[0]["run"]
-    assert (first["name"], first["group"], first["job_type"]) == ("tiny", "tables", "train")
+    assert (first["name"], first["group"], first["job_type"]) == ("tiny/seed0", "tables", "train")
     assert (first["tags"], first["notes"]) == (["a", "b"], "one experiment")
 
     steps = [[h["trainer/global_step"] for h in r["history"] if "val/acc1" in h] for r in runs]

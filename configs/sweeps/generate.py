@@ -49,6 +49,8 @@ def sweeps() -> dict[str, str]:
     config_path, recipe_path = _row_paths()
     groups: dict[tuple[str, str], list] = {}
     for row in paper_rows():
+        if row.same_as is not None:  # Tables 1-2 restate rows of Tables 5-6: no run of their own
+            continue
         groups.setdefault((row.table, row.dataset), []).append(row)
     out = {}
     for (table, dataset), rows in groups.items():
