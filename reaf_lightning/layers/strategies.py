@@ -266,8 +266,14 @@ def grouped_partials(x: Tensor, grouped: Tensor, plan: _DecomposePlan, conv_args
 def sum_partials(partial: Tensor, plan: _DecomposePlan) -> Tensor:
     """Output channel ``c`` = sum over ``m`` of ``partial[:, partial_index[m * C_out + c]]``."""
     c_out = partial.shape[1] // plan.g_m
-    if plan.in_order:  # the partials lie as (G_M, C_out): one reduction, no gathers
-        return partial if plan.g_m == 1 else partial.unflatten(1, (plan.g_m, c_out)).sum(1)
+    if plan.in_order:  # the partials lie as (G_M, C_out): add channel slices (views), no gathers
+        if plan.g_m == 1:
+            return partial
+        terms = partial.chunk(plan.g_m, dim=1)
+        out = terms[0] + terms[1]
+        for term in terms[2:]:
+            out.add_(term)
+        return out
     index = plan.partial_index
     out = partial.index_select(1, index[:c_out])
     for m in range(1, plan.g_m):
