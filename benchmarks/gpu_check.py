@@ -101,37 +101,22 @@ def check_strategies(device: torch.device, quick: bool, report: Report) -> bool:
                     memory_format = getattr(torch, f"{fmt}_format" if fmt == "contiguous" else fmt)
                     xi = x.contiguous(memory_format=memory_format).requires_grad_()
                     weight = layer.weight.detach().requires_grad_()
-                    errs = []
+                    errs = {}
                     for impl in STRATEGIES:
                         with torch.autocast(device.type, torch.bfloat16, enabled=amp == "bf16"):
                             y = layer.compute(impl, xi, weight, None)
                         gx, gw = torch.autograd.grad(y, (xi, weight), grad_out.to(y.dtype))
-                        err = max(_rel_err(y, ref), _rel_err(gx, ref_gx), _rel_err(gw, ref_gw))
-                        errs.append(err)
-                        ok &= err <= tol
-                        records.append(
-                            {
-                                "model": model_name,
-                                "in": layer.in_channels,
-                                "stride": layer.stride,
-                                "size": size,
-                                "amp": amp,
-                                "format": fmt,
-                                "impl": impl,
-                                "rel_err": err,
-                            }
+                        errs[impl] = max(
+                            _rel_err(y, ref), _rel_err(gx, ref_gx), _rel_err(gw, ref_gw)
                         )
-                    rows.append(
-                        [
-                            model_name,
-                            f"{layer.in_channels}->{layer.out_channels} s{layer.stride} "
-                            f"{size}x{size}",
-                            amp,
-                            fmt,
-                        ]
-                        + [f"{e:.1e}" for e in errs]
-                        + ["ok" if max(errs) <= tol else "FAIL"]
+                    ok &= max(errs.values()) <= tol
+                    shape = (
+                        f"{layer.in_channels}->{layer.out_channels} s{layer.stride} {size}x{size}"
                     )
+                    records.append({"model": model_name, "layer": shape, "amp": amp, "format": fmt,
+                                    "rel_err": errs})  # fmt: skip
+                    rows.append([model_name, shape, amp, fmt, *(f"{e:.1e}" for e in errs.values()),
+                                 "ok" if max(errs.values()) <= tol else "FAIL"])  # fmt: skip
     report.table(
         "a. every strategy vs the float64 reference: max relative error of y, dL/dx, dL/dW",
         ["model", "layer", "amp", "format", *STRATEGIES, "within tol"],
@@ -331,29 +316,14 @@ def auto_winners(device: torch.device, quick: bool, report: Report) -> list[dict
                     picked = layer.resolved_impl(x)
                 best = min(times, key=times.get)
                 rule = resolve_auto_impl(layer.spec, device.type)
-                record = {
-                    "stem": stem,
-                    "model": model_name,
-                    "in": layer.in_channels,
-                    "out": layer.out_channels,
-                    "stride": layer.stride,
-                    "size": size,
-                    "ms": {k: v * 1e3 for k, v in times.items()},
-                    "best": best,
-                    "auto": picked,
-                    "rule": rule,
-                    "rule_over_best": times.get(rule, float("nan")) / times[best],
-                }
-                records.append(record)
-                rows.append(
-                    [
-                        stem,
-                        model_name,
-                        f"{layer.in_channels}->{layer.out_channels} s{layer.stride} {size}x{size}",
-                    ]
-                    + [f"{times[i] * 1e3:.2f}" if i in times else "-" for i in STRATEGIES]
-                    + [best, picked, rule, f"{record['rule_over_best']:.2f}"]
-                )
+                shape = f"{layer.in_channels}->{layer.out_channels} s{layer.stride} {size}x{size}"
+                rule_over_best = times.get(rule, float("nan")) / times[best]
+                records.append({"stem": stem, "model": model_name, "layer": shape, "best": best,
+                                "ms": {k: v * 1e3 for k, v in times.items()}, "auto": picked,
+                                "rule": rule, "rule_over_best": rule_over_best})  # fmt: skip
+                ms = [f"{times[i] * 1e3:.2f}" if i in times else "-" for i in STRATEGIES]
+                rows.append([stem, model_name, shape, *ms, best, picked, rule,
+                             f"{rule_over_best:.2f}"])  # fmt: skip
     report.table(
         "c. per-layer fwd+bwd ms (bf16 autocast, channels_last), auto's pick, fallback rule",
         ["stem", "model", "layer", *STRATEGIES, "best", "auto", "rule", "rule / best"],
