@@ -124,7 +124,10 @@ def run(impl: str, layer: REAFConv2d, x: Tensor, weight: Tensor, bias: Tensor | 
         if lean:
             return DecomposedConv2d.apply(x, weight, bias, plan, *pairs)
         return decomposed_conv2d(x, weight, bias, plan, conv_args)
-    raise ValueError(f"REAF strategy {impl!r} is not one of masked, gather, decompose, ...")
+    raise ValueError(
+        f"REAF strategy {impl!r} is not one of masked, gather, decompose, decompose_loop "
+        "(loop is the reference forward, reaf_conv2d)"
+    )
 
 
 def scatter_dense(weight: Tensor, dense_index: Tensor, in_channels: int) -> Tensor:
