@@ -1,4 +1,4 @@
-"""Peak training-step memory of REAF-ResNet50 (4-3-4, C=72) per strategy vs ResNet50 (issue 5).
+"""Peak training-step memory of REAF-ResNet50 (4-3-4, C=72) per strategy vs ResNet50.
 
 Each configuration runs in a fresh subprocess so allocator caches cannot leak
 between them. The reported number is the memory a training step adds on top of

@@ -34,9 +34,11 @@ MODELS = {
 }
 
 
-def reaf_layer_shapes(kwargs: dict, image_size: int = 32) -> list[tuple[REAFConv2d, int]]:
-    """Distinct REAF convs of a CIFAR REAF-ResNet50 with the spatial size of their input."""
-    model = create_model("reaf_resnet50", num_classes=100, stem="cifar", **kwargs)
+def reaf_layer_shapes(
+    kwargs: dict, image_size: int = 32, stem: str = "cifar"
+) -> list[tuple[REAFConv2d, int]]:
+    """Distinct REAF convs of a REAF-ResNet50 with the spatial size of their input."""
+    model = create_model("reaf_resnet50", num_classes=100, stem=stem, **kwargs)
     sizes: dict[int, int] = {}
 
     def record(module: nn.Module, inputs: tuple, _output: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""torch.compile and channels_last pin behaviour (issue 5): same numbers as eager / contiguous.
+"""torch.compile and channels_last keep the numbers: same numbers as eager / contiguous.
 
 Every block family is compiled with ``fullgraph=True`` (no graph breaks) through
 the ``aot_eager`` backend, which runs Dynamo tracing and AOTAutograd exactly as

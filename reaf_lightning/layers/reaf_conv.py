@@ -1,67 +1,44 @@
-"""The REAF convolution (paper §III-A; SPEC.md §1).
+"""The REAF convolution (paper §III-A, Eq. 5-6).
 
-A dense convolution computes every output channel from all input channels.
-REAF splits the ``C_in`` input channels into ``G_I`` equal groups and gives each
-of the ``G_O = C(G_I, G_M)`` output-channel groups its own combination of
-``G_M`` input groups, enumerated in ``itertools.combinations`` order. Output
-group ``l`` is a convolution over the concatenation of the input groups in
-combination ``E_l``, so only ``C_out * G_M * C_in / G_I * k * k`` weights exist.
+A dense convolution computes every output channel from all ``C_in`` input
+channels (Eq. 2). REAF splits the input channels into ``G_I`` groups of
+``A_in = C_in / G_I`` channels and enumerates the ``G_O = C(G_I, G_M)``
+combinations ``E_0, ..., E_{G_O - 1}`` of ``G_M`` groups. Output channel ``j``
+belongs to output group ``l = floor(j / B_out)`` and is computed from the
+concatenation of the input groups in ``E_l`` only:
 
-Special cases: ``G_M = 1`` (and so ``G_I = G_O = g``) is ``nn.Conv2d(groups=g)``;
-``1-1-1`` is the dense convolution.
+    A_j = Index(I, E_l, A_in)                                  (Eq. 5)
+    O_j = sum_{i < A_in * G_M} A_ji * W_ji                     (Eq. 6)
 
-Five execution strategies compute the same function from the same compact
-parameters; which one is fastest depends on the shape and the device (see
-``BENCHMARKS.md``):
+so only ``C_out * G_M * A_in * k * k`` weights exist. :func:`reaf_conv2d` is
+those two equations in code and the definition every execution strategy is
+tested against. ``G_M = 1`` is ``nn.Conv2d(groups=G_I)``; ``1-1-1`` is the
+dense convolution.
 
-* ``masked``: scatter the compact weight into a zero dense weight and run one
-  dense convolution. Wastes ``G_I / G_M`` of the FLOPs, but dense convolutions
-  are the best-tuned kernels on every backend.
-* ``gather``: ``index_select`` the input channels of every combination (a
-  ``G_M``-times larger copy of the input) and run one grouped convolution
-  with ``groups = G_O``. Exact FLOPs, extra memory.
-* ``decompose``: split the sum over input groups instead of gathering them.
-  Output group ``o`` is ``sum_{j in E_o} conv(x_j, W_oj)``, so one grouped
-  convolution with ``groups = G_I`` (input group ``j`` against the stacked
-  ``W_oj`` of every output group that reads it) yields ``G_M * C_out`` partial
-  outputs, summed ``G_M`` at a time. Exact FLOPs in ``G_I`` wide groups; a
-  transient ``G_M``-times copy of the output, nothing extra kept for backward.
-* ``decompose_loop``: the same, with the grouped convolution run as ``G_I``
-  dense convolutions over channel slices (faster on oneDNN at high resolution).
-* ``loop``: one convolution per output group over its gathered input. Exact
-  FLOPs, ``G_O`` kernel launches; the readable reference.
+Our choices where the paper is silent: combinations are enumerated in
+``itertools.combinations`` order (lexicographic), and the groups inside
+``E_l`` are concatenated in increasing order; the weight is initialised as
+torchvision initialises ResNet convolutions.
 
-``impl="auto"`` (the default) times them all on the first call with each new
-input signature, like ``torch.backends.cudnn.benchmark``, and caches the winner.
+:class:`REAFConv2d` computes the same function with one of five execution
+strategies (``reaf_lightning.layers.strategies``), picked per layer shape by an
+autotuner (``reaf_lightning.layers.autotune``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reaf_lightning.layers._recompute import (
-    DecomposedConv2d,
-    GatherConv2d,
-    MaskedConv2d,
-    decomposed_conv2d,
-    scatter_dense,
-)
+from reaf_lightning.layers import autotune, strategies
 
-__all__ = [
-    "REAF_IMPLS",
-    "REAFConv2d",
-    "REAFSpec",
-    "autotune_cache",
-    "parse_reaf",
-    "resolve_auto_impl",
-]
+__all__ = ["REAF_IMPLS", "REAFConv2d", "REAFSpec", "parse_reaf", "reaf_conv2d"]
+
 
 REAF_IMPLS = ("auto", "masked", "gather", "decompose", "decompose_loop", "loop")
 
@@ -71,7 +48,7 @@ class REAFSpec(tuple):
 
     def __new__(cls, g_i: int, g_m: int, g_o: int | None = None) -> REAFSpec:
         for name, value in (("G_I", g_i), ("G_M", g_m)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"REAF {name} must be a positive integer, got {value!r}")
         if g_m > g_i:
             raise ValueError(
@@ -79,23 +56,18 @@ class REAFSpec(tuple):
                 f"G_I={g_i} (each output group merges G_M of the G_I input groups)"
             )
         expected = math.comb(g_i, g_m)
-        if g_o is None:
-            g_o = expected
-        if not isinstance(g_o, int) or isinstance(g_o, bool) or g_o != expected:
+        g_o = expected if g_o is None else g_o
+        if not _is_int(g_o) or g_o != expected:
             raise ValueError(f"REAF {g_i}-{g_m}-{g_o}: G_O must be C({g_i}, {g_m}) = {expected}")
         return super().__new__(cls, (g_i, g_m, g_o))
 
-    @property
-    def g_i(self) -> int:
-        return self[0]
+    g_i = property(lambda self: self[0], doc="number of input-channel groups G_I")
+    g_m = property(lambda self: self[1], doc="input groups merged per output group G_M")
+    g_o = property(lambda self: self[2], doc="number of output-channel groups G_O")
 
-    @property
-    def g_m(self) -> int:
-        return self[1]
-
-    @property
-    def g_o(self) -> int:
-        return self[2]
+    def combinations(self) -> list[tuple[int, ...]]:
+        """``E_0 .. E_{G_O-1}``: the input groups of each output group (ours: lexicographic)."""
+        return list(itertools.combinations(range(self.g_i), self.g_m))
 
     def __str__(self) -> str:
         return f"{self[0]}-{self[1]}-{self[2]}"
@@ -116,9 +88,8 @@ def parse_reaf(reaf: str | Sequence[int] | REAFSpec) -> REAFSpec:
     if isinstance(reaf, REAFSpec):
         return reaf
     if isinstance(reaf, str):
-        parts = reaf.strip().split("-")
         try:
-            numbers = [int(p) for p in parts]
+            numbers = [int(p) for p in reaf.strip().split("-")]
         except ValueError:
             numbers = []
         if len(numbers) not in (2, 3):
@@ -132,83 +103,36 @@ def parse_reaf(reaf: str | Sequence[int] | REAFSpec) -> REAFSpec:
     raise ValueError(f"REAF setting {reaf!r} must be a 'G_I-G_M-G_O' string or a 2/3-tuple of ints")
 
 
-def resolve_auto_impl(spec: REAFSpec, device_type: str) -> str:
-    """The strategy ``auto`` falls back to when it cannot time candidates.
+def reaf_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    spec: REAFSpec,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+) -> Tensor:
+    """The REAF convolution as the paper writes it (Eq. 5-6): one convolution per output group.
 
-    Used under ``torch.compile`` tracing, on the meta device, when deterministic
-    algorithms are requested (a timing-dependent choice would make runs differ in
-    the last bits) and for calls too small to time. On the CPU the rule follows
-    BENCHMARKS.md: ``decompose`` (exact FLOPs in ``G_I`` wide groups) was fastest or
-    within a few percent on every REAF-ResNet50 layer shape of Table 3. On CUDA,
-    where no measurement exists yet, dense kernels are assumed to stay ahead while
-    ``masked`` wastes at most 4x (G_M / G_I >= 1/4).
+    Args:
+        x: input ``I`` of shape ``(N, C_in, H, W)``.
+        weight: compact weight ``(C_out, G_M * A_in, k, k)``; rows ``l * B_out:(l + 1) * B_out``
+            are output group ``l``.
+        bias: optional ``(C_out,)`` bias.
+        spec: the ``G_I-G_M-G_O`` setting.
+        stride, padding, dilation: as in ``F.conv2d``.
     """
-    if spec.g_m == spec.g_i:
-        return "masked"  # a dense convolution: every strategy is the same work
-    if device_type == "cuda" and spec.g_m / spec.g_i >= 0.25:
-        return "masked"
-    return "decompose"
-
-
-_AUTOTUNE_CACHE: dict[tuple, str] = {}
-
-# Calls below this many multiply-accumulates take microseconds: timing them measures
-# noise, and costs more than any choice could save. They use the fixed rule.
-AUTOTUNE_MIN_MACS = 10_000_000
-
-
-def autotune_cache() -> dict[tuple, str]:
-    """The process-wide ``impl="auto"`` decisions, keyed by layer and input signature.
-
-    Exposed for inspection and for benchmarks (``autotune_cache().clear()`` re-tunes).
-    """
-    return _AUTOTUNE_CACHE
-
-
-def _can_autotune(x: Tensor) -> bool:
-    return (
-        x.device.type != "meta"
-        and not torch.compiler.is_compiling()
-        and not torch.are_deterministic_algorithms_enabled()
-    )
-
-
-def _decomposition_indices(
-    combinations: Sequence[tuple[int, ...]], out_per_group: int
-) -> dict[str, Tensor]:
-    """Index tensors of the ``decompose`` strategy.
-
-    A *slot* is an (input group ``j``, output group ``o`` reading ``j``) pair; slots
-    are ordered by ``j``, then ``o``, because a ``groups = G_I`` convolution must
-    produce the partial outputs of input group ``j`` as one contiguous block. With
-    ``m`` = the place of ``j`` in combination ``o`` and ``B`` = ``out_per_group``:
-
-    * ``slot_rows[s] = o * G_M + m``: the compact-weight block slot ``s`` uses;
-    * ``partial_index[m * C_out + o * B + b]``: the partial channel holding the
-      ``m``-th term of output channel ``o * B + b`` (forward gathers and sums);
-    * ``partial_source[s * B + b] = o * B + b``: the output channel partial channel
-      ``s * B + b`` feeds (backward gathers the output gradient with it).
-    """
-    g_m = len(combinations[0])
-    g_i = max(max(combo) for combo in combinations) + 1
-    slots = [
-        (o, combo.index(j))
-        for j in range(g_i)
-        for o, combo in enumerate(combinations)
-        if j in combo
-    ]
-    slot_of = {pair: s for s, pair in enumerate(slots)}
-    b = torch.arange(out_per_group)
-    partial_index = torch.cat(
-        [slot_of[(o, m)] * out_per_group + b for m in range(g_m) for o in range(len(combinations))]
-    )
-    partial_source = torch.cat([o * out_per_group + b for o, _ in slots])
-    slot_rows = torch.tensor([o * g_m + m for o, m in slots], dtype=torch.long)
-    return {
-        "slot_rows": slot_rows,
-        "partial_index": partial_index,
-        "partial_source": partial_source,
-    }
+    input_groups = x.chunk(spec.g_i, dim=1)  # I as G_I groups of A_in channels
+    b_out = weight.shape[0] // spec.g_o
+    outputs = []
+    for l, e_l in enumerate(spec.combinations()):
+        # Eq. 5: A_j = Index(I, E_l, A_in) for every channel j of output group l
+        a_l = torch.cat([input_groups[g] for g in e_l], 1) if len(e_l) > 1 else input_groups[e_l[0]]
+        rows = slice(l * b_out, (l + 1) * b_out)
+        # Eq. 6: O_j = sum_i A_ji * W_ji, a convolution over the G_M * A_in merged channels
+        b_l = None if bias is None else bias[rows]
+        outputs.append(F.conv2d(a_l, weight[rows], b_l, stride, padding, dilation))
+    return torch.cat(outputs, dim=1)
 
 
 class REAFConv2d(nn.Module):
@@ -225,16 +149,16 @@ class REAFConv2d(nn.Module):
         padding: zero padding; ``None`` means ``dilation * (k - 1) // 2`` ("same" for stride 1).
         dilation: kernel dilation.
         bias: add a learnable bias per output channel.
-        impl: ``"auto"``, ``"masked"``, ``"gather"``, ``"decompose"``, ``"decompose_loop"``
-            or ``"loop"`` (see the module docstring).
-            All give the same numbers; ``auto`` times them once per input signature and
-            keeps the fastest (see :meth:`resolved_impl`).
+        impl: ``"auto"`` or one of the strategies ``"masked"``, ``"gather"``, ``"decompose"``,
+            ``"decompose_loop"``, ``"loop"`` (see ``reaf_lightning.layers.strategies``). All give
+            the same numbers; ``auto`` times them once per input signature and keeps the fastest.
 
     The weight has the compact shape ``(C_out, G_M * C_in / G_I, k, k)``: rows
-    ``l * B_out:(l + 1) * B_out`` are output group ``l``, whose input channels
-    are the concatenation (in increasing group order) of the groups in
-    combination ``l``. For ``G_M = 1`` this is exactly ``nn.Conv2d(groups=g)``'s
-    weight layout, so weights can be copied between the two.
+    ``l * B_out:(l + 1) * B_out`` are output group ``l``, whose input channels are
+    the groups of ``E_l`` concatenated in increasing order. For ``G_M = 1`` this is
+    exactly ``nn.Conv2d(groups=g)``'s weight layout, so weights can be copied between
+    the two. Like ``nn.Conv2d``, the layer takes ``(N, C_in, H, W)`` or unbatched
+    ``(C_in, H, W)`` floating-point input and refuses anything else with one line.
     """
 
     def __init__(
@@ -253,10 +177,17 @@ class REAFConv2d(nn.Module):
     ) -> None:
         super().__init__()
         spec = REAFSpec(g_i, g_m, g_o)
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(
-                f"REAF {spec}: channels must be positive, got in={in_channels}, out={out_channels}"
-            )
+        _check_ints(
+            spec,
+            positive={
+                "in_channels": in_channels,
+                "out_channels": out_channels,
+                "kernel_size": kernel_size,
+                "stride": stride,
+                "dilation": dilation,
+            },
+            non_negative={"padding": padding} if padding is not None else {},
+        )
         if in_channels % spec.g_i:
             raise ValueError(
                 f"REAF {spec}: in_channels={in_channels} is not divisible by G_I={spec.g_i}"
@@ -278,33 +209,17 @@ class REAFConv2d(nn.Module):
         self.in_per_group = in_channels // spec.g_i  # A_in
         self.out_per_group = out_channels // spec.g_o  # B_out
         self.merged_channels = spec.g_m * self.in_per_group
-
         self.weight = nn.Parameter(
             torch.empty(out_channels, self.merged_channels, kernel_size, kernel_size)
         )
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-
-        combos = list(itertools.combinations(range(spec.g_i), spec.g_m))
-        channels = torch.tensor(
-            [
-                [g * self.in_per_group + a for g in combo for a in range(self.in_per_group)]
-                for combo in combos
-            ],
-            dtype=torch.long,
-        )  # (G_O, G_M * A_in): input channels of each output group
-        self.combinations: tuple[tuple[int, ...], ...] = tuple(combos)
-        # Buffers follow .to(device) but are not learnable; not persistent, because
-        # they are derived from the constructor arguments and must not bloat checkpoints.
-        self.register_buffer("group_channels", channels, persistent=False)
-        self.register_buffer("gather_index", channels.reshape(-1), persistent=False)
-        # Input channel of every compact weight column, per output channel: scatter target.
-        self.register_buffer(
-            "dense_index",
-            channels.repeat_interleave(self.out_per_group, dim=0),
-            persistent=False,
-        )
-        for name, index in _decomposition_indices(combos, self.out_per_group).items():
+        # Index tensors of the strategies: buffers follow .to(device); not persistent,
+        # because they derive from the constructor arguments and must not bloat checkpoints.
+        for name, index in strategies.index_buffers(
+            spec.combinations(), self.in_per_group, self.out_per_group
+        ).items():
             self.register_buffer(name, index, persistent=False)
+        self.partials_in_order = strategies.partials_in_order(self.partial_index)
         self.reset_parameters()
 
     @property
@@ -320,99 +235,25 @@ class REAFConv2d(nn.Module):
         return self.spec.g_o
 
     def reset_parameters(self) -> None:
-        """Kaiming-normal (fan-out), as torchvision initialises ResNet convs.
+        """Kaiming-normal (fan-out), as torchvision initialises ResNet convs (ours).
 
-        Fan-out is ``C_out * k * k`` for every strategy: each input unit still
-        feeds the same number of output units per group it belongs to, so the
-        REAF conv keeps the variance a dense conv of the same output would have.
+        Fan-out is ``C_out * k * k``: each input unit still feeds the same number of
+        output units per group it belongs to, so the REAF conv keeps the variance a
+        dense conv of the same output would have.
         """
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         if self.bias is not None:
-            fan_in = self.merged_channels * self.kernel_size * self.kernel_size
-            bound = 1 / math.sqrt(fan_in)
+            bound = 1 / math.sqrt(self.merged_channels * self.kernel_size**2)
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def resolved_impl(self, x: Tensor) -> str:
-        """The strategy a forward on ``x`` runs (``auto``: timed once per signature, then cached).
-
-        ``auto`` behaves like ``torch.backends.cudnn.benchmark``: the first call
-        with a new (layer shape, input shape, dtype, device, memory format, grad
-        mode) signature times forward (+ backward when gradients are needed) of
-        every strategy on scratch copies, and the fastest is cached for all
-        layers with that signature. See :func:`resolve_auto_impl` for when it
-        falls back to a fixed rule instead.
-        """
-        if self.impl != "auto":
-            return self.impl
-        if not _can_autotune(x) or self._useful_macs(x) < AUTOTUNE_MIN_MACS:
-            return resolve_auto_impl(self.spec, x.device.type)
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        key = (
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            tuple(self.spec),
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.bias is not None,
-            tuple(x.shape),
-            x.dtype,
-            str(x.device),
-            x.is_contiguous(memory_format=torch.channels_last),
-            needs_grad,
-        )
-        impl = _AUTOTUNE_CACHE.get(key)
-        if impl is None:
-            impl = self._time_strategies(x, needs_grad)
-            _AUTOTUNE_CACHE[key] = impl
-        return impl
-
-    def _useful_macs(self, x: Tensor) -> int:
-        """Multiply-accumulates of this call (compact weights), from the input shape."""
-        h, w = x.shape[-2:]
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial output size for an ``height x width`` input (``nn.Conv2d``'s formula)."""
         span = self.dilation * (self.kernel_size - 1)
-        h_out = (h + 2 * self.padding - span - 1) // self.stride + 1
-        w_out = (w + 2 * self.padding - span - 1) // self.stride + 1
-        per_output = self.merged_channels * self.kernel_size**2
-        return x.shape[0] * self.out_channels * h_out * w_out * per_output
+        return tuple((s + 2 * self.padding - span - 1) // self.stride + 1 for s in (height, width))
 
-    def _time_strategies(self, x: Tensor, needs_grad: bool, repeats: int = 3) -> str:
-        """Fastest strategy on detached copies of the inputs; parameters are never touched."""
-        x = x.detach().requires_grad_(needs_grad)
-        weight = self.weight.detach().requires_grad_(needs_grad)
-        bias = None if self.bias is None else self.bias.detach()
-        if self.g_m == self.g_i:
-            return "masked"  # a dense convolution: every strategy is the same work
-        candidates = ("masked", "decompose", "loop")
-        if self.g_m > 1:  # for G_M = 1 they run decompose's and loop's convolutions
-            candidates += ("gather", "decompose_loop")
-        sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-
-        def run(impl: str) -> None:
-            with torch.enable_grad() if needs_grad else torch.no_grad():
-                y = self._run(impl, x, weight, bias)
-                if needs_grad:
-                    torch.autograd.grad(y.sum(), (x, weight))
-
-        def timed(impl: str) -> float:
-            sync()
-            start = time.perf_counter()
-            run(impl)
-            sync()
-            return time.perf_counter() - start
-
-        # Warm-up (first calls allocate and pick kernels). A candidate already 3x slower
-        # than the best is not timed again: on a slow strategy (gather over 70 groups)
-        # the repeats would cost seconds per layer shape and could not change the answer.
-        warmup = {impl: timed(impl) for impl in candidates}
-        candidates = tuple(c for c in candidates if warmup[c] <= 3 * min(warmup.values()))
-        times: dict[str, list[float]] = {impl: [] for impl in candidates}
-        for _ in range(repeats):
-            for impl in candidates:  # interleaved, so load bursts hit every candidate
-                times[impl].append(timed(impl))
-        # Minimum, not median: background load only ever adds time (as timeit argues).
-        return min(candidates, key=lambda impl: min(times[impl]))
+    def resolved_impl(self, x: Tensor) -> str:
+        """The strategy a forward on ``x`` runs (``auto``: timed once per signature, cached)."""
+        return self.impl if self.impl != "auto" else autotune.choose_impl(self, x)
 
     def dense_weight(self, weight: Tensor | None = None) -> Tensor:
         """The equivalent dense ``(C_out, C_in, k, k)`` weight, zero where no connection exists.
@@ -420,64 +261,51 @@ class REAFConv2d(nn.Module):
         Differentiable: gradients flow back to the compact ``weight`` (default: ``self.weight``).
         """
         weight = self.weight if weight is None else weight
-        return scatter_dense(weight, self.dense_index, self.in_channels)
-
-    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None, groups: int = 1) -> Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+        return strategies.scatter_dense(weight, self.dense_index, self.in_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._run(self.resolved_impl(x), x, self.weight, self.bias)
+        self._check_input(x)
+        if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        return self.compute(self.resolved_impl(x), x, self.weight, self.bias)
 
-    def _run(self, impl: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        # Eager autograd would keep the dense weight (masked), the G_M-times input copy
-        # (gather) or the decomposed weight (decompose*) alive until backward; the
-        # recomputing functions keep only the input and the compact weight. Under
-        # torch.compile the plain ops are traced and AOTAutograd's partitioner decides.
-        lean = not torch.compiler.is_compiling() and torch.is_grad_enabled()
-        pair = (self.stride, self.stride), (self.padding, self.padding)
-        dilation = (self.dilation, self.dilation)
-        if impl == "masked":
-            if lean:
-                return MaskedConv2d.apply(x, weight, bias, self.dense_index, *pair, dilation)
-            return self._conv(x, self.dense_weight(weight), bias)
-        if impl == "gather":
-            if self.g_m == 1:  # an ordinary grouped conv: the gather would be the identity
-                return self._conv(x, weight, bias, groups=self.g_o)
-            if lean:
-                return GatherConv2d.apply(
-                    x, weight, bias, self.gather_index, self.g_o, *pair, dilation
-                )
-            return self._conv(x.index_select(1, self.gather_index), weight, bias, groups=self.g_o)
-        if impl == "decompose" and self.g_m == 1:  # one partial per output: a grouped conv
-            return self._conv(x, weight, bias, groups=self.g_i)
-        if impl == "decompose" or (impl == "decompose_loop" and self.g_m > 1):
-            per_group = impl == "decompose_loop"
-            if lean:
-                return DecomposedConv2d.apply(
-                    x, weight, bias, self.slot_rows, self.partial_index, self.partial_source,
-                    self.g_i, self.g_m, per_group, *pair, dilation,
-                )  # fmt: skip
-            conv_args = (self.stride, self.padding, self.dilation)
-            return decomposed_conv2d(
-                x, weight, bias, self.slot_rows, self.partial_index, self.g_i, self.g_m,
-                per_group, conv_args,
-            )  # fmt: skip
-        # loop (and decompose_loop for G_M = 1, where the two loops are the same convs)
-        b = self.out_per_group
-        outputs = []
-        for l in range(self.g_o):
-            group_bias = None if bias is None else bias[l * b : (l + 1) * b]
-            group_input = self._select_channels(x, l)
-            outputs.append(self._conv(group_input, weight[l * b : (l + 1) * b], group_bias))
-        return torch.cat(outputs, dim=1)
+    def compute(self, impl: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """Strategy ``impl`` on a batched input with the given parameters (the autotuner times
+        detached copies this way). ``loop`` is the reference forward, :func:`reaf_conv2d`."""
+        if impl == "loop":
+            return reaf_conv2d(x, weight, bias, self.spec, self.stride, self.padding, self.dilation)
+        return strategies.run(impl, self, x, weight, bias)
 
-    def _select_channels(self, x: Tensor, l: int) -> Tensor:
-        """Input of output group ``l``: a free slice when its input groups are adjacent."""
-        combo = self.combinations[l]
-        if combo[-1] - combo[0] == len(combo) - 1:
-            a = self.in_per_group
-            return x[:, combo[0] * a : (combo[-1] + 1) * a]
-        return x.index_select(1, self.group_channels[l])
+    def _check_input(self, x: Tensor) -> None:
+        """Refuse, in one line, what no strategy could compute (they would differ in how)."""
+        if x.dim() not in (3, 4):
+            raise ValueError(
+                f"REAFConv2d expects a 4-D (N, C, H, W) or 3-D unbatched (C, H, W) input, "
+                f"got shape {tuple(x.shape)}"
+            )
+        channels = x.shape[-3]
+        if channels != self.in_channels:
+            raise ValueError(
+                f"REAFConv2d({self.spec}) expects {self.in_channels} input channels, "
+                f"got {channels} (input shape {tuple(x.shape)})"
+            )
+        if not x.is_floating_point():
+            raise TypeError(
+                f"REAFConv2d input dtype {x.dtype} is not supported: convolutions need a "
+                "floating-point input (float32, float64, float16, bfloat16)"
+            )
+        autocast = torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64
+        if x.dtype != self.weight.dtype and not autocast:
+            raise TypeError(
+                f"REAFConv2d input dtype {x.dtype} does not match its weight dtype "
+                f"{self.weight.dtype}: convert one to the other or run under torch.autocast"
+            )
+        out_h, out_w = self.output_size(*x.shape[-2:])
+        if out_h < 1 or out_w < 1:
+            raise ValueError(
+                f"REAFConv2d input of spatial size {tuple(x.shape[-2:])} is smaller than its "
+                f"kernel ({self.kernel_size}, dilation {self.dilation}, padding {self.padding})"
+            )
 
     def extra_repr(self) -> str:
         s = (
@@ -489,3 +317,22 @@ class REAFConv2d(nn.Module):
         if self.bias is None:
             s += ", bias=False"
         return s + f", impl={self.impl}"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_ints(spec: REAFSpec, positive: dict, non_negative: dict) -> None:
+    """One line per bad constructor argument, naming it and what is valid (ints, as square)."""
+    for name, value in {**positive, **non_negative}.items():
+        if not _is_int(value):
+            raise TypeError(
+                f"REAF {spec}: {name} must be an int (square kernels only), got {value!r}"
+            )
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"REAF {spec}: {name} must be a positive integer, got {value}")
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ValueError(f"REAF {spec}: {name} must be >= 0, got {value}")
