@@ -219,7 +219,7 @@ class REAFConv2d(nn.Module):
             spec.combinations(), self.in_per_group, self.out_per_group
         ).items():
             self.register_buffer(name, index, persistent=False)
-        self.partials_in_order = strategies.partials_in_order(self.partial_index)
+        self.partials_in_order = strategies.partials_in_order(spec.combinations())
         self.reset_parameters()
 
     @property

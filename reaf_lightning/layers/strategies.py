@@ -65,10 +65,7 @@ def index_buffers(combinations: list[tuple[int, ...]], a_in: int, b_out: int) ->
     channels = torch.tensor(
         [[g * a_in + a for g in combo for a in range(a_in)] for combo in combinations]
     )  # (G_O, G_M * A_in): input channels of each output group
-    slots = sorted(
-        ((o, m) for o in range(g_o) for m in range(g_m)),
-        key=lambda om: (combinations[om[0]][om[1]], om[1], om[0]),
-    )
+    slots = _slots(combinations)
     slot_of = {pair: s for s, pair in enumerate(slots)}
     b = torch.arange(b_out)
     return {
@@ -82,15 +79,26 @@ def index_buffers(combinations: list[tuple[int, ...]], a_in: int, b_out: int) ->
     }
 
 
-def partials_in_order(partial_index: Tensor) -> bool:
+def _slots(combinations: list[tuple[int, ...]]) -> list[tuple[int, int]]:
+    """The (output group ``o``, place ``m``) slots in the order the grouped conv yields them."""
+    g_m, g_o = len(combinations[0]), len(combinations)
+    return sorted(
+        ((o, m) for o in range(g_o) for m in range(g_m)),
+        key=lambda om: (combinations[om[0]][om[1]], om[1], om[0]),
+    )
+
+
+def partials_in_order(combinations: list[tuple[int, ...]]) -> bool:
     """Whether the partials already lie as ``(G_M, C_out)``, so summing them needs no gather.
 
     True for ``G_M = 1``, ``G_M = G_I`` and ``G_M = G_I - 1`` (4-3-4, 8-7-8, ...): with
     combinations in lexicographic order, the ``m``-th groups of all combinations, read
     for ``m = 0, 1, ...``, never decrease, so the (``j``-ordered) slots are in (``m``, ``o``)
-    order.
+    order. Decided from the combinations alone, so it also holds for a layer built on the
+    ``meta`` device.
     """
-    return bool(torch.equal(partial_index, torch.arange(partial_index.numel())))
+    g_m, g_o = len(combinations[0]), len(combinations)
+    return _slots(combinations) == [(o, m) for m in range(g_m) for o in range(g_o)]
 
 
 def run(impl: str, layer: REAFConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
