@@ -552,5 +552,5 @@ def test_reaf_analysis_parse_errors_are_one_line(tmp_path, capsys):
         analysis_main([*base, "--data.init_args.batch_size", "0"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
-        "reaf-analysis: error: batch_size must be a positive integer, got 0"
+        "reaf-analysis: error: batch_size must be an integer >= 1, got 0"
     ]

@@ -81,8 +81,11 @@ def test_fit_resume_and_validate_are_one_wandb_run(tmp_path, monkeypatch):
     wandb.finish()  # the last run is still open in this process; a CLI process would exit,
     wandb.teardown()  # and this waits until W&B's service has written everything
 
-    files = sorted(glob.glob(str(_run_dir(root) / "wandb" / "offline-run-*" / "run-*.wandb")))
-    runs = [run_contents(f) for f in files]  # in start order (the folders begin with the time)
+    files = sorted(  # in start order: the folders begin with the time; W&B adds -1, -2 ... to a
+        glob.glob(str(_run_dir(root) / "wandb" / "offline-run-*" / "run-*.wandb")),  # name taken
+        key=lambda f: (Path(f).parent.name[:27], len(Path(f).parent.name), Path(f).parent.name),
+    )
+    runs = [run_contents(f) for f in files]
     assert len(runs) == 3
     assert len({r["run"]["id"] for r in runs}) == 1  # one W&B run, resumed twice
     first = runs[0]["run"]

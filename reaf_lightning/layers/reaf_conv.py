@@ -294,8 +294,10 @@ class REAFConv2d(nn.Module):
                 f"REAFConv2d input dtype {x.dtype} is not supported: convolutions need a "
                 "floating-point input (float32, float64, float16, bfloat16)"
             )
-        autocast = torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64
-        if x.dtype != self.weight.dtype and not autocast:
+        # Checked only on a mismatch: autocast has no state for some device types (meta).
+        if x.dtype != self.weight.dtype and not (
+            x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type)
+        ):
             raise TypeError(
                 f"REAFConv2d input dtype {x.dtype} does not match its weight dtype "
                 f"{self.weight.dtype}: convert one to the other or run under torch.autocast"
