@@ -1,4 +1,4 @@
-"""Class selectivity analysis of trained networks (paper §IV-D, Figures 2-4).
+"""Class selectivity analysis of trained networks (paper §IV-E, Figures 2-4).
 
 * :func:`compute_selectivity` / :func:`compute_class_means`: the index of every
   channel of chosen layers over a data set (:mod:`analysis.hooks`);

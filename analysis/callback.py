@@ -1,4 +1,4 @@
-"""Class selectivity during training: a Lightning callback (paper §IV-D, measured per epoch).
+"""Class selectivity during training: a Lightning callback (paper §IV-E, measured per epoch).
 
 The paper compares the selectivity of trained networks only; watching it
 evolve during training is ours. The callback hooks the network while the

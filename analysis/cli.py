@@ -1,4 +1,4 @@
-"""``reaf-analysis``: class selectivity of one or two models (paper §IV-D, Figures 2-4).
+"""``reaf-analysis``: class selectivity of one or two models (paper §IV-E, Figures 2-4).
 
 Examples (``configs/analysis/figure*.yaml`` hold the paper's settings)::
 

@@ -1,4 +1,4 @@
-"""Class selectivity of a network's layers over a data set (paper §IV-D).
+"""Class selectivity of a network's layers over a data set (paper §IV-E).
 
 Forward hooks read the output of named modules (a ResNet stage ``layer1`` ..
 ``layer4`` or ``avgpool``, or any dotted name such as ``features.17`` of
@@ -41,7 +41,7 @@ __all__ = [
     "split_batch",
 ]
 
-#: The layers of the paper's Figures 2-4 (torchvision ResNet module names, paper §IV-D).
+#: The layers of the paper's Figures 2-4 (torchvision ResNet module names, paper §IV-E).
 DEFAULT_LAYERS: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4", "avgpool")
 #: Spatial reductions: ``mean`` = one unit per channel (the paper), ``none`` = every (c, h, w).
 REDUCTIONS: tuple[str, ...] = ("mean", "none")

@@ -1,4 +1,4 @@
-"""The networks to analyse (paper §IV-D, Figures 2-4), rebuilt from saved weights.
+"""The networks to analyse (paper §IV-E, Figures 2-4), rebuilt from saved weights.
 
 Three sources, one :class:`analysis.spec.ModelSpec` each:
 

@@ -1,7 +1,7 @@
 """Figures 2-4 of the paper: overlaid class-selectivity histograms, ready for print.
 
 The paper draws, per figure, the layer where the two networks' distributions
-separate most (§IV-D: layer1 for Figures 2-3, layer4 for Figure 4). We draw
+separate most (§IV-E: layer1 for Figures 2-3, layer4 for Figure 4). We draw
 one chosen layer at IEEE column width (3.5 in) or several layers side by side
 at page width (7.16 in), 8-pt text, shared axes, each model's median as a
 dashed line and the two-sample KS result written in every panel. PDFs embed

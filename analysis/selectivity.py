@@ -1,4 +1,4 @@
-"""The class selectivity index of hidden units (paper §IV-D, Figures 2-4).
+"""The class selectivity index of hidden units (paper §IV-E, Figures 2-4).
 
 The paper measures how strongly each channel of a layer responds to one class
 rather than to all classes. For every channel it takes the per-image spatial

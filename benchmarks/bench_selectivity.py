@@ -1,4 +1,4 @@
-"""Benchmark of the class-selectivity pass (paper §IV-D, Figures 2-4).
+"""Benchmark of the class-selectivity pass (paper §IV-E, Figures 2-4).
 
 Three questions, each answered against a baseline measured in the same run:
 

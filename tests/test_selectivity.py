@@ -1,4 +1,4 @@
-"""Tests of the class selectivity index (paper §IV-D) and its streaming computation."""
+"""Tests of the class selectivity index (paper §IV-E) and its streaming computation."""
 
 from __future__ import annotations
 
