@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
@@ -316,23 +317,23 @@ def _check_classes(label: str, net, num_classes: int | None) -> None:
 def _log_wandb(cfg: Namespace, paths, summary, ks, provenance: dict[str, dict[str, Any]]) -> None:
     """One W&B run recording the compared checkpoints, the figure and the tables.
 
-    The mode is decided by the same function as training's logger
-    (:func:`reaf_lightning.loggers.resolve_wandb_mode`): no credentials or no
-    network means an offline run. Its files go under ``output_dir``.
+    Started by the same function as training's logger
+    (:func:`reaf_lightning.loggers.start_wandb_run`): no credentials or no network
+    means an offline run, and an online start that fails goes offline. Its files go
+    under ``output_dir``.
     """
-    import wandb
+    from reaf_lightning.loggers import start_wandb_run
 
-    from reaf_lightning.loggers import resolve_wandb_mode
-
-    mode, reason = resolve_wandb_mode(cfg.wandb_mode)
-    if mode == "disabled":
+    if cfg.wandb_mode == "disabled":
         return
-    run = wandb.init(
-        project=cfg.wandb_project, name=cfg.stem, job_type="analysis", mode=mode,
+    run, mode = start_wandb_run(
+        cfg.wandb_mode, project=cfg.wandb_project, name=cfg.stem, job_type="analysis",
         dir=cfg.output_dir,
         config={"models": provenance, "layers": cfg.layers, "reduction": cfg.reduction,
                 "split": cfg.split, "data": _init_settings(cfg) or None},
     )  # fmt: skip
+    import wandb
+
     try:
         payload = {
             f"{cfg.stem}/figure": wandb.Image(str(paths["png"])),
@@ -344,7 +345,8 @@ def _log_wandb(cfg: Namespace, paths, summary, ks, provenance: dict[str, dict[st
     finally:
         run.finish()
     if mode == "offline":
-        print(f"W&B run saved offline ({reason or 'requested'}) under {cfg.output_dir}/wandb")
+        where = Path(run.dir).parent
+        print(f"W&B run saved offline under {where}; upload later with: wandb sync {where}")
 
 
 def _plain(table):
