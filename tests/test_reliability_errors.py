@@ -522,6 +522,8 @@ def test_a_worker_error_reaches_the_user_as_its_own_line(capsys):
 
     assert run_command("reaf-lightning", body) == 2
     assert capsys.readouterr().err == "reaf-lightning: error: sample 2 of /data/x is unreadable\n"
+
+
 def test_reaf_analysis_parse_errors_are_one_line(tmp_path, capsys):
     from analysis.cli import main as analysis_main
     from reaf_lightning.models import create_model

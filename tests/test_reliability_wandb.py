@@ -195,9 +195,9 @@ def test_no_network_and_no_credentials_means_offline_not_failure(tmp_path):
         assert proc.returncode == 0, f"{name}: {err[-3000:]}"
         reason = cases[name][1]
         assert "W&B logs offline (" in out + err and reason in out + err, name
-        (run_file,) = glob.glob(str(root / "wandb" / "offline-run-*" / "run-*.wandb"))
+        (run_file,) = glob.glob(str(_run_dir(root) / "wandb" / "offline-run-*" / "run-*.wandb"))
         summary = run_contents(run_file)["summary"]
-        ckpt = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+        ckpt = torch.load(_run_dir(root) / "checkpoints" / "last.ckpt", weights_only=True)
         (state,) = [v for v in ckpt["callbacks"].values() if "best_model_score" in v]
         assert summary["best/val/acc1"] == pytest.approx(float(state["best_model_score"]))
         assert summary["val/acc1"] == pytest.approx(float(state["best_model_score"]))  # 1 epoch
