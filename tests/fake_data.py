@@ -124,3 +124,14 @@ def write_corrupt_image(path: str | Path, payload: bytes = b"this is not an imag
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(payload)
     return path
+
+
+def folder_datamodule(root: str | Path, **kwargs):
+    """An ``ImageFolderDataModule`` sized for tests: 32 px, batches of 4, no workers or cache."""
+    from reaf_lightning.data import ImageFolderDataModule
+
+    kwargs.setdefault("image_size", 32)
+    kwargs.setdefault("batch_size", 4)
+    kwargs.setdefault("num_workers", 0)
+    kwargs.setdefault("verify_cache", None)
+    return ImageFolderDataModule(str(root), **kwargs)

@@ -11,26 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_data import write_image_folder
+from fake_data import folder_datamodule, write_image_folder
 from PIL import Image
 
 from reaf_lightning.data import (
     CorruptImageError,
     CorruptImageWarning,
     DatasetLayoutError,
-    ImageFolderDataModule,
     load_rgb,
     verify_images,
 )
-
-
-def _folder_dm(root, **kw):
-    kw.setdefault("image_size", 32)
-    kw.setdefault("batch_size", 4)
-    kw.setdefault("num_workers", 0)
-    kw.setdefault("verify_cache", None)
-    return ImageFolderDataModule(str(root), **kw)
-
 
 # ---------------------------------------------------------------------------------------------
 # Every PIL mode: correct 8-bit RGB, or refused naming the file and the mode
@@ -149,9 +139,9 @@ def _truncated_jpeg(tmp_path: Path) -> Path:
 def test_truncated_jpeg_is_refused_at_setup_in_error_mode(tmp_path):
     bad = _truncated_jpeg(tmp_path)
     with pytest.raises(CorruptImageError, match=r"^1 corrupt image\(s\) of 8 under") as err:
-        _folder_dm(tmp_path, on_corrupt="error").setup("fit")
+        folder_datamodule(tmp_path, on_corrupt="error").setup("fit")
     assert str(bad) in str(err.value) and "truncated" in str(err.value)
-    dm = _folder_dm(tmp_path)  # skip mode: the same file is skipped when drawn
+    dm = folder_datamodule(tmp_path)  # skip mode: the same file is skipped when drawn
     dm.setup("fit")
     with pytest.warns(CorruptImageWarning, match="b_1.jpg"):
         dm.train_dataset[[p for p, _ in dm.train_dataset.samples].index(str(bad))]
@@ -208,12 +198,12 @@ def test_unreadable_image_is_a_permission_problem_not_a_corrupt_image(world_read
     root = world_readable_tree
     locked = root / "train" / "b" / "b_0.png"
     locked.chmod(0o000)
-    kind, message = _unprivileged(lambda: _folder_dm(root, on_corrupt="error").setup("fit"))
+    kind, message = _unprivileged(lambda: folder_datamodule(root, on_corrupt="error").setup("fit"))
     assert kind == "DatasetPermissionError" and "permission denied" in message
     assert str(locked) in message and "corrupt" not in message
 
     def read_in_skip_mode() -> None:
-        dm = _folder_dm(root)
+        dm = folder_datamodule(root)
         dm.setup("fit")
         dm.train_dataset[[p for p, _ in dm.train_dataset.samples].index(str(locked))]
 
@@ -224,7 +214,7 @@ def test_unreadable_image_is_a_permission_problem_not_a_corrupt_image(world_read
 def test_unreadable_class_folder_is_one_line(world_readable_tree):
     root = world_readable_tree
     (root / "val" / "a").chmod(0o000)
-    kind, message = _unprivileged(lambda: _folder_dm(root).setup("fit"))
+    kind, message = _unprivileged(lambda: folder_datamodule(root).setup("fit"))
     assert kind == "DatasetPermissionError"
     assert message == f"cannot list folder '{root / 'val' / 'a'}': permission denied"
 
@@ -233,10 +223,10 @@ def test_symlink_loop_is_one_line(tmp_path):
     write_image_folder(tmp_path, classes=("a", "b"), n_per_class=1, size=16)
     (tmp_path / "train" / "a" / "again").symlink_to(tmp_path / "train")
     with pytest.raises(DatasetLayoutError, match="symlink loop") as err:
-        _folder_dm(tmp_path).setup("fit")
+        folder_datamodule(tmp_path).setup("fit")
     assert f"'{tmp_path / 'train' / 'a' / 'again'}' leads back" in str(err.value)
     assert "\n" not in str(err.value)
     (tmp_path / "train" / "a" / "again").unlink()
     (tmp_path / "train" / "a" / "self.png").symlink_to(tmp_path / "train" / "a" / "self.png")
     with pytest.raises(DatasetLayoutError, match="self.png': Too many levels of symbolic links"):
-        _folder_dm(tmp_path).setup("fit")
+        folder_datamodule(tmp_path).setup("fit")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from fake_data import write_corrupt_image, write_image_folder
+from fake_data import folder_datamodule, write_corrupt_image, write_image_folder
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -26,21 +26,12 @@ from reaf_lightning.data import (
     DatasetNotFoundError,
     DatasetPermissionError,
     ImageFileDataset,
-    ImageFolderDataModule,
     ImageNetDataModule,
     default_eval_resize,
     load_rgb,
     verify_images,
 )
 from reaf_lightning.errors import ConfigError, DataError
-
-
-def _folder_dm(root, **kw):
-    kw.setdefault("image_size", 32)
-    kw.setdefault("batch_size", 4)
-    kw.setdefault("num_workers", 0)
-    kw.setdefault("verify_cache", None)
-    return ImageFolderDataModule(str(root), **kw)
 
 
 def test_image_folder_labels_follow_torchvision_imagefolder(tmp_path):
@@ -50,7 +41,7 @@ def test_image_folder_labels_follow_torchvision_imagefolder(tmp_path):
     write_image_folder(tmp_path / "extra", classes=("deep",), n_per_class=2, splits=("x",))
     shutil.move(tmp_path / "extra" / "x" / "deep", tmp_path / "train" / "ant" / "deep")
     (tmp_path / "val" / "moth" / "linked").symlink_to(tmp_path / "train" / "ant" / "deep")
-    dm = _folder_dm(tmp_path)
+    dm = folder_datamodule(tmp_path)
     assert dm.num_classes == 3 and dm.classes == sorted(classes)
     dm.setup("fit")
     for split in ("train", "val"):
@@ -66,7 +57,7 @@ def test_image_folder_labels_follow_torchvision_imagefolder(tmp_path):
 
 def test_image_folder_eval_transform_is_resize_then_centre_crop(tmp_path):
     written = write_image_folder(tmp_path, classes=("a", "b"), n_per_class=1, size=(100, 80))
-    dm = _folder_dm(tmp_path, image_size=64, resize_size=72, mean=(0, 0, 0), std=(1, 1, 1))
+    dm = folder_datamodule(tmp_path, image_size=64, resize_size=72, mean=(0, 0, 0), std=(1, 1, 1))
     dm.setup("fit")
     path, label = written["val"][0]
     x, y = dm.val_dataset[0]
@@ -97,11 +88,11 @@ def test_imagenet_module_uses_paper_transforms_and_reads_jpeg(tmp_path):
 
 def test_image_folder_missing_root_and_split(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="does not exist") as err:
-        _folder_dm(tmp_path / "nope").setup("fit")
+        folder_datamodule(tmp_path / "nope").setup("fit")
     assert str(tmp_path / "nope") in str(err.value)
     write_image_folder(tmp_path / "d", splits=("train",))
     with pytest.raises(DatasetNotFoundError, match=str(tmp_path / "d" / "val")):
-        _ = _folder_dm(tmp_path / "d").num_classes
+        _ = folder_datamodule(tmp_path / "d").num_classes
 
 
 def test_image_folder_empty_class_folder_is_named(tmp_path):
@@ -110,7 +101,7 @@ def test_image_folder_empty_class_folder_is_named(tmp_path):
     (tmp_path / "train" / "c").mkdir()
     (tmp_path / "train" / "c" / "notes.txt").write_text("not an image")
     with pytest.raises(DatasetLayoutError, match="without any image") as err:
-        _folder_dm(tmp_path).setup("fit")
+        folder_datamodule(tmp_path).setup("fit")
     assert str(tmp_path / "train" / "c") in str(err.value)
     assert str(tmp_path / "val" / "c") in str(err.value)
 
@@ -119,7 +110,7 @@ def test_image_folder_mismatched_classes_are_named(tmp_path):
     write_image_folder(tmp_path, classes=("a", "b", "c"), splits=("train",), n_per_class=1)
     write_image_folder(tmp_path, classes=("a", "b", "d"), splits=("val",), n_per_class=1)
     with pytest.raises(DatasetLayoutError, match=r"only in train: \['c'\]; only in val: \['d'\]"):
-        _ = _folder_dm(tmp_path).num_classes
+        _ = folder_datamodule(tmp_path).num_classes
 
 
 def test_image_folder_flat_val_gets_a_hint(tmp_path):
@@ -127,7 +118,7 @@ def test_image_folder_flat_val_gets_a_hint(tmp_path):
     (tmp_path / "val").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
     with pytest.raises(DatasetLayoutError, match="1 loose images"):
-        _folder_dm(tmp_path).setup("fit")
+        folder_datamodule(tmp_path).setup("fit")
 
 
 def _write_with_corrupt(tmp_path):
@@ -139,7 +130,7 @@ def _write_with_corrupt(tmp_path):
 
 def test_corrupt_image_skipped_with_warning_naming_file_and_count(tmp_path):
     bad_train, _ = _write_with_corrupt(tmp_path)
-    dm = _folder_dm(tmp_path, resize_size=32)
+    dm = folder_datamodule(tmp_path, resize_size=32)
     dm.setup("fit")  # skip mode: no up-front verification, set-up succeeds
     ds = dm.train_dataset
     # replace the random training transform by the deterministic eval one for comparison
@@ -153,7 +144,7 @@ def test_corrupt_image_skipped_with_warning_naming_file_and_count(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same file warns only once
         ds[bad_index]
-    dm_val = _folder_dm(tmp_path, batch_size=5)
+    dm_val = folder_datamodule(tmp_path, batch_size=5)
     dm_val.setup("validate")
     with pytest.warns(CorruptImageWarning, match="b_5.JPEG.*1 unreadable"):
         ((x, y),) = list(dm_val.val_dataloader())
@@ -164,14 +155,14 @@ def test_corrupt_image_skipped_with_warning_naming_file_and_count(tmp_path):
 def test_corrupt_image_error_mode_refuses_at_setup_naming_every_file(tmp_path):
     bad_train, bad_val = _write_with_corrupt(tmp_path)
     cache = tmp_path / "cache.json"
-    dm = _folder_dm(tmp_path, on_corrupt="error", verify_cache=str(cache))
+    dm = folder_datamodule(tmp_path, on_corrupt="error", verify_cache=str(cache))
     with pytest.raises(CorruptImageError, match="2 corrupt image") as err:
         dm.setup("fit")
     assert str(bad_train) in str(err.value) and str(bad_val) in str(err.value)
     # after removing them, set-up passes and the cache remembers the good files
     bad_train.unlink()
     bad_val.unlink()
-    _folder_dm(tmp_path, on_corrupt="error", verify_cache=str(cache)).setup("fit")
+    folder_datamodule(tmp_path, on_corrupt="error", verify_cache=str(cache)).setup("fit")
     assert len(json.loads(cache.read_text())["ok"]) == 8
 
 
@@ -190,7 +181,7 @@ def test_verify_cache_skips_unchanged_files_and_rechecks_changed_ones(tmp_path):
 def test_scale_jitter_resizes_the_shorter_side_within_the_range_then_crops(tmp_path):
     write_image_folder(tmp_path, classes=("a",), n_per_class=1, size=(20, 16), splits=("train",))
     write_image_folder(tmp_path, classes=("a",), n_per_class=1, size=(20, 16), splits=("val",))
-    dm = _folder_dm(
+    dm = folder_datamodule(
         tmp_path, image_size=8, augmentation="scale_jitter", scale_jitter_range=(8, 12),
         mean=(0, 0, 0), std=(1, 1, 1),
     )  # fmt: skip
@@ -210,12 +201,14 @@ def test_scale_jitter_resizes_the_shorter_side_within_the_range_then_crops(tmp_p
         sides += [s for s, w in windows.items() if (w == pixels).flatten(1).all(1).any()]
     assert len(sides) == 40 and set(sides) == set(range(8, 13))  # both ends inclusive
     with pytest.raises(ConfigError, match="scale_jitter_range"):
-        _folder_dm(tmp_path, image_size=16, augmentation="scale_jitter", scale_jitter_range=(8, 12))
+        folder_datamodule(
+            tmp_path, image_size=16, augmentation="scale_jitter", scale_jitter_range=(8, 12)
+        )
 
 
 def test_predict_samples_name_every_prediction_in_loader_order(tmp_path):
     write_image_folder(tmp_path, classes=("b", "a", "c"), n_per_class=3, size=16)
-    dm = _folder_dm(tmp_path, batch_size=4)
+    dm = folder_datamodule(tmp_path, batch_size=4)
     dm.setup("predict")
     reference = torchvision.datasets.ImageFolder(str(tmp_path / "val")).samples
     assert dm.predict_dataset.samples == [(p, y) for p, y in reference]
@@ -239,7 +232,7 @@ def test_data_errors_keep_their_type_across_dataloader_workers(tmp_path):
 
 def test_settings_are_saved_in_the_checkpoint(tmp_path):
     write_image_folder(tmp_path / "data", classes=("a", "b"), n_per_class=2, size=16)
-    dm = _folder_dm(tmp_path / "data", image_size=8, mean=(0.1, 0.2, 0.3), resize_size=10)
+    dm = folder_datamodule(tmp_path / "data", image_size=8, mean=(0.1, 0.2, 0.3), resize_size=10)
 
     class Linear(pl.LightningModule):
         def __init__(self) -> None:
