@@ -13,7 +13,6 @@ torch and the models are imported only once the arguments are valid, so
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -258,8 +257,8 @@ def _table(cfg: Any) -> None:
         print(f"wrote {cfg.csv}")
 
 
-def main(args: list[str] | None = None) -> int:
-    """Entry point of ``reaf-zoo``; returns the exit status."""
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``reaf-zoo``: exits with the status of :mod:`reaf_lightning.errors`."""
 
     def body() -> None:
         parser = build_parser()
@@ -272,8 +271,8 @@ def main(args: list[str] | None = None) -> int:
         else:
             _table(cfg)
 
-    return run_command("reaf-zoo", body)
+    raise SystemExit(run_command("reaf-zoo", body))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

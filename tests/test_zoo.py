@@ -12,6 +12,14 @@ from reaf_lightning.models.paper import paper_rows
 from reaf_lightning.models.width_solver import model_cost, solve_width
 from reaf_lightning.zoo import main, zoo_table
 
+
+def _exit_status(args: list[str]) -> int:
+    """``reaf-zoo ARGS`` in this process: the status it exits with."""
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    return done.value.code
+
+
 # Rows where no network matches the paper's parameter count within 1 %, with the
 # tolerance we accept; each is explained in docs/paper_inconsistencies.md.
 PARAMS_EXCEPTIONS = {
@@ -142,7 +150,7 @@ def test_solver_is_optimal_on_its_grid() -> None:
 
 def test_reaf_zoo_csv_columns_and_values(tmp_path, capsys) -> None:
     out = tmp_path / "sub" / "zoo.csv"
-    assert main(["--table", "table3", "--csv", str(out)]) == 0
+    assert _exit_status(["--table", "table3", "--csv", str(out)]) == 0
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0])[: len(CSV_COLUMNS)] == CSV_COLUMNS
@@ -172,7 +180,7 @@ def test_reaf_zoo_csv_columns_and_values(tmp_path, capsys) -> None:
 
 def test_reaf_zoo_table7_gflops_and_empty_cells(tmp_path) -> None:
     out = tmp_path / "t7.csv"
-    assert main(["--table", "table7", "--csv", str(out)]) == 0
+    assert _exit_status(["--table", "table7", "--csv", str(out)]) == 0
     rows = {r["row"]: r for r in csv.DictReader(out.open())}
     assert float(rows["cifar100_mobilenet_v2"]["paper_gflops"]) == pytest.approx(67.59e-3)
     assert rows["cifar100_mobilenet_v2"]["width"] == rows["cifar100_mobilenet_v2"]["reaf"] == ""
@@ -180,15 +188,15 @@ def test_reaf_zoo_table7_gflops_and_empty_cells(tmp_path) -> None:
 
 
 def test_reaf_zoo_cli_errors(tmp_path, capsys) -> None:
-    assert main(["--table", "table9"]) == 2
+    assert _exit_status(["--table", "table9"]) == 2
     assert "unknown table 'table9'; valid: table1" in capsys.readouterr().err
-    assert main(["solve", "--reaf", "4-3-5"]) == 2
+    assert _exit_status(["solve", "--reaf", "4-3-5"]) == 2
     assert "G_O must be C(4, 3) = 4" in capsys.readouterr().err
-    assert main(["solve", "--reaf", "8-4-70", "--free_out_width", "true"]) == 0
+    assert _exit_status(["solve", "--reaf", "8-4-70", "--free_out_width", "true"]) == 0
     assert "width (C) = 88, out_width (C') = 70" in capsys.readouterr().out
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(["--table", "table4", "--csv", str(blocker / "out.csv")]) == 2
+    assert _exit_status(["--table", "table4", "--csv", str(blocker / "out.csv")]) == 2
     err = capsys.readouterr()
     assert "reaf-zoo: error: --csv directory" in err.err and err.out == ""  # before any work
 
