@@ -19,7 +19,7 @@ b. training step (forward, loss, backward, SGD) of REAF-ResNet50 4-3-4, 8-4-70 a
    ImageNet 224x224 batch 64; images/s, ratio, and the share of the step in REAF convs.
 c. the strategy ``auto`` picks on every REAF layer shape, its time against every
    strategy and against the fixed fallback rule (which decides the CUDA rule).
-d. the device-resident CIFAR loader against the DataLoader, images/s, and the share
+d. on-device CIFAR augmentation (``gpu_augment``) against the DataLoader, images/s, and the share
    of a CIFAR training step (batch 256, 4-3-4) that loading would take.
 """
 
