@@ -39,7 +39,6 @@ from reaf_lightning.errors import NumericalError
 from reaf_lightning.loggers import provenance
 from reaf_lightning.models.complexity import network_complexity
 from reaf_lightning.predictions import PredictionWriter
-from reaf_lightning.report.record import MetricsFile
 
 __all__ = [
     "EveryEpochLastCheckpoint",
@@ -316,6 +315,8 @@ def standard_callbacks() -> list[Callback]:
     ``reaf-lightning`` passes them as LightningCLI ``trainer_defaults``, which
     Lightning appends to the configured ``trainer.callbacks``.
     """
+    from reaf_lightning.report.record import MetricsFile  # it reads LogComplexity's counts
+
     return [
         PreemptionCheckpoint(),
         NonFiniteLossPolicy(),

@@ -34,9 +34,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
+from reaf_lightning.callbacks import LogComplexity
 from reaf_lightning.errors import ConfigError
 from reaf_lightning.io import atomic_outputs
-from reaf_lightning.models.complexity import network_complexity
 
 __all__ = ["FILENAME", "MetricsFile", "Run", "experiment_of", "find_runs"]
 
@@ -70,49 +70,18 @@ class MetricsFile(Callback):
     come from different epochs). Best and final are kept in the checkpoint
     (:meth:`state_dict`), so a fit resumed with ``--ckpt_path last`` still
     knows the epochs before the interruption (and a finished run resumed
-    again, as a requeued job would, writes the same file). ``params_m`` and ``gmacs`` come
-    from :func:`~reaf_lightning.models.complexity.network_complexity` for the image size actually
-    fed, the seed from Lightning's ``PL_GLOBAL_SEED``. Only global rank 0
-    writes, through :func:`reaf_lightning.io.atomic_outputs`, so the file is
-    never half-written.
+    again, as a requeued job would, writes the same file). ``params_m`` and ``gmacs`` are
+    the counts :class:`~reaf_lightning.callbacks.LogComplexity` made for the image size
+    actually fed (every ``reaf-lightning`` run has both callbacks; without it they are left
+    out rather than counted a second time), the seed from Lightning's
+    ``PL_GLOBAL_SEED``. Only global rank 0 writes, through
+    :func:`reaf_lightning.io.atomic_outputs`, so the file is never half-written.
     """
 
     def __init__(self) -> None:
         self._best: dict[str, float] = {}
         self._final: dict[str, float] = {}
         self._epoch: int | None = None
-        self._input_size: tuple[int, ...] | None = None
-
-    # -- what to remember ----------------------------------------------------------------------
-    def _remember_input(self, batch: Any) -> None:
-        if self._input_size is None:
-            images = batch[0] if isinstance(batch, (tuple, list)) else batch
-            self._input_size = tuple(images.shape[1:])
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        self._remember_input(batch)
-
-    def on_validation_batch_start(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._remember_input(batch)
-
-    def on_test_batch_start(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._remember_input(batch)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": dict(self._best), "final": dict(self._final), "epoch": self._epoch}
@@ -154,16 +123,13 @@ class MetricsFile(Callback):
             seed = os.environ.get("PL_GLOBAL_SEED")
             record["seed"] = int(seed) if seed is not None else None
         record["arch"] = getattr(pl_module, "hparams", {}).get("arch")
-        hparams = getattr(pl_module, "hparams", {})
-        if "arch" in hparams and self._input_size is not None:
-            counts = network_complexity(
-                hparams["arch"],
-                hparams.get("arch_kwargs"),
-                hparams["num_classes"],
-                self._input_size,
-            )
-            record["params_m"] = counts["complexity/params"] / 1e6
-            record["gmacs"] = counts["complexity/macs"] / 1e9
+        counted = next(
+            (c.values for c in trainer.callbacks if isinstance(c, LogComplexity) and c.values),
+            None,
+        )
+        if counted is not None:
+            record["params_m"] = counted["complexity/params"] / 1e6
+            record["gmacs"] = counted["complexity/macs"] / 1e9
         record[stage] = content
         with atomic_outputs([path]) as (temp,):
             temp.write_text(json.dumps(record, indent=1) + "\n")
