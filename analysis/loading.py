@@ -188,15 +188,10 @@ def _from_lightning_checkpoint(spec: ModelSpec, weights_only: bool) -> LoadedMod
     """
     from torch import nn
 
-    from reaf_lightning.io import load_checkpoint
+    from reaf_lightning.checkpointing import read_lightning_checkpoint
 
     path = Path(str(spec.checkpoint))
-    content = load_checkpoint(path, weights_only=weights_only)
-    if not isinstance(content, Mapping) or "state_dict" not in content:
-        raise CheckpointError(
-            f"incompatible checkpoint {path}: not a Lightning checkpoint (no 'state_dict'); "
-            "for a bare state_dict use arch + state_dict"
-        )
+    content = read_lightning_checkpoint(path, weights_only=weights_only)
     hparams = content.get("hyper_parameters")
     if not isinstance(hparams, Mapping):
         raise CheckpointError(
