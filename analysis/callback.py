@@ -5,13 +5,13 @@ evolve during training is ours. The callback hooks the network while the
 validation loop runs, so it costs no extra forward pass: every ``N`` epochs it
 sums the hooked layers' outputs per class over (the first ``max_batches``
 batches of) the validation set, computes the index per channel
-(:mod:`analysis.selectivity`), logs per-layer mean and median (every logger),
+(:mod:`reaf_lightning.analysis.selectivity`), logs per-layer mean and median (every logger),
 W&B histograms (W&B loggers), and appends the values to ``selectivity.csv``
 in the run directory (``trainer.default_root_dir``).
 
 Under DDP each process sums its shard, the sums are all-reduced and the
 ``DistributedSampler``'s padding samples are not counted, so the result is the
-single-process one (:mod:`analysis.streaming`).
+single-process one (:mod:`reaf_lightning.analysis.streaming`).
 
 Turn it on for any paper row by adding a config file::
 

@@ -3,9 +3,9 @@
 Forward hooks read the output of named modules (a ResNet stage ``layer1`` ..
 ``layer4`` or ``avgpool``, or any dotted name such as ``features.17`` of
 MobileNetV2), reduce it per sample (the spatial mean per channel, as the paper
-does), and :class:`analysis.streaming.ClassSums` adds it up per class.
+does), and :class:`reaf_lightning.analysis.streaming.ClassSums` adds it up per class.
 :func:`compute_selectivity` is the one-call entry point; the Lightning callback
-(:mod:`analysis.callback`) uses the same :class:`LayerCapture` inside the
+(:mod:`reaf_lightning.analysis.callback`) uses the same :class:`LayerCapture` inside the
 validation loop.
 
 Choices that are ours (the paper is silent):
@@ -186,7 +186,7 @@ def compute_class_means(
             mode under ``torch.no_grad`` (modes are restored afterwards).
         dataloader: Yields ``(images, labels, ...)`` batches. If it is a
             ``DataLoader`` with a ``DistributedSampler``, the sampler's
-            repeated padding samples are not counted (:mod:`analysis.streaming`).
+            repeated padding samples are not counted (:mod:`reaf_lightning.analysis.streaming`).
         layers: Module names to analyse; default :data:`DEFAULT_LAYERS`.
         num_classes: Number of classes; ``None`` infers it from the largest
             label seen (across ranks when synchronising).

@@ -1,6 +1,6 @@
 """The networks to analyse (paper §IV-E, Figures 2-4), rebuilt from saved weights.
 
-Three sources, one :class:`analysis.spec.ModelSpec` each:
+Three sources, one :class:`reaf_lightning.analysis.spec.ModelSpec` each:
 
 * a Lightning checkpoint of :class:`reaf_lightning.module.ImageClassifier`
   (``checkpoint``): the network is rebuilt from the saved hyperparameters, and

@@ -103,7 +103,7 @@ def choose_panels(
         plot_layers: ``"all"`` (every layer, duplicates once),
             ``"most_separated"`` (the layer with the largest KS statistic, as
             the paper chooses) or layer names (drawn as asked).
-        ks: Per-layer KS tests (:func:`analysis.stats.ks_tests`), for two models.
+        ks: Per-layer KS tests (:func:`reaf_lightning.analysis.stats.ks_tests`), for two models.
 
     Raises:
         ConfigError: an unknown layer, or ``most_separated`` with one model.
@@ -144,7 +144,7 @@ def plot_selectivity(
     """Overlaid density histograms of every model's SI, one panel per layer.
 
     Args:
-        frame: Long-form SI table as from :func:`analysis.stats.selectivity_frame`.
+        frame: Long-form SI table as from :func:`reaf_lightning.analysis.stats.selectivity_frame`.
         layers: Panels to draw, in order; default every layer of ``frame``.
         ks: Per-layer KS tests; when given, each panel shows D and p.
         width: ``"column"`` (3.5 in), ``"page"`` (7.16 in) or ``"auto"``
@@ -243,10 +243,10 @@ def save_selectivity_outputs(
 
     Args:
         frame: Long-form SI table (``layer``, ``unit``, ``model``, ``si``).
-        summary: Per layer and model statistics (:func:`analysis.stats.summarize`).
+        summary: Per layer and model statistics (:func:`reaf_lightning.analysis.stats.summarize`).
         output_dir: Destination directory (created if missing).
         stem: Common file-name prefix.
-        ks: Optional per-layer KS tests (:func:`analysis.stats.ks_tests`).
+        ks: Optional per-layer KS tests (:func:`reaf_lightning.analysis.stats.ks_tests`).
         title: Optional figure title.
         layers: Panels to draw (see :func:`plot_selectivity`).
         width: Figure width (see :func:`plot_selectivity`).

@@ -12,8 +12,8 @@ We add ``EPS`` to the denominator (ours: the paper's formula is 0/0 for a
 channel that never fires; with it such a channel gets SI 0).
 
 This module is only the maths, from per-class sums to SI. It imports neither
-Lightning nor seaborn; :mod:`analysis.hooks` streams a data set through a
-network to collect the sums, :mod:`analysis.streaming` adds them up across
+Lightning nor seaborn; :mod:`reaf_lightning.analysis.hooks` streams a data set through a
+network to collect the sums, :mod:`reaf_lightning.analysis.streaming` adds them up across
 batches and processes.
 """
 

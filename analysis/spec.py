@@ -1,6 +1,6 @@
 """What ``reaf-analysis`` is told about one model: its weight source and its label.
 
-Kept apart from :mod:`analysis.loading` so that building the command's parser
+Kept apart from :mod:`reaf_lightning.analysis.loading` so that building the command's parser
 (which reads this dataclass's fields and docstring) imports no torch.
 """
 

@@ -2,7 +2,7 @@
 
 Three questions, each answered against a baseline measured in the same run:
 
-1. Throughput: images/s of :func:`analysis.selectivity.compute_selectivity`
+1. Throughput: images/s of :func:`reaf_lightning.analysis.selectivity.compute_selectivity`
    versus plain inference (``model(x)`` under ``no_grad``) on the same model
    and the same pre-collated batches. The two are interleaved (plain,
    selectivity, plain, ...) so drifts of a shared machine hit both, and the
@@ -13,7 +13,7 @@ Three questions, each answered against a baseline measured in the same run:
    fresh subprocess that reports its peak RSS growth during the pass (the data
    set synthesises images on the fly, so it does not grow with N either).
 3. Callback cost: wall time of ``Trainer.validate`` with
-   :class:`analysis.callback.SelectivityCallback` (all batches, the paper's
+   :class:`reaf_lightning.analysis.callback.SelectivityCallback` (all batches, the paper's
    five layers) versus the same validation epoch without it, interleaved,
    median over repeats. The callback adds hooks and ``index_add_`` to the
    validation forward passes, no extra pass.
@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.hooks import compute_selectivity  # noqa: E402
+from reaf_lightning.analysis.hooks import compute_selectivity  # noqa: E402
 from reaf_lightning.models import create_model  # noqa: E402
 
 
@@ -106,7 +106,7 @@ def callback_cost(args: argparse.Namespace, device: torch.device) -> dict[str, f
     """Interleaved ``Trainer.validate`` with and without the callback; median seconds."""
     import lightning.pytorch as pl
 
-    from analysis.callback import SelectivityCallback
+    from reaf_lightning.analysis.callback import SelectivityCallback
     from reaf_lightning.module import ImageClassifier
 
     arch_kwargs = {"stem": args.stem} if args.stem else {}

@@ -1,4 +1,4 @@
-"""Fault injection for the reliability tests (tests/test_reliability_*.py).
+"""Fault injection for the reliability tests (the real-process tests under tests/).
 
 Callbacks that the tests put into real ``reaf-lightning`` runs by class path
 (``--trainer.callbacks+=reliability_helpers.PauseAt``), so that a fault hits a

@@ -22,7 +22,7 @@ import yaml
 from reaf_lightning.cli import run
 from reaf_lightning.models.paper import paper_rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "slurm" / "reaf_array.sh"
 SWEEPS = REPO / "configs" / "sweeps"
 

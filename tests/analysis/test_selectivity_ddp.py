@@ -18,8 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from analysis.callback import SelectivityCallback
-from analysis.hooks import compute_class_means, compute_selectivity
+from reaf_lightning.analysis.callback import SelectivityCallback
+from reaf_lightning.analysis.hooks import compute_class_means, compute_selectivity
 from reaf_lightning.models import create_model
 from reaf_lightning.module import ImageClassifier
 

@@ -36,7 +36,7 @@ from wandb_records import run_contents
 from reaf_lightning.cli import main
 from reaf_lightning.loggers import WandbLogger, recorded_run_id
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 
 

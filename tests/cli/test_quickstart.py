@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: the console scripts, as modules (they need not be installed for the test)
 MODULES = {
     "reaf-lightning": "reaf_lightning.cli",
-    "reaf-analysis": "analysis.cli",
+    "reaf-analysis": "reaf_lightning.analysis.cli",
     "reaf-report": "reaf_lightning.report.cli",
 }
 

@@ -525,7 +525,7 @@ def test_a_worker_error_reaches_the_user_as_its_own_line(capsys):
 
 
 def test_reaf_analysis_parse_errors_are_one_line(tmp_path, capsys):
-    from analysis.cli import main as analysis_main
+    from reaf_lightning.analysis.cli import main as analysis_main
     from reaf_lightning.models import create_model
 
     torch.save(create_model("test_resnet", num_classes=10).state_dict(), tmp_path / "a.pt")

@@ -41,7 +41,7 @@ from reaf_lightning import ImageClassifier
 from reaf_lightning.cli import run
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 METRICS = ("val/loss", "val/acc1", "val/acc5", "val/err1", "val/err5", "train/acc1")
 
 

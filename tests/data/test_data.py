@@ -385,7 +385,7 @@ def test_device_augmentation_on_cuda_matches_cpu_reference():
 def test_benchmark_script_runs(capsys):
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cifar_loader.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cifar_loader.py"
     spec = importlib.util.spec_from_file_location("bench_cifar_loader", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -19,15 +19,15 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis.cli import build_parser, main
-from analysis.hooks import DEFAULT_LAYERS, compute_selectivity
-from analysis.loading import load_model
-from analysis.spec import ModelSpec
+from reaf_lightning.analysis.cli import build_parser, main
+from reaf_lightning.analysis.hooks import DEFAULT_LAYERS, compute_selectivity
+from reaf_lightning.analysis.loading import load_model
+from reaf_lightning.analysis.spec import ModelSpec
 from reaf_lightning.data import DigitsDataModule
 from reaf_lightning.errors import CheckpointError
 from reaf_lightning.models import create_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 16
 DRAWN = ["layer1", "layer2", "layer3", "layer4"]  # avgpool repeats layer4: drawn once
 
@@ -297,7 +297,7 @@ def test_wandb_without_credentials_logs_offline_into_output_dir(
 
 def test_help_and_argument_errors_import_no_torch():
     code = (
-        "import sys\nfrom analysis.cli import main\n"
+        "import sys\nfrom reaf_lightning.analysis.cli import main\n"
         "for args in (['--help'], ['--reduction', 'max', '--output_dir', 'x']):\n"
         "    try:\n        main(args)\n    except SystemExit as e:\n        print('exit', e.code)\n"
         "print('heavy', sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"

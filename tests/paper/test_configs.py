@@ -28,7 +28,7 @@ from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_parameters
 from reaf_lightning.models.paper import PaperRow, paper_rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA_CLASSES = {
     "cifar100": "reaf_lightning.data.CIFAR100DataModule",
     "imagenet": "reaf_lightning.data.ImageNetDataModule",

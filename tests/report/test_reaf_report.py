@@ -31,7 +31,7 @@ from reaf_lightning.models.paper import paper_rows
 from reaf_lightning.report.cli import main as report_main
 from reaf_lightning.report.record import experiment_of
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 PLAIN, REAF = "table3/resnet50", "table3/reaf_resnet50_c72_72_4-3-4"
 SEEDS = {PLAIN: (0, 1, 2), REAF: (0, 1)}

@@ -2,7 +2,7 @@
 
 One tiny REAF network is trained for two epochs (one batch each) per session;
 the callback's CSV, logged metrics and W&B histograms are compared with
-:func:`analysis.hooks.compute_selectivity` run by hand on the trained network.
+:func:`reaf_lightning.analysis.hooks.compute_selectivity` run by hand on the trained network.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.callback import SelectivityCallback
-from analysis.hooks import compute_selectivity
+from reaf_lightning.analysis.callback import SelectivityCallback
+from reaf_lightning.analysis.hooks import compute_selectivity
 from reaf_lightning.data import DigitsDataModule
 from reaf_lightning.errors import ConfigError
 from reaf_lightning.module import ImageClassifier
@@ -142,7 +142,7 @@ def test_paper_row_switch_config_builds_the_callback():
 
     from reaf_lightning.io import read_yaml
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     config = read_yaml(repo / "configs" / "callbacks" / "selectivity.yaml")
     (entry,) = config["trainer"]["callbacks"]
     parser = ArgumentParser()

@@ -27,7 +27,7 @@ from reaf_lightning.checkpointing import AtomicCheckpointIO, read_lightning_chec
 from reaf_lightning.cli import run
 from reaf_lightning.errors import OutputError
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 EPOCHS, BATCHES = 3, 4  # the tiny run: 3 epochs of 4 optimizer steps
 
 
@@ -312,8 +312,8 @@ def test_analysis_outputs_are_all_or_nothing(tmp_path, monkeypatch):
     """A crash while ``reaf-analysis`` writes its last table leaves the previous results."""
     import pandas as pd
 
-    from analysis.plots import save_selectivity_outputs
-    from analysis.stats import selectivity_frame, summarize
+    from reaf_lightning.analysis.plots import save_selectivity_outputs
+    from reaf_lightning.analysis.stats import selectivity_frame, summarize
 
     def frame(seed: int) -> pd.DataFrame:
         g = torch.Generator().manual_seed(seed)

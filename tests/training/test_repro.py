@@ -20,7 +20,7 @@ import torch
 import yaml
 from reliability_helpers import one_thread  # noqa: F401 (fixture)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 
 

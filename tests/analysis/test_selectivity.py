@@ -7,12 +7,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from analysis.hooks import (
+from reaf_lightning.analysis.hooks import (
     DEFAULT_LAYERS,
     compute_class_means,
     compute_selectivity,
 )
-from analysis.selectivity import class_selectivity
+from reaf_lightning.analysis.selectivity import class_selectivity
 from reaf_lightning.models import create_model
 
 # ----------------------------------------------------------------------------- pure maths
