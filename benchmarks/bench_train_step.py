@@ -34,7 +34,7 @@ from _timing import machine_description, synchronize  # noqa: E402
 
 from reaf_lightning.layers import parse_reaf  # noqa: E402
 from reaf_lightning.models import create_model  # noqa: E402
-from reaf_lightning.models.paper import paper_rows  # noqa: E402
+from reaf_lightning.paper.tables import paper_rows  # noqa: E402
 
 
 def make_step(

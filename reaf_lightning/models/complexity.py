@@ -4,18 +4,20 @@ MACs are counted for convolutions and linear layers only, at their *useful*
 (compact) size: a REAF conv counts ``C_out * G_M * A_in * k * k`` MACs per output
 position (paper Eq. 6) whatever strategy executes it, because that is the model's
 cost, not an artefact of an execution strategy. BatchNorm, activations, pooling
-and additions are not counted. The paper does not define its GFLOPs: its
-ResNet baselines equal MACs with the stride on the first 1x1 conv (ResNet50:
-3.86 G on ImageNet, 1.22 G on CIFAR-100), while our networks put it on the
-3x3 conv as torchvision does (4.09 G, 1.30 G); the ratios of its REAF rows to
-their baselines follow ours, so compare ratios (``docs/paper_vs_ours.md``).
+and additions are not counted. The paper does not define its GFLOPs; its
+ImageNet numbers are these MACs (one multiply-accumulate = one "FLOP") of
+the network in the layout each row uses (``stride_on``, see
+``docs/paper_inconsistencies.md``), e.g. ResNet50 3.858 G with the stride on
+the first 1x1 conv against the paper's 3.86.
 
-Counting runs one forward pass of a single image with forward hooks; building
-the model under ``torch.device("meta")`` makes this free of real compute.
+Counting runs one forward pass of a single image with forward hooks;
+:func:`network_cost` builds the network under ``torch.device("meta")`` first,
+which makes this free of real compute. It is the one place that does.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +25,14 @@ from torch import Tensor, nn
 
 from reaf_lightning.layers import REAFConv2d, REAFPlusConv2d
 
-__all__ = ["count_macs", "count_parameters", "layer_macs", "network_complexity"]
+__all__ = [
+    "NetworkCost",
+    "count_macs",
+    "count_parameters",
+    "layer_macs",
+    "network_complexity",
+    "network_cost",
+]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -82,23 +91,68 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
     return total
 
 
-def network_complexity(
-    arch: str, arch_kwargs: dict[str, Any] | None, num_classes: int, input_size: tuple[int, ...]
-) -> dict[str, Any]:
-    """#params and multiply-accumulates of a registry network for one image of ``input_size``.
+@dataclass(frozen=True)
+class NetworkCost:
+    """What a registry network costs for one image, and the architecture it resolved to.
 
-    Counted on a copy built on the ``meta`` device: no compute, no memory, and
-    the trained network (and its BatchNorm statistics) stays untouched.
+    Attributes:
+        params: parameter elements.
+        macs: multiply-accumulates of one forward pass of one image.
+        input_size: the image's ``(channels, height, width)``.
+        architecture: the built network's resolved settings (``width``, ``out_width``,
+            ``groups``, ``reaf``, ``reaf_convs``, ``reaf_plus_groups``, ``stride_on``) where
+            it has them, so a caller can report what a name and its defaults became.
+    """
+
+    params: int
+    macs: int
+    input_size: tuple[int, ...]
+    architecture: dict[str, Any]
+
+
+_ARCHITECTURE = (
+    "width",
+    "out_width",
+    "groups",
+    "reaf",
+    "reaf_convs",
+    "reaf_plus_groups",
+    "stride_on",
+)
+
+
+def network_cost(
+    arch: str, arch_kwargs: dict[str, Any] | None, input_size: tuple[int, ...]
+) -> NetworkCost:
+    """Build registry network ``arch`` on the ``meta`` device and count it: the one place.
+
+    The ``meta`` device holds shapes only: no compute, no memory, and a trained
+    network (and its BatchNorm statistics) stays untouched. ``reaf-zoo``, the
+    width solver, the run's complexity record and ``reaf-report`` all count here.
+
+    Args:
+        arch: a registry name (:func:`~reaf_lightning.models.list_models`).
+        arch_kwargs: its ``create_model`` arguments (``num_classes``, ``stem``, ...).
+        input_size: one image's ``(channels, height, width)``.
     """
     from reaf_lightning.models.registry import create_model
 
     with torch.device("meta"):
-        net = create_model(arch, num_classes=num_classes, **(arch_kwargs or {}))
-    params, macs = count_parameters(net), count_macs(net, tuple(input_size))
+        net = create_model(arch, **(arch_kwargs or {}))
+    architecture = {name: getattr(net, name) for name in _ARCHITECTURE if hasattr(net, name)}
+    size = tuple(input_size)
+    return NetworkCost(count_parameters(net), count_macs(net, size), size, architecture)
+
+
+def network_complexity(
+    arch: str, arch_kwargs: dict[str, Any] | None, num_classes: int, input_size: tuple[int, ...]
+) -> dict[str, Any]:
+    """#params and multiply-accumulates of a registry network, as a run records them."""
+    cost = network_cost(arch, {**(arch_kwargs or {}), "num_classes": num_classes}, input_size)
     return {
-        "complexity/params": params,
-        "complexity/params_M": params / 1e6,
-        "complexity/macs": macs,
-        "complexity/gmacs": macs / 1e9,
-        "complexity/input_size": list(input_size),
+        "complexity/params": cost.params,
+        "complexity/params_M": cost.params / 1e6,
+        "complexity/macs": cost.macs,
+        "complexity/gmacs": cost.macs / 1e9,
+        "complexity/input_size": list(cost.input_size),
     }

@@ -33,6 +33,7 @@ __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
 
 Stem = Literal["cifar", "imagenet"]
 REAFConvs = Literal["middle", "all"]
+StrideOn = Literal["1x1", "3x3"]
 
 
 class BasicBlock(nn.Module):
@@ -53,8 +54,14 @@ class BasicBlock(nn.Module):
         group_convs: REAFConvs = "middle",
         reaf_plus_groups: int | None = None,
         impl: str = "auto",
+        stride_on: StrideOn = "3x3",
     ) -> None:
         super().__init__()
+        if stride_on != "3x3":
+            raise ValueError(
+                f"stride_on={stride_on!r}: a BasicBlock has no 1x1 conv, its stride is on the "
+                "first 3x3; stride_on='1x1' is a bottleneck layout (ResNet50 and up)"
+            )
         if groups != 1 or reaf_plus_groups or out_width != width:
             raise ValueError(
                 "BasicBlock supports neither groups, REAF+ nor out_width != width "
@@ -94,15 +101,19 @@ class Bottleneck(nn.Module):
         group_convs: REAFConvs = "middle",
         reaf_plus_groups: int | None = None,
         impl: str = "auto",
+        stride_on: StrideOn = "3x3",
     ) -> None:
         super().__init__()
+        stride_1x1, stride_3x3 = (stride, 1) if stride_on == "1x1" else (1, stride)
         outer_reaf = reaf if reaf_convs == "all" else None
         outer_groups = groups if group_convs == "all" else 1
         self.conv1 = create_conv2d(
-            in_channels, width, 1, groups=outer_groups, reaf=outer_reaf, impl=impl
+            in_channels, width, 1, stride_1x1, groups=outer_groups, reaf=outer_reaf, impl=impl
         )
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = create_conv2d(width, out_width, 3, stride, groups=groups, reaf=reaf, impl=impl)
+        self.conv2 = create_conv2d(
+            width, out_width, 3, stride_3x3, groups=groups, reaf=reaf, impl=impl
+        )
         self.reaf_plus = bool(reaf_plus_groups)
         if self.reaf_plus:
             if outer_reaf is not None or outer_groups != 1:
@@ -178,6 +189,7 @@ class ResNet(nn.Module):
         impl: str = "auto",
         base_channels: int = 64,
         zero_init_residual: bool = False,
+        stride_on: StrideOn = "3x3",
     ) -> None:
         super().__init__()
         blocks = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -185,6 +197,8 @@ class ResNet(nn.Module):
             raise ValueError(f"block={block!r} must be one of {sorted(blocks)}")
         if stem not in ("cifar", "imagenet"):
             raise ValueError(f"stem={stem!r} must be 'cifar' or 'imagenet'")
+        if stride_on not in ("1x1", "3x3"):
+            raise ValueError(f"stride_on={stride_on!r} must be '1x1' or '3x3'")
         for name, value in (("reaf_convs", reaf_convs), ("group_convs", group_convs)):
             if value not in ("middle", "all"):
                 raise ValueError(f"{name}={value!r} must be 'middle' or 'all'")
@@ -208,6 +222,7 @@ class ResNet(nn.Module):
         self.width, self.out_width, self.groups = width, out_width, groups
         self.reaf_convs = None if reaf is None else reaf_convs
         self.reaf_plus_groups = reaf_plus_groups
+        self.stride_on = stride_on
 
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(3, base_channels, 7, 2, 3, bias=False)
@@ -237,6 +252,7 @@ class ResNet(nn.Module):
                         group_convs=group_convs,
                         reaf_plus_groups=reaf_plus_groups,
                         impl=impl,
+                        stride_on=stride_on,
                     )
                 )
                 in_channels = out_channels

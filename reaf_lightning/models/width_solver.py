@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from reaf_lightning.layers import parse_reaf
-from reaf_lightning.models.complexity import count_macs, count_parameters
-from reaf_lightning.models.registry import create_model
+from reaf_lightning.models.complexity import network_cost
 
 __all__ = ["WidthSolution", "model_cost", "solve_width"]
 
@@ -48,9 +46,8 @@ class WidthSolution:
 
 def model_cost(name: str, metric: Metric, input_size: tuple[int, int, int], **kwargs: Any) -> int:
     """Exact MACs or parameters of a registry model, built on the meta device (no compute)."""
-    with torch.device("meta"):
-        model = create_model(name, **kwargs)
-    return count_macs(model, input_size) if metric == "macs" else count_parameters(model)
+    cost = network_cost(name, kwargs, input_size)
+    return cost.macs if metric == "macs" else cost.params
 
 
 def solve_width(

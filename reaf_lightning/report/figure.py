@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from reaf_lightning.io import atomic_outputs
+from reaf_lightning.paper.compare import row_gmacs
 
 __all__ = ["COLUMN_WIDTH_IN", "table3_figure"]
 
@@ -28,23 +29,6 @@ def _label(row_id: str) -> str:
     """``reaf_resnet50_c72_72_4-3-4`` -> ``4-3-4``; a baseline keeps its name."""
     last = row_id.rsplit("_", 1)[-1]
     return last if last.count("-") == 2 else row_id
-
-
-def _row_gmacs(ids: set[str]) -> dict[str, float]:
-    """Our GMACs of Table 3 rows ``ids`` on CIFAR-100, counted on the meta device (no compute)."""
-    import torch
-
-    from reaf_lightning.models import create_model
-    from reaf_lightning.models.complexity import count_macs
-    from reaf_lightning.models.paper import paper_rows
-
-    out = {}
-    for row in paper_rows("table3"):
-        if row.id in ids:
-            with torch.device("meta"):
-                model = create_model(row.model, **row.model_kwargs())
-            out[row.id] = count_macs(model, row.input_size) / 1e9
-    return out
 
 
 def table3_figure(frame: pd.DataFrame, stem: Path) -> list[Path]:
@@ -62,7 +46,7 @@ def table3_figure(frame: pd.DataFrame, stem: Path) -> list[Path]:
 
     rows = frame[frame["table"] == "table3"]
     rows = rows[(rows["n_seeds"] > 0) | rows["paper_top1_err"].notna()].copy()
-    rows["x"] = rows["row"].map(_row_gmacs(set(rows["row"])))
+    rows["x"] = rows["row"].map(row_gmacs("table3", set(rows["row"])))
     xs = sorted(set(rows["x"].dropna()))
     gaps = [b - a for a, b in zip(xs, xs[1:]) if b > a]
     dodge = _DODGE * (sorted(gaps)[len(gaps) // 2] if gaps else 0.01)

@@ -20,8 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from reaf_lightning.errors import ConfigError
-from reaf_lightning.models.paper import paper_rows, paper_tables
+from reaf_lightning.paper.compare import compare_with_paper, table_titles
 from reaf_lightning.report.record import Run
 
 __all__ = ["COLUMNS", "format_latex", "format_markdown", "report_frame", "summarize_runs"]
@@ -48,7 +47,6 @@ COLUMNS = [
     "paper_gflops",
     "top1_err_diff",
 ]
-OTHER = "other"  # the group of experiments that match no paper row
 
 
 def _per_run(runs: Sequence[Run]) -> pd.DataFrame:
@@ -98,32 +96,7 @@ def report_frame(runs: Sequence[Run], tables: Sequence[str] | None = None) -> pd
         ConfigError: an unknown table name.
     """
     summary = summarize_runs(runs) if runs else pd.DataFrame(columns=["experiment", "key"])
-    rows = paper_rows()
-    known = list(dict.fromkeys(row.table for row in rows))
-    matched = set(summary["key"]) & {f"{row.table}/{row.id}" for row in rows}
-    chosen = (
-        list(tables)
-        if tables
-        else [t for t in known if any(k.startswith(f"{t}/") for k in matched)]
-    )
-    for table in chosen:
-        if table not in known:
-            raise ConfigError(f"--tables: unknown table {table!r}; valid: {', '.join(known)}")
-    out: list[dict[str, Any]] = []
-    for row in (r for r in rows if r.table in chosen):
-        paper = {f"paper_{k}": v for k, v in row.paper.items()}
-        hits = summary[summary["key"] == f"{row.table}/{row.id}"]
-        if hits.empty:
-            hits = pd.DataFrame([{"experiment": f"{row.table}/{row.id}", "n_seeds": 0}])
-        for hit in hits.to_dict("records"):
-            out.append({"table": row.table, "row": row.id, **hit, **paper})
-    placed = {f"{row.table}/{row.id}" for row in rows if row.table in chosen}
-    for hit in summary[~summary["key"].isin(placed)].to_dict("records"):
-        out.append({"table": OTHER, "row": hit["experiment"], **hit})
-    frame = pd.DataFrame.from_records(out).reindex(columns=COLUMNS)
-    frame["n_seeds"] = frame["n_seeds"].fillna(0).astype(int)
-    frame["top1_err_diff"] = frame["top1_err_mean"] - frame["paper_top1_err"]
-    return frame
+    return compare_with_paper(summary, tables).reindex(columns=COLUMNS)
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -170,8 +143,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 def _groups(frame: pd.DataFrame) -> list[tuple[str, list[list[str]]]]:
     """(title, cell rows) per paper table shown, then the other experiments."""
-    titles = {k: v["title"] for k, v in paper_tables().items() if not k.startswith("_")}
-    titles[OTHER] = "Other runs (no row of the tables shown)"
+    titles = table_titles()
     groups = []
     for table in dict.fromkeys(frame["table"]):
         part = frame[frame["table"] == table]

@@ -10,7 +10,6 @@ compute). The fast tier parses one experiment per table; the slow tier all.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import inspect
 import io
 from pathlib import Path
@@ -26,20 +25,14 @@ from reaf_lightning.data import ImageNetDataModule
 from reaf_lightning.loggers import WandbLogger
 from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_parameters
-from reaf_lightning.models.paper import PaperRow, paper_rows
+from reaf_lightning.paper.configs import render_all, stale_files
+from reaf_lightning.paper.tables import PaperRow, paper_rows
 
 REPO = Path(__file__).resolve().parents[2]
 DATA_CLASSES = {
     "cifar100": "reaf_lightning.data.CIFAR100DataModule",
     "imagenet": "reaf_lightning.data.ImageNetDataModule",
 }
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("generate", REPO / "configs" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _resolved(*configs: str) -> dict:
@@ -61,12 +54,11 @@ ONE_PER_TABLE = list({row.table: row for row in EXPERIMENTS}.values())  # last r
 
 
 def test_committed_configs_equal_the_generator_output():
-    generate = _generator()
-    rendered = generate.render_all()
+    rendered = render_all(REPO)
     assert len(rendered) == len(EXPERIMENTS) == 57
     for path, text in rendered.items():
-        assert path.read_text() == text, f"{path} is stale: run python configs/generate.py"
-    assert generate.stale_files(rendered) == []
+        assert path.read_text() == text, f"{path} is stale: python -m reaf_lightning.paper configs"
+    assert stale_files(REPO, rendered) == []
 
 
 def test_table3_configs_train_the_papers_widths():

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from reaf_lightning.models.paper import paper_rows
 from reaf_lightning.models.width_solver import model_cost, solve_width
-from reaf_lightning.zoo import main, zoo_table
+from reaf_lightning.paper.tables import paper_rows
+from reaf_lightning.paper.zoo import main, zoo_table
 
 
 def _exit_status(args: list[str]) -> int:
@@ -203,7 +203,7 @@ def test_reaf_zoo_cli_errors(tmp_path, capsys) -> None:
 
 def test_reaf_zoo_help_builds_no_model() -> None:
     code = (
-        "import sys\nfrom reaf_lightning.zoo import main\n"
+        "import sys\nfrom reaf_lightning.paper.zoo import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
         "assert 'torch' not in sys.modules, 'help imported torch'"
     )

@@ -27,7 +27,7 @@ import yaml
 from reaf_lightning.cli import run
 from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_macs, count_parameters
-from reaf_lightning.models.paper import paper_rows
+from reaf_lightning.paper.tables import paper_rows
 from reaf_lightning.report.cli import main as report_main
 from reaf_lightning.report.record import experiment_of
 

@@ -79,7 +79,7 @@ class PaperRow:
 @cache
 def paper_tables() -> dict[str, Any]:
     """The raw JSON (cached; do not mutate)."""
-    text = resources.files("reaf_lightning.models").joinpath("paper_tables.json").read_text()
+    text = resources.files("reaf_lightning.paper").joinpath("paper_tables.json").read_text()
     return json.loads(text)
 
 
