@@ -1,4 +1,4 @@
-"""The REAF convolution (paper §III-A, Eq. 5-6).
+"""The REAF convolution (paper §III-B, Eq. 5-6).
 
 A dense convolution computes every output channel from all ``C_in`` input
 channels (Eq. 2). REAF splits the input channels into ``G_I`` groups of

@@ -309,15 +309,19 @@ def test_help_and_argument_errors_import_no_torch():
     assert 'reaf-analysis: error: Parser key "reduction"' in result.stderr
 
 
-@pytest.mark.parametrize("name", ["figure2", "figure3", "figure4"])
+@pytest.mark.parametrize("name", ["figure2", "figure3", "figure4", "figure4_torchvision"])
 def test_paper_figure_configs_parse(name):
-    cfg = build_parser().parse_args(
-        ["--config", str(REPO / "configs" / "analysis" / f"{name}.yaml")]
+    cfg, figure2 = (
+        build_parser().parse_args(["--config", str(REPO / "configs" / "analysis" / f"{n}.yaml")])
+        for n in (name, "figure2")
     )
     assert cfg.data.class_path == "reaf_lightning.data.ImageNetDataModule"
     assert cfg.model_a.label and cfg.model_b.label and cfg.plot_layers == "most_separated"
-    if name == "figure4":
+    if name == "figure4_torchvision":  # the labelled alternative: torchvision's weights
         assert (cfg.model_a.arch, cfg.model_b.arch) == ("resnet50", "resnext50_32x4d")
+    elif name == "figure4":  # the paper's pair: Figure 2's ResNet50, Table 6's ResNeXt50
+        assert cfg.model_a.checkpoint == figure2.model_a.checkpoint
+        assert "table6/imagenet_resnext50_g4_all/" in cfg.model_b.checkpoint
     elif name == "figure2":  # the paper's headline REAF-ResNet50: C = 72, 4-3-4 (Table 1)
         assert "resnet50/" in cfg.model_a.checkpoint
         assert "reaf_resnet50_c72_4-3-4/" in cfg.model_b.checkpoint

@@ -363,7 +363,7 @@ def test_reaf_plus_equals_loop(activation, groups, k) -> None:
 
 
 def test_reaf_plus_extra_parameters() -> None:
-    """(g_O - 1) * 2 * C_in more parameters than one BN + dense conv (paper §III-B)."""
+    """(g_O - 1) * 2 * C_in more parameters than one BN + dense conv (paper §III-E)."""
     layer = REAFPlusConv2d(32, 64, 1, groups_out=2)
     plain = 2 * 32 + 64 * 32
     assert sum(p.numel() for p in layer.parameters()) - plain == (2 - 1) * 2 * 32
