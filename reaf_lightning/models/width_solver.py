@@ -1,10 +1,12 @@
 """Width solver: the C (and C') that makes a REAF model cost what its baseline costs.
 
-The paper picks, by hand, a width ``C`` and an output width ``C'`` for every
-``G_I-G_M-G_O`` of Table 3 so that each REAF-ResNet50 stays at the baseline's
-~1.2 GFLOPs. This module automates that choice under the divisibility rules of
-the REAF conv (``C % G_I == 0`` for its input, ``C' % G_O == 0`` for its output;
-with ``C' = C`` both at once).
+The paper gives a width ``C`` and an output width ``C'`` for every
+``G_I-G_M-G_O`` of Table 3, each REAF-ResNet50 at about the baseline's
+~1.2 GFLOPs ("we keep the topology and computational complexity of the model",
+§III-C), without saying how it chose them. This module makes that choice
+(ours) under the divisibility rules of the REAF conv (``C % G_I == 0`` for its
+input, ``C' % G_O == 0`` for its output; with ``C' = C`` both at once); it
+finds the paper's widths where tested.
 
 Every count in a ResNet is *bilinear* in ``(C, C')``: each conv's cost is a
 product of its input and output widths, and one of the two is ``C`` or ``C'``

@@ -14,10 +14,10 @@ recipe, and Tables 6 and 7 mix CIFAR-100 and ImageNet rows): ``table3.yaml``,
 
 ``--ckpt_path last`` makes a grid point that W&B runs again (an agent that died)
 continue instead of starting over. Three seeds per row is our choice (the
-paper reports one run per row): many of its differences between rows are a
-few tenths of a point of top-1 error (Table 3; Tables 4, 6 and 7 differ by up
-to 1.11), and three seeds give a standard error of the mean (run-to-run
-spread / sqrt(3)) below that when the spread is a few tenths of a point;
+paper reports one run per row): its gaps between a REAF row and its baseline
+are 0.20-0.47 points of top-1 error in Table 5 and 0.35-1.11 in Tables 4, 6
+and 7, and three seeds give a standard error of the mean (run-to-run spread /
+sqrt(3)) below the smaller gaps when the spread is a few tenths of a point;
 edit ``SEEDS`` for more.
 Paths are relative to the repository root, where the agent must be started.
 """

@@ -1,7 +1,7 @@
 """``metrics.json``: what every finished run leaves behind, and how the report reads it back.
 
 Not part of the paper: a reproduction needs several seeds per row (the paper's
-gaps between rows are 0.2-0.5 points of top-1 error), and a table of them must
+REAF rows beat their baselines by 0.20-1.11 points outside Table 3), and a table of them must
 be checkable without W&B. :class:`MetricsFile` writes, after every finished
 ``fit``, ``validate`` and ``test``, the final metrics as logged (names such as
 ``val/err1``, fractions in [0, 1]) into ``<run dir>/metrics.json``; each stage
