@@ -10,7 +10,6 @@ compute). The fast tier parses one experiment per table; the slow tier all.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 from pathlib import Path
 
@@ -21,10 +20,9 @@ from lightning.pytorch.cli import instantiate_class
 
 from reaf_lightning import ImageClassifier
 from reaf_lightning.cli import main
-from reaf_lightning.data import ImageNetDataModule
 from reaf_lightning.loggers import WandbLogger
-from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_parameters
+from reaf_lightning.paper.__main__ import main as paper_main
 from reaf_lightning.paper.configs import render_all, stale_files
 from reaf_lightning.paper.tables import PaperRow, paper_rows
 
@@ -47,9 +45,12 @@ def _resolved(*configs: str) -> dict:
     return yaml.safe_load(out.getvalue())
 
 
-# The paper's ImageNet scale augmentation is an option of the data module (docs/paper_vs_ours.md).
-HAS_SCALE_JITTER = "augmentation" in inspect.signature(ImageNetDataModule.__init__).parameters
 EXPERIMENTS = [row for row in paper_rows() if row.same_as is None]
+# Rows whose printed parameter count no network matches within 1 % (docs/paper_inconsistencies.md)
+PARAMS_TOLERANCE = {
+    ("table4", "reaf_resnet34_c72_4-3-4"): 0.18,
+    ("table6", "cifar100_reaf_all_resnet50_c64_4-3-4"): 0.015,
+}
 ONE_PER_TABLE = list({row.table: row for row in EXPERIMENTS}.values())  # last row of each
 
 
@@ -79,8 +80,6 @@ def test_table3_configs_train_the_papers_widths():
 
 
 def _check_config(row: PaperRow) -> None:
-    if row.dataset == "imagenet" and not HAS_SCALE_JITTER:
-        pytest.skip("ImageNetDataModule has no augmentation='scale_jitter' option yet")
     cfg = _resolved(f"configs/recipes/{row.dataset}.yaml", f"configs/{row.table}/{row.id}.yaml")
     assert cfg["model"]["arch"] == row.model
     assert cfg["model"]["arch_kwargs"] == {"stem": row.stem, **row.kwargs}
@@ -91,8 +90,12 @@ def _check_config(row: PaperRow) -> None:
     assert type(data).__name__ == DATA_CLASSES[row.dataset].rsplit(".", 1)[1]
     with torch.device("meta"):
         model = ImageClassifier(num_classes=row.num_classes, **cfg["model"])
-        reference = create_model(row.model, **row.model_kwargs())
-    assert count_parameters(model.net) == count_parameters(reference)
+    # The network the config trains has the paper's parameter count (the independent
+    # reference; the documented exceptions of docs/paper_inconsistencies.md get theirs).
+    tolerance = PARAMS_TOLERANCE.get((row.table, row.id), 0.01)
+    assert abs(count_parameters(model.net) / 1e6 / row.paper["params_m"] - 1) < tolerance
+    if row.dataset == "imagenet" and hasattr(model.net, "stride_on"):
+        assert model.net.stride_on == row.kwargs.get("stride_on", "3x3")
 
     if row.dataset == "imagenet":
         assert cfg["data"]["init_args"]["augmentation"] == "scale_jitter"  # paper §IV-B
@@ -134,7 +137,6 @@ def test_cifar100_recipe():
     assert data["augment"] is True and data["val_split"] == "test"
 
 
-@pytest.mark.skipif(not HAS_SCALE_JITTER, reason="needs ImageNetDataModule(augmentation=...)")
 def test_imagenet_recipe_is_the_papers():
     """Paper §IV-B: 100 epochs, batch 256, lr 0.1 / 10 every 30 epochs, wd 1e-4, momentum 0.9,
     scale augmentation with a random 224 crop or its flip."""
@@ -158,3 +160,19 @@ def test_quickstart_builds_a_reaf_model_on_digits():
     convs = [m for m in model.net.modules() if type(m).__name__ == "REAFConv2d"]
     assert convs and all((c.g_i, c.g_m, c.g_o) == (4, 3, 4) for c in convs)
     assert isinstance(instantiate_class((), cfg["trainer"]["logger"]), WandbLogger)
+
+
+def test_generators_as_a_command(tmp_path, capsys):
+    """``python -m reaf_lightning.paper``: current files pass --check, a stale one fails it."""
+    assert paper_main(["--root", str(REPO), "configs", "--check"]) == 0
+    assert paper_main(["--root", str(REPO), "sweeps", "--check"]) == 0
+    copy = tmp_path / "repo"
+    (copy / "configs" / "recipes").mkdir(parents=True)
+    assert paper_main(["--root", str(copy), "configs"]) == 0  # writes all 57 into a new tree
+    assert len(list((copy / "configs").glob("table*/*.yaml"))) == 57
+    stale = copy / "configs" / "table4" / "resnet18.yaml"
+    stale.write_text(stale.read_text() + "# edited\n")
+    assert paper_main(["--root", str(copy), "configs", "--check"]) == 1
+    assert "stale: configs/table4/resnet18.yaml" in capsys.readouterr().err
+    assert paper_main(["--root", str(tmp_path), "configs"]) == 2  # not a repository root
+    assert "no configs/recipes/ there" in capsys.readouterr().err
