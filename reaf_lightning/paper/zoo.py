@@ -89,7 +89,7 @@ def _pct(ours: float | None, paper: float | None) -> float | None:
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
+    return None if value is None else round(value, digits) + 0.0  # + 0.0: no "-0.0"
 
 
 def zoo_table(table: str | None = None, solver: bool = False) -> list[dict[str, Any]]:
