@@ -341,6 +341,7 @@ def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> Reaf
         parser_kwargs={
             # jsonargparse's own handler prints the whole usage (~100 lines) before the error
             "exit_on_error": os.environ.get(DEBUG_ENV) == "1",
+            "prog": PROG,  # not sys.argv[0], which is the caller's (python, pytest, ...)
             "formatter_class": ShortHelpFormatter,
             "description": DESCRIPTION,
             **{
