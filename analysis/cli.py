@@ -27,14 +27,14 @@ Errors follow :mod:`reaf_lightning.errors` (one line, exit 2 for user errors,
 from __future__ import annotations
 
 import abc
-import sys
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
-from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from reaf_lightning.errors import ConfigError, NumericalError, ReafError, one_line, run_command
+from reaf_lightning.commands import parse, run_main
+from reaf_lightning.errors import ConfigError, NumericalError, ReafError, one_line
 
 from .spec import ModelSpec
 
@@ -125,18 +125,15 @@ def build_parser() -> ArgumentParser:
     return parser  # fmt: skip
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> NoReturn:
     """Entry point of ``reaf-analysis``; ``args`` defaults to ``sys.argv[1:]``."""
-    raise SystemExit(run_command(PROG, lambda: _main(sys.argv[1:] if args is None else args)))
+    run_main(PROG, _main, args)
 
 
-def _main(args: list[str]) -> None:
+def _main(argv: list[str]) -> None:
     parser = build_parser()
-    try:
-        cfg = parser.parse_args(args)
-        explicit = parser.parse_args(args, defaults=False)  # what the user set, to merge data
-    except ArgumentError as err:
-        raise ConfigError(one_line(err)) from None
+    cfg = parse(parser, argv)
+    explicit = parse(parser, argv, defaults=False)  # what the user set, to merge data
     _run(cfg, explicit)
 
 

@@ -28,13 +28,15 @@ the paper; the reasons are in ``docs/reliability.md``):
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from jsonargparse import ArgumentError, Namespace
+from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
@@ -50,6 +52,9 @@ from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+# Imported so that jsonargparse knows the package's data modules: --help lists them and
+# --data accepts their bare class names (--data DigitsDataModule).
+from reaf_lightning import data as _data_modules  # noqa: F401
 from reaf_lightning.callbacks import EveryEpochLastCheckpoint, standard_callbacks
 from reaf_lightning.checkpointing import (
     AtomicCheckpointIO,
@@ -57,6 +62,7 @@ from reaf_lightning.checkpointing import (
     find_best_checkpoint,
     find_last_checkpoint,
 )
+from reaf_lightning.commands import ShortHelpFormatter, command_line, parse, run_main
 from reaf_lightning.errors import (
     DEBUG_ENV,
     EXIT_PREEMPTED,
@@ -64,17 +70,38 @@ from reaf_lightning.errors import (
     ConfigError,
     ReafError,
     message_of,
-    one_line,
-    run_command,
 )
 from reaf_lightning.io import atomic_outputs, ensure_writable, read_yaml
 from reaf_lightning.module import ImageClassifier
 
-__all__ = ["DEFAULT_ROOT_DIR", "PROG", "ReafLightningCLI", "main", "run"]
+__all__ = [
+    "DEFAULT_ROOT_DIR",
+    "PROG",
+    "USAGE",
+    "ReafLightningCLI",
+    "main",
+    "quiet_lightning",
+    "run",
+]
 
 DEFAULT_ROOT_DIR = "logs"
 PROG = "reaf-lightning"
-_MAX_MESSAGE = 400  # characters of a parse error shown; REAF_DEBUG=1 shows all of it
+DESCRIPTION = (
+    "Train (fit) and evaluate (validate, test, predict) the REAF paper's networks, e.g. "
+    "reaf-lightning fit --config configs/quickstart.yaml"
+)
+#: What ``<subcommand> --help`` shows as its usage line instead of all ~90 options.
+USAGE = (
+    "%(prog)s [-h] [-c CONFIG] [--print_config[=flags]] [--seed_everything SEED]\n"
+    "       [--trainer.KEY VALUE] [--model.KEY VALUE] [--data CLASS] [--data.KEY VALUE]\n"
+    "       [--checkpoint.KEY VALUE] [--ckpt_path PATH]"
+)
+EPILOG = (
+    "Several --config files compose (later ones win), then flags; --print_config shows the "
+    "result. --data.help CLASS lists a data module's settings (e.g. --data.help "
+    "DigitsDataModule). Each option shows the first sentence of its documentation; Lightning's "
+    "Trainer and ModelCheckpoint documentation has the rest."
+)
 
 
 class LogConfigCallback(SaveConfigCallback):
@@ -112,13 +139,18 @@ class ReafLightningCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse; every ``--config`` file is read strictly first, parse errors become one line."""
-        for path in _config_files(args):
-            read_yaml(path)  # empty, list-valued, duplicate keys, bad YAML: names the file
-        try:
-            super().parse_arguments(parser, args)
-        except ArgumentError as err:
-            raise ConfigError(_shorten(one_line(err))) from None
+        """Parse; every ``--config`` file is read strictly first, parse errors become one line.
+
+        ``args`` is always given (:func:`run` resolved the command line), so Lightning's
+        guard against mixing ``args`` with ``sys.argv`` has nothing to guard here.
+        """
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+        else:
+            argv = command_line(args)
+            for path in _config_files(argv):
+                read_yaml(path)  # empty, list-valued, duplicate keys, bad YAML: names the file
+            self.config = parse(parser, argv)
         config = self._of_subcommand(self.config, self.config.get("subcommand"))
         # Held back until before_instantiate_classes: between the two hooks LightningCLI
         # would torch.load the file and replace the configured model by the checkpoint's
@@ -262,18 +294,8 @@ class ReafLightningCLI(LightningCLI):
         )
 
 
-def _shorten(text: str) -> str:
-    if len(text) <= _MAX_MESSAGE:
-        return text
-    return text[:_MAX_MESSAGE].rsplit(" ", 1)[0] + f" ... ({DEBUG_ENV}=1 shows all; see --help)"
-
-
-def _config_files(args: ArgsType) -> Iterator[str]:
-    """The ``--config``/``-c`` files named in ``args`` (``None``: the command line)."""
-    argv = sys.argv[1:] if args is None else args
-    if not isinstance(argv, (list, tuple)):
-        return
-    argv = [str(a) for a in argv]
+def _config_files(argv: list[str]) -> Iterator[str]:
+    """The ``--config``/``-c`` files named in ``argv``."""
     for flag, value in zip(argv, [*argv[1:], ""]):
         if flag.startswith("--config="):
             flag, value = "--config", flag.split("=", 1)[1]
@@ -305,7 +327,10 @@ def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> Reaf
 
     Errors propagate as exceptions (:func:`main` turns them into exit statuses);
     tests and notebooks use the returned object (``cli.trainer``, ``cli.model``).
+    ``args``: the command line without the program name (``None``: ``sys.argv[1:]``),
+    or a dict of the config.
     """
+    quiet_lightning()
     return ReafLightningCLI(
         ImageClassifier,
         LightningDataModule,
@@ -313,16 +338,55 @@ def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> Reaf
         save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         trainer_defaults={"callbacks": standard_callbacks()},
-        # jsonargparse's own handler prints the whole usage (~100 lines) before the error
-        parser_kwargs={"exit_on_error": os.environ.get(DEBUG_ENV) == "1"},
+        parser_kwargs={
+            # jsonargparse's own handler prints the whole usage (~100 lines) before the error
+            "exit_on_error": os.environ.get(DEBUG_ENV) == "1",
+            "prog": PROG,  # not sys.argv[0], which is the caller's (python, pytest, ...)
+            "formatter_class": ShortHelpFormatter,
+            "description": DESCRIPTION,
+            **{
+                subcommand: {"usage": USAGE, "epilog": EPILOG}
+                for subcommand in LightningCLI.subcommands()
+            },
+        },
         auto_configure_optimizers=False,  # ImageClassifier configures its own (paper §IV)
         load_from_checkpoint_support=False,  # no model class stored in checkpoints either
-        args=args,
+        args=args if isinstance(args, (dict, Namespace)) else command_line(args),
         checkpoint_dirs=checkpoint_dirs,
     )
 
 
-def main(args: ArgsType = None) -> None:
+def quiet_lightning() -> None:
+    """Leave out two lines that every run would print and no user can act on.
+
+    * Lightning's advertisement for its ``litlogger`` package, logged once per
+      ``Trainer`` through its rank-zero logger; a logging filter drops exactly
+      that record (the level stays, so ``Restoring states from ...`` and the
+      other information still show).
+    * The ``FutureWarning`` that torch >= 2.10 gives when Lightning's
+      ``CombinedLoader`` builds a ``LeafSpec`` (``lightning/pytorch/utilities/
+      _pytree.py``, unchanged up to Lightning 2.6.6); it is Lightning's call, not ours.
+    """
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _LITLOGGER_TIP not in rank_zero_logger.filters:
+        rank_zero_logger.addFilter(_LITLOGGER_TIP)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+
+
+class _DropLitloggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+_LITLOGGER_TIP = _DropLitloggerTip()
+
+
+def main(args: ArgsType = None) -> NoReturn:
     """Entry point of ``reaf-lightning``; ``args`` as on the command line (``None``: ``sys.argv``).
 
     Exit statuses as in :mod:`reaf_lightning.errors`; ``SIGTERM`` saves
@@ -330,9 +394,9 @@ def main(args: ArgsType = None) -> None:
     """
     checkpoint_dirs: list[str] = []
 
-    def body() -> None:
+    def body(argv: list[str]) -> None:
         try:
-            run(args, checkpoint_dirs)
+            run(argv, checkpoint_dirs)
         except SIGTERMException as err:
             _preempted(err)
             raise SystemExit(EXIT_PREEMPTED) from None
@@ -343,7 +407,7 @@ def main(args: ArgsType = None) -> None:
             return "no checkpoint was saved" if checkpoint_dirs else ""
         return f"the last checkpoint is {last}; resume with --ckpt_path last"
 
-    raise SystemExit(run_command(PROG, body, where_is_the_last_checkpoint))
+    run_main(PROG, body, args, where_is_the_last_checkpoint)
 
 
 @rank_zero_only

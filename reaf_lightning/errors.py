@@ -17,8 +17,10 @@ exit   meaning
 =====  =======================================================================
 
 A user error is any :class:`ReafError`: the package raises these where it
-rejects an input on purpose, and each command turns the parse errors of its
-command line into :class:`ConfigError`. Messages of third-party libraries are
+rejects an input on purpose, and the parse errors of every command line become
+:class:`ConfigError` (:func:`reaf_lightning.commands.parse`). Each command's
+``main()`` is :func:`reaf_lightning.commands.run_main`, which runs the work
+through :func:`run_command`. Messages of third-party libraries are
 shown as they are, whitespace collapsed to one line, never reworded; the one
 exception is an error raised in a ``DataLoader`` worker, which PyTorch re-raises
 in the main process with the worker's whole traceback as its message: the

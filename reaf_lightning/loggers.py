@@ -156,7 +156,9 @@ def start_wandb_run(
     resolved, reason = resolve_wandb_mode(mode, probe_timeout=probe_timeout)
     if init_kwargs.get("dir"):
         Path(init_kwargs["dir"]).mkdir(parents=True, exist_ok=True)  # else W&B uses /tmp
-    settings = wandb.Settings(init_timeout=init_timeout)
+    # W&B's own console lines (version, sync hints, "find logs at", twice per run) give way
+    # to the one line below; its warnings still show.
+    settings = wandb.Settings(init_timeout=init_timeout, silent=True, show_warnings=True)
     # A new start in the same process (notebooks, tests, successive CLI calls) is a new
     # session; W&B's default outside notebooks would silently return the previous run.
     init_kwargs.setdefault("reinit", "finish_previous")
@@ -175,6 +177,8 @@ def start_wandb_run(
             f"W&B logs offline ({reason or 'requested'}) to {where}; "
             f"upload later with: wandb sync {where}"
         )
+    elif resolved == "online":
+        rank_zero_info(f"W&B logs online to {run.url}")
     return run, resolved
 
 

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
-from jsonargparse import ArgumentError, ArgumentParser
+from jsonargparse import ArgumentParser
 
-from reaf_lightning.errors import ConfigError, run_command
+from reaf_lightning.commands import parse, run_main
+from reaf_lightning.errors import ConfigError
 
 __all__ = ["COLUMNS", "main", "zoo_table"]
 
@@ -281,21 +282,17 @@ def _table(cfg: Any) -> None:
         print(f"wrote {cfg.csv}")
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of ``reaf-zoo``: exits with the status of :mod:`reaf_lightning.errors`."""
+def main(args: list[str] | None = None) -> NoReturn:
+    """Entry point of ``reaf-zoo``; exits with the status of :mod:`reaf_lightning.errors`."""
+    run_main("reaf-zoo", _zoo, args)
 
-    def body() -> None:
-        parser = build_parser()
-        try:
-            cfg = parser.parse_args(args)
-        except ArgumentError as err:
-            raise ConfigError(str(err)) from None
-        if cfg.command == "solve":
-            _solve(cfg.solve)
-        else:
-            _table(cfg)
 
-    raise SystemExit(run_command("reaf-zoo", body))
+def _zoo(argv: list[str]) -> None:
+    cfg = parse(build_parser(), argv)
+    if cfg.command == "solve":
+        _solve(cfg.solve)
+    else:
+        _table(cfg)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import NoReturn
 
-from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
 
-from reaf_lightning.errors import ConfigError, DataError, one_line, run_command
+from reaf_lightning.commands import parse, run_main
+from reaf_lightning.errors import ConfigError, DataError
 
 __all__ = ["build_parser", "main"]
 
@@ -76,12 +78,8 @@ def _outputs(csv: str | None, latex: str | None, figure: str | None) -> list[Pat
     return paths
 
 
-def _report(args: list[str] | None) -> None:
-    parser = build_parser()
-    try:
-        cfg = parser.parse_args(args)
-    except ArgumentError as err:
-        raise ConfigError(one_line(err)) from None
+def _report(argv: list[str]) -> None:
+    cfg = parse(build_parser(), argv)
     outputs = _outputs(cfg.csv, cfg.latex, cfg.figure)
 
     from reaf_lightning.io import atomic_outputs
@@ -114,9 +112,9 @@ def _report(args: list[str] | None) -> None:
         print(f"{PROG}: wrote {path}", file=sys.stderr)
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> NoReturn:
     """Entry point of ``reaf-report``; ``args`` as on the command line (``None``: ``sys.argv``)."""
-    raise SystemExit(run_command(PROG, lambda: _report(args)))
+    run_main(PROG, _report, args)
 
 
 if __name__ == "__main__":
