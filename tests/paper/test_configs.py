@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import inspect
 import io
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from lightning.pytorch.cli import instantiate_class
 
 from reaf_lightning import ImageClassifier
 from reaf_lightning.cli import main
-from reaf_lightning.data import ImageNetDataModule
 from reaf_lightning.loggers import WandbLogger
 from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_parameters
@@ -54,8 +52,6 @@ def _resolved(*configs: str) -> dict:
     return yaml.safe_load(out.getvalue())
 
 
-# The paper's ImageNet scale augmentation is an option of the data module (docs/paper_vs_ours.md).
-HAS_SCALE_JITTER = "augmentation" in inspect.signature(ImageNetDataModule.__init__).parameters
 EXPERIMENTS = [row for row in paper_rows() if row.same_as is None]
 ONE_PER_TABLE = list({row.table: row for row in EXPERIMENTS}.values())  # last row of each
 
@@ -87,8 +83,6 @@ def test_table3_configs_train_the_papers_widths():
 
 
 def _check_config(row: PaperRow) -> None:
-    if row.dataset == "imagenet" and not HAS_SCALE_JITTER:
-        pytest.skip("ImageNetDataModule has no augmentation='scale_jitter' option yet")
     cfg = _resolved(f"configs/recipes/{row.dataset}.yaml", f"configs/{row.table}/{row.id}.yaml")
     assert cfg["model"]["arch"] == row.model
     assert cfg["model"]["arch_kwargs"] == {"stem": row.stem, **row.kwargs}
@@ -142,7 +136,6 @@ def test_cifar100_recipe():
     assert data["augment"] is True and data["val_split"] == "test"
 
 
-@pytest.mark.skipif(not HAS_SCALE_JITTER, reason="needs ImageNetDataModule(augmentation=...)")
 def test_imagenet_recipe_is_the_papers():
     """Paper §IV-B: 100 epochs, batch 256, lr 0.1 / 10 every 30 epochs, wd 1e-4, momentum 0.9,
     scale augmentation with a random 224 crop or its flip."""
