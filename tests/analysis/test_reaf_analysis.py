@@ -262,6 +262,7 @@ def test_non_finite_weights_and_activations_exit_3(trained, tmp_path, capsys):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_wandb_without_credentials_logs_offline_into_output_dir(
     trained, tmp_path, monkeypatch, capsys
 ):

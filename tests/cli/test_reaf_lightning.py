@@ -630,6 +630,7 @@ def _eval_args(*extra: str) -> list[str]:
     return [*TINY_ARGS, *NO_LOGGER, *extra]
 
 
+@pytest.mark.slow
 def test_corrupt_and_foreign_checkpoints(checkpoint, tmp_path, capsys):
     fit = ["fit", *_eval_args(), "--ckpt_path"]
 

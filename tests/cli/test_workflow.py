@@ -38,6 +38,7 @@ def _array(*args: str, task: int | None = None, **env: str) -> subprocess.Comple
 
 
 # -- SLURM array ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_array_index_runs_one_row_and_seed():
     rows = sorted(f"configs/table3/{p.name}" for p in (REPO / "configs" / "table3").glob("*.yaml"))
     assert len(rows) == len(paper_rows("table3"))

@@ -146,8 +146,8 @@ def test_every_table3_row_builds_the_papers_widths(row) -> None:
         ("4-3-4", False, (72, 72)),
         ("2-1-2", False, (80, 80)),
         ("6-1-6", False, (102, 102)),
-        ("16-15-16", False, (64, 64)),
-        ("8-4-70", True, (88, 70)),
+        pytest.param("16-15-16", False, (64, 64), marks=pytest.mark.slow),
+        pytest.param("8-4-70", True, (88, 70), marks=pytest.mark.slow),
     ],
 )
 def test_solver_recovers_paper_widths(reaf, free, expected) -> None:
@@ -156,6 +156,7 @@ def test_solver_recovers_paper_widths(reaf, free, expected) -> None:
     assert (solution.width, solution.out_width) == expected
 
 
+@pytest.mark.slow
 def test_solver_is_optimal_on_its_grid() -> None:
     """Brute force over valid C (exact counts, no bilinear fit) agrees with the solver."""
     target = model_cost("resnet50", "macs", (3, 32, 32), stem="cifar", num_classes=100)
@@ -176,6 +177,7 @@ def test_solver_is_optimal_on_its_grid() -> None:
     assert solve_width("reaf_resnet50", "6-1-6", "resnet50").width == best
 
 
+@pytest.mark.slow
 def test_reaf_zoo_csv_columns_and_values(tmp_path, capsys) -> None:
     out = tmp_path / "sub" / "zoo.csv"
     assert _exit_status(["--table", "table3", "--csv", str(out)]) == 0

@@ -310,6 +310,7 @@ def test_unknown_arch_names_the_valid_ones():
         ImageClassifier("resnet5")
 
 
+@pytest.mark.slow
 def test_importing_models_does_not_import_lightning():
     # reaf_lightning/__init__ must stay light: models and layers never need Lightning.
     import subprocess
