@@ -185,6 +185,7 @@ def _differs(a: dict, b: dict) -> list[str]:
     return names
 
 
+# trains only: the classifier has a validation_step, the test gives it no val loader
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_skipped_batch_leaves_momentum_and_weight_decay_alone():
     # Gradients are dropped before the optimizer step: SGD must not move the weights through
