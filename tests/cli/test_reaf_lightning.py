@@ -697,7 +697,15 @@ def test_incompatible_checkpoint_names_the_mismatch(checkpoint, tmp_path, capsys
     assert f"{name}: checkpoint (3, 3) vs model {expected_shape}" in line
 
 
-@pytest.mark.parametrize("which", ["last", "best", "file"])
+# `last` and `best` resolve as in the resume and best-checkpoint tests above; slow tier
+@pytest.mark.parametrize(
+    "which",
+    [
+        pytest.param("last", marks=pytest.mark.slow),
+        pytest.param("best", marks=pytest.mark.slow),
+        "file",
+    ],
+)
 def test_a_checkpoint_of_another_network_is_refused(trained_run, checkpoint, capsys, which):
     """The config decides what is built; ``last``, ``best`` and a path follow the same rule."""
     ckpt = str(checkpoint) if which == "file" else which
@@ -709,7 +717,15 @@ def test_a_checkpoint_of_another_network_is_refused(trained_run, checkpoint, cap
         assert "the configuration builds a test_resnet {} (10 classes)" in line
 
 
-@pytest.mark.parametrize("which", ["last", "best", "file"])
+# `last` and `best` resolve as in the resume and best-checkpoint tests above; slow tier
+@pytest.mark.parametrize(
+    "which",
+    [
+        pytest.param("last", marks=pytest.mark.slow),
+        pytest.param("best", marks=pytest.mark.slow),
+        "file",
+    ],
+)
 def test_resuming_with_changed_optimiser_settings_is_refused(
     trained_run, checkpoint, capsys, which
 ):
