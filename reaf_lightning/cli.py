@@ -130,7 +130,8 @@ class ReafLightningCLI(LightningCLI):
         checkpoint_dirs: filled with the run's checkpoint directories once they
             are known, so that the caller can say where the last checkpoint is
             when the run is interrupted.
-        *args, **kwargs: as ``LightningCLI``.
+        *args: as ``LightningCLI``.
+        **kwargs: as ``LightningCLI``.
     """
 
     def __init__(self, *args: Any, checkpoint_dirs: list[str] | None = None, **kwargs: Any):

@@ -24,6 +24,8 @@ TINY_ARGS = [
     "3",
     "--trainer.limit_val_batches",
     "2",
+    "--trainer.log_every_n_steps",  # (3 batches < the quick start's 10: Lightning would warn)
+    "1",
     "--trainer.enable_progress_bar",
     "false",
     "--trainer.enable_model_summary",

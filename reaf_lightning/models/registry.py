@@ -30,7 +30,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
     Args:
         name: a name from :func:`list_models`, e.g. ``"reaf_resnet50"``.
-        **kwargs: architecture arguments: ``num_classes``, ``stem`` (``"cifar"`` or
+        **kwargs (Any): architecture arguments: ``num_classes``, ``stem`` (``"cifar"`` or
             ``"imagenet"``), ``width`` (C), ``out_width`` (C'), ``reaf`` (``"4-3-4"`` or a
             tuple), ``reaf_convs`` (``"middle"``/``"all"``), ``reaf_plus_groups``, ``impl``.
 

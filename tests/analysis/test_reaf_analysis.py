@@ -262,6 +262,7 @@ def test_non_finite_weights_and_activations_exit_3(trained, tmp_path, capsys):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_wandb_without_credentials_logs_offline_into_output_dir(
     trained, tmp_path, monkeypatch, capsys
 ):
@@ -354,3 +355,37 @@ def test_torchvision_weights_from_local_hub_cache(tmp_path, monkeypatch):
             torch.testing.assert_close(ours.net(x), reference(x))
     finally:
         torch.hub.set_dir(old)
+
+
+def test_reaf_analysis_parse_errors_are_one_line(tmp_path, capsys):
+    from reaf_lightning.analysis.cli import main as analysis_main
+    from reaf_lightning.models import create_model
+
+    torch.save(create_model("test_resnet", num_classes=10).state_dict(), tmp_path / "a.pt")
+    base = [
+        "--model_a.arch",
+        "test_resnet",
+        "--model_a.state_dict",
+        str(tmp_path / "a.pt"),
+        "--data.class_path",
+        "reaf_lightning.data.DigitsDataModule",
+    ]
+    base.extend(["--output_dir", str(tmp_path / "out")])
+    # jsonargparse's own message, collapsed to one line (never reworded)
+    for extra, expected in [
+        (["--max_batches", "many"], 'Parser key "max_batches":'),
+        (["--reduction", "max"], 'Parser key "reduction": Expected a typing.Literal'),
+    ]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            analysis_main([*base, *extra])
+        assert exc.value.code == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"reaf-analysis: error: {expected}")
+    # a data module's own message, not jsonargparse's wrapper (a user error: exit 2)
+    with pytest.raises(SystemExit) as exc:
+        analysis_main([*base, "--data.init_args.batch_size", "0"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "reaf-analysis: error: batch_size must be an integer >= 1, got 0"
+    ]

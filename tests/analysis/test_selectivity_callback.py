@@ -32,6 +32,7 @@ def _data() -> DigitsDataModule:
 def _trainer(root: Path, callback: SelectivityCallback, **kwargs) -> pl.Trainer:
     options = dict(
         max_epochs=2, limit_train_batches=1, limit_val_batches=3, num_sanity_val_steps=1,
+        log_every_n_steps=1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu", default_root_dir=str(root),
     )  # fmt: skip

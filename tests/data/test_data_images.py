@@ -230,6 +230,8 @@ def test_data_errors_keep_their_type_across_dataloader_workers(tmp_path):
         list(loader)
 
 
+# the stand-in module only trains; the data module brings a val loader anyway
+@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
 def test_settings_are_saved_in_the_checkpoint(tmp_path):
     write_image_folder(tmp_path / "data", classes=("a", "b"), n_per_class=2, size=16)
     dm = folder_datamodule(tmp_path / "data", image_size=8, mean=(0.1, 0.2, 0.3), resize_size=10)

@@ -41,6 +41,7 @@ TINY = {
         "max_epochs": 2,
         "limit_train_batches": 2,
         "limit_val_batches": 2,
+        "log_every_n_steps": 1,
         "num_sanity_val_steps": 0,
         "enable_progress_bar": False,
         "enable_model_summary": False,

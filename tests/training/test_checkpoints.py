@@ -23,9 +23,14 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from reliability_helpers import one_thread, tiny_config, write_config  # noqa: F401 (fixture)
 
-from reaf_lightning.checkpointing import AtomicCheckpointIO, read_lightning_checkpoint
+from reaf_lightning import ImageClassifier
+from reaf_lightning.checkpointing import (
+    AtomicCheckpointIO,
+    check_checkpoint,
+    read_lightning_checkpoint,
+)
 from reaf_lightning.cli import run
-from reaf_lightning.errors import OutputError
+from reaf_lightning.errors import CheckpointError, OutputError
 
 TESTS = Path(__file__).resolve().parents[1]
 EPOCHS, BATCHES = 3, 4  # the tiny run: 3 epochs of 4 optimizer steps
@@ -337,3 +342,16 @@ def test_analysis_outputs_are_all_or_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="(?i)no space left"):
         save_selectivity_outputs(second, summarize(second), tmp_path, stem="si")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_settings_nothing_restores_may_change_on_resume(trained_run):
+    checkpoint = trained_run / "checkpoints" / "last.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
+    same = ImageClassifier(**saved)
+    check_checkpoint(checkpoint, same, resume=True)  # accepted
+    smoother = ImageClassifier(**{**saved, "label_smoothing": 0.1})
+    check_checkpoint(checkpoint, smoother, resume=True)  # the loss is not in the checkpoint
+    faster = ImageClassifier(**{**saved, "momentum": 0.5})
+    with pytest.raises(CheckpointError, match=r"model\.momentum: 0\.9 -> 0\.5"):
+        check_checkpoint(checkpoint, faster, resume=True)
+    check_checkpoint(checkpoint, faster, resume=False)  # evaluating ignores optimiser settings

@@ -28,6 +28,12 @@ from reaf_lightning.module import lr_factor
 NUM_CLASSES = 10
 
 
+# Most tests here train without validation on purpose (limit_val_batches=0, no val loader).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:You defined a `validation_step` but have no `val_dataloader`:UserWarning"
+)
+
+
 def _loader(n: int, batch_size: int, seed: int = 0, size: int = 8) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, size, size, generator=g)
@@ -44,6 +50,7 @@ def _trainer(**kwargs) -> pl.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=1,
     )
     return pl.Trainer(**{**defaults, **kwargs})
 
@@ -310,6 +317,7 @@ def test_unknown_arch_names_the_valid_ones():
         ImageClassifier("resnet5")
 
 
+@pytest.mark.slow
 def test_importing_models_does_not_import_lightning():
     # reaf_lightning/__init__ must stay light: models and layers never need Lightning.
     import subprocess
