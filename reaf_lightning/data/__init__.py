@@ -43,10 +43,10 @@ from .errors import (
     DatasetNotFoundError,
     DatasetPermissionError,
 )
+from .image_dataset import ImageFileDataset
 from .image_folder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ImageFileDataset,
     ImageFolderDataModule,
     ImageNetDataModule,
     default_eval_resize,
