@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 
+from reaf_lightning.config_names import resolve_config_names
 from reaf_lightning.errors import ConfigError, NumericalError, ReafError, one_line, run_command
 
 from .spec import ModelSpec
@@ -131,6 +132,7 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _main(args: list[str]) -> None:
+    args = list(resolve_config_names(args, groups=("analysis",)))  # --config figure2
     parser = build_parser()
     try:
         cfg = parser.parse_args(args)

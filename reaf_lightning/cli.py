@@ -57,6 +57,7 @@ from reaf_lightning.checkpointing import (
     find_best_checkpoint,
     find_last_checkpoint,
 )
+from reaf_lightning.config_names import resolve_config_names
 from reaf_lightning.errors import (
     DEBUG_ENV,
     EXIT_PREEMPTED,
@@ -317,7 +318,7 @@ def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> Reaf
         parser_kwargs={"exit_on_error": os.environ.get(DEBUG_ENV) == "1"},
         auto_configure_optimizers=False,  # ImageClassifier configures its own (paper §IV)
         load_from_checkpoint_support=False,  # no model class stored in checkpoints either
-        args=args,
+        args=resolve_config_names(args),  # --config quickstart: a packaged config, by name
         checkpoint_dirs=checkpoint_dirs,
     )
 
