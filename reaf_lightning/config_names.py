@@ -84,7 +84,7 @@ def find_config(value: str, groups: Sequence[str] = ()) -> str:
     close += [n for n in names if n.rpartition("/")[2] == wanted[0].rpartition("/")[2]]
     groups_listed = sorted({n.partition("/")[0] for n in names if "/" in n})
     hint = (
-        f"close names: {', '.join(list(dict.fromkeys(close))[:5])}"
+        f"close names: {', '.join(list(dict.fromkeys(close))[:3])}"
         if close
         else f"names are e.g. quickstart or <group>/<file> with group one of "
         f"{', '.join(groups_listed)} (see {config_dir()})"
