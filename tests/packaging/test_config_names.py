@@ -91,6 +91,7 @@ def test_resolve_rewrites_every_config_flag_form_and_only_those(tmp_path, monkey
     assert sys.argv[1:] == ["fit", "--config", str(config_dir() / "quickstart.yaml")]
 
 
+@pytest.mark.slow  # about 10 s: the CLI's import and two full parses
 def test_reaf_lightning_prints_the_same_config_by_name_as_by_path(tmp_path, monkeypatch, capsys):
     from reaf_lightning.cli import main
 
