@@ -90,7 +90,8 @@ def find_config(value: str, groups: Sequence[str] = ()) -> str:
         f"{', '.join(groups_listed)} (see {config_dir()})"
     )
     raise ConfigError(
-        f"--config {value!r}: no such file, and no packaged config of that name; {hint}"
+        f"--config {value!r} does not exist: no such file, and no packaged config of that "
+        f"name; {hint}"
     )
 
 

@@ -61,7 +61,8 @@ def test_unknown_name_is_one_line_with_close_names(value, close, tmp_path, monke
     with pytest.raises(ConfigError) as err:
         find_config(value)
     message = str(err.value)
-    assert message.startswith(f"--config {value!r}: no such file") and "\n" not in message
+    assert message.startswith(f"--config {value!r} does not exist: no such file")
+    assert "\n" not in message
     assert close in message.split("close names: ")[1].split(", ")
 
 
