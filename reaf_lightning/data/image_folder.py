@@ -117,8 +117,9 @@ class ImageFolderDataModule(BaseDataModule):
             ``"scale_jitter"`` (He et al.: 256 to 480); the low end must be
             at least ``image_size``.
         on_corrupt: ``"skip"`` or ``"error"`` (see the module doc).
-        verify_cache: JSON file caching the ``"error"`` mode's verdicts;
-            ``"auto"`` puts it under ``~/.cache/reaf_lightning/``, ``None`` disables it.
+        verify_cache: JSON file caching the set-up decode checks' verdicts (both
+            modes); ``"auto"`` puts it under ``~/.cache/reaf_lightning/``, ``None``
+            disables it.
         drop_last: drop the last incomplete training batch.
     """
 
