@@ -11,8 +11,9 @@
 
 All derive from :class:`BaseDataModule`: public ``num_classes`` (linked into
 the model by the CLI), ``image_size``, ``mean`` and ``std``; ``batch_size`` is
-per device; every setting is saved in checkpoints
-(``datamodule_hyper_parameters``). Dataset problems raise the
+per device; ``num_workers=None`` (the default, but for digits) follows the
+machine's CPUs (:func:`default_num_workers`); every setting is saved in
+checkpoints (``datamodule_hyper_parameters``). Dataset problems raise the
 :class:`~reaf_lightning.errors.DataError` subclasses of :mod:`.errors`.
 """
 

@@ -12,7 +12,7 @@ read, by filling ``train_dataset``, ``val_dataset``, ``test_dataset`` and
 ``DistributedSampler`` into these plain loaders (shuffling for training, in
 order for evaluation and prediction).
 
-``num_workers=None`` (every module's default, ours) follows the machine:
+``num_workers=None`` (the default of every module but digits; ours) follows the machine:
 :func:`default_num_workers` gives each training process
 ``min(max_auto_workers, cpus // processes_on_this_machine - 1)`` workers (at
 least 1), Lightning's own suggestion (``suggested_max_num_workers``) capped per
