@@ -22,7 +22,12 @@ from PIL import Image
 from reliability_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from reaf_lightning import ImageClassifier
-from reaf_lightning.data import IMAGENET_MEAN, IMAGENET_STD, CorruptImageWarning
+from reaf_lightning.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CorruptImageError,
+    CorruptImageWarning,
+)
 from reaf_lightning.predictions import PredictionWriter
 
 NUM_CLASSES = 10  # the network's outputs; the folder has 3 classes
@@ -125,8 +130,6 @@ def test_a_file_broken_after_the_check_is_an_error_not_a_stand_in(tmp_path, mode
         dm.setup("validate")
     victim = dm.val_dataset.samples[2][0]
     write_corrupt_image(victim)
-    from reaf_lightning.data import CorruptImageError
-
     with pytest.raises(CorruptImageError, match=Path(victim).name):
         dm.val_dataset[2]
 
