@@ -34,6 +34,7 @@ from typing import Any, Literal, NoReturn
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from reaf_lightning.commands import parse, run_main
+from reaf_lightning.config_names import resolve_config_names
 from reaf_lightning.errors import ConfigError, NumericalError, ReafError, one_line
 
 from .spec import ModelSpec
@@ -131,6 +132,7 @@ def main(args: list[str] | None = None) -> NoReturn:
 
 
 def _main(argv: list[str]) -> None:
+    argv = list(resolve_config_names(argv, groups=("analysis",)))  # --config figure2
     parser = build_parser()
     cfg = parse(parser, argv)
     explicit = parse(parser, argv, defaults=False)  # what the user set, to merge data

@@ -63,6 +63,7 @@ from reaf_lightning.checkpointing import (
     find_last_checkpoint,
 )
 from reaf_lightning.commands import ShortHelpFormatter, command_line, parse, run_main
+from reaf_lightning.config_names import resolve_config_names
 from reaf_lightning.errors import (
     DEBUG_ENV,
     EXIT_PREEMPTED,
@@ -352,7 +353,10 @@ def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> Reaf
         },
         auto_configure_optimizers=False,  # ImageClassifier configures its own (paper §IV)
         load_from_checkpoint_support=False,  # no model class stored in checkpoints either
-        args=args if isinstance(args, (dict, Namespace)) else command_line(args),
+        # --config quickstart: a packaged config, by name
+        args=args
+        if isinstance(args, (dict, Namespace))
+        else list(resolve_config_names(command_line(args))),
         checkpoint_dirs=checkpoint_dirs,
     )
 

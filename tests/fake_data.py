@@ -6,6 +6,8 @@ layout the data modules read:
 * :func:`write_cifar100` - the ``cifar-100-python`` pickles that
   ``torchvision.datasets.CIFAR100`` (and :class:`reaf_lightning.data.CIFAR100DataModule`)
   read.
+* :func:`write_cifar10` - the ``cifar-10-batches-py`` pickles of
+  ``torchvision.datasets.CIFAR10`` (five training batches, a test batch, ``batches.meta``).
 * :func:`write_image_folder` - a ``root/{train,val}/<class>/*.png`` tree, the
   layout of ImageNet after the usual ``valprep`` reorganisation.
 * :func:`write_corrupt_image` - garbage bytes under an image file name.
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["write_cifar100", "write_image_folder", "write_corrupt_image"]
+__all__ = ["write_cifar10", "write_cifar100", "write_image_folder", "write_corrupt_image"]
 
 
 def _cifar_split(rng: np.random.Generator, n: int, num_classes: int, prefix: str) -> dict:
@@ -67,6 +69,49 @@ def write_cifar100(
             b"fine_label_names": [f"class_{i:03d}".encode() for i in range(100)],
             b"coarse_label_names": [f"super_{i:02d}".encode() for i in range(20)],
         },
+    }
+    for name, payload in out.items():
+        with open(base / name, "wb") as f:
+            pickle.dump(payload, f, protocol=protocol)
+    return out
+
+
+def write_cifar10(
+    root: str | Path, n_per_batch: int = 8, n_test: int = 16, seed: int = 0, protocol: int = 2
+) -> dict[str, dict]:
+    """Write a fake CIFAR-10 in the ``cifar-10-batches-py`` layout under ``root``.
+
+    Files as in the official archive: ``data_batch_1`` ... ``data_batch_5`` and
+    ``test_batch`` (dicts with ``b"data"`` (N, 3072) uint8 channel-major,
+    ``b"labels"`` a list of ints, ``b"filenames"``, ``b"batch_label"``) and
+    ``batches.meta`` (``b"label_names"``, 10 names). Python-2 protocol by default.
+
+    Returns:
+        ``{file name: dict written}``.
+    """
+    base = Path(root) / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict] = {}
+    for i in range(1, 6):
+        batch = _cifar_split(rng, n_per_batch, 10, f"batch{i}")
+        out[f"data_batch_{i}"] = {
+            b"data": batch[b"data"],
+            b"labels": batch[b"fine_labels"],
+            b"filenames": batch[b"filenames"],
+            b"batch_label": f"training batch {i} of 5".encode(),
+        }
+    test = _cifar_split(rng, n_test, 10, "test")
+    out["test_batch"] = {
+        b"data": test[b"data"],
+        b"labels": test[b"fine_labels"],
+        b"filenames": test[b"filenames"],
+        b"batch_label": b"testing batch 1 of 1",
+    }
+    out["batches.meta"] = {
+        b"label_names": [f"label_{i}".encode() for i in range(10)],
+        b"num_cases_per_batch": n_per_batch,
+        b"num_vis": 3072,
     }
     for name, payload in out.items():
         with open(base / name, "wb") as f:

@@ -11,6 +11,15 @@ read, by filling ``train_dataset``, ``val_dataset``, ``test_dataset`` and
 ``batch_size * devices * num_nodes``, and Lightning inserts the
 ``DistributedSampler`` into these plain loaders (shuffling for training, in
 order for evaluation and prediction).
+
+``num_workers=None`` (the default of every module but digits; ours) follows the machine:
+:func:`default_num_workers` gives each training process
+``min(max_auto_workers, cpus // processes_on_this_machine - 1)`` workers (at
+least 1), Lightning's own suggestion (``suggested_max_num_workers``) capped per
+module, so neither Lightning nor PyTorch warns about the worker count, and a
+2-core laptop does not start 4 workers per loader. CPUs are those this process
+may run on (``os.sched_getaffinity``: a SLURM or container limit counts), not
+the machine's total.
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities import suggested_max_num_workers
 from torch.utils.data import DataLoader, Dataset
 
 from reaf_lightning.errors import ConfigError
 
-__all__ = ["BaseDataModule", "check_positive_int"]
+__all__ = ["BaseDataModule", "check_positive_int", "default_num_workers"]
 
 
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
@@ -32,6 +42,16 @@ def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def default_num_workers(cap: int, processes: int = 1) -> int:
+    """DataLoader workers per process for ``processes`` training processes on this machine.
+
+    Lightning's suggestion (the usable CPUs divided among the processes, one left
+    for each main process, at least 1) capped at ``cap``: more workers than the
+    loader can use only cost memory and start-up time.
+    """
+    return min(cap, suggested_max_num_workers(max(1, processes)))
 
 
 def _check_stats(name: str, values: Sequence[float]) -> tuple[float, ...]:
@@ -58,7 +78,9 @@ class BaseDataModule(pl.LightningDataModule):
     Args:
         image_size: side of the square network input.
         batch_size: images per batch, per device.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes per training process; ``None``
+            follows the machine (:func:`default_num_workers`, at most
+            ``max_auto_workers``).
         pin_memory: pin host memory; ``None`` means "if CUDA is available".
         mean: per-channel normalisation mean.
         std: per-channel normalisation standard deviation (> 0).
@@ -66,13 +88,15 @@ class BaseDataModule(pl.LightningDataModule):
     """
 
     num_classes: int
+    #: The most workers ``num_workers=None`` gives a process (a subclass sets its own).
+    max_auto_workers: int = 4
 
     def __init__(
         self,
         *,
         image_size: int,
         batch_size: int,
-        num_workers: int,
+        num_workers: int | None,
         pin_memory: bool | None,
         mean: Sequence[float],
         std: Sequence[float],
@@ -81,7 +105,9 @@ class BaseDataModule(pl.LightningDataModule):
         super().__init__()
         self.image_size = check_positive_int("image_size", image_size)
         self.batch_size = check_positive_int("batch_size", batch_size)
-        self.num_workers = check_positive_int("num_workers", num_workers, minimum=0)
+        self.workers_setting = (
+            None if num_workers is None else check_positive_int("num_workers", num_workers, 0)
+        )
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.mean = _check_stats("mean", mean)
         self.std = _check_stats("std", std)
@@ -91,6 +117,15 @@ class BaseDataModule(pl.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self.predict_dataset: Dataset | None = None
+
+    @property
+    def num_workers(self) -> int:
+        """Workers of every loader: the setting, or :func:`default_num_workers` for the
+        processes the attached trainer runs on this machine (one without a trainer)."""
+        if self.workers_setting is not None:
+            return self.workers_setting
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        return default_num_workers(self.max_auto_workers, processes)
 
     def _dataloader(self, dataset: Dataset | None, split: str) -> DataLoader:
         if dataset is None:

@@ -1,27 +1,22 @@
-"""CIFAR-100 data module.
+"""CIFAR-10 and CIFAR-100 data modules: one recipe, two datasets.
 
-The paper (§IV-A) says only "crop translation and flipping data augmentation".
-Ours, following the common pytorch-cifar100 recipe the paper's numbers
-resemble: random crop 32 with zero padding 4, horizontal flip with
-probability 1/2, and normalisation with mean (0.5071, 0.4865, 0.4409) and std
-(0.2673, 0.2564, 0.2762). The paper reports *test* error and has no
+The paper (§IV-A) trains on CIFAR-100 and says only "crop translation and
+flipping data augmentation". Ours, following the common pytorch-cifar100
+recipe the paper's numbers resemble: random crop 32 with zero padding 4,
+horizontal flip with probability 1/2, and normalisation with the training
+set's per-channel mean and std. The paper reports *test* error and has no
 validation split, so by default the 10,000 test images are the validation set
 (``val_split="test"``); a held-out part of the training set can be chosen
-instead.
+instead. CIFAR-10 is not in the paper: it gets the same recipe (ours), with
+its own statistics.
 
-Files are the python version (``root/cifar-100-python/{train,test,meta}``).
-They are read by our own 20-line reader rather than
-``torchvision.datasets.CIFAR100`` because that class unpickles with
-``pickle.load`` (a crafted file runs code), refuses any copy whose MD5 differs
-from the official archive, and says only "Dataset not found or corrupted";
-ours unpickles arrays, lists and dicts only and names the file and what is
-wrong. torchvision's downloader fetches and checks the archive.
+Files are torchvision's python versions, read safely by :mod:`.cifar_files`
+(arrays only, every problem one line naming the file).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -29,143 +24,39 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from reaf_lightning.errors import ConfigError, one_line
+from reaf_lightning.errors import ConfigError
 
 from .augment import apply_crop_flip, normalize_uint8, sample_crop_flip_params
 from .base import BaseDataModule
-from .errors import DatasetLayoutError, DatasetNotFoundError, DatasetPermissionError
+from .cifar_files import (
+    CIFAR10,
+    CIFAR100,
+    CIFARFormat,
+    check_cifar_files,
+    download_cifar,
+    load_cifar_classes,
+    load_cifar_split,
+)
 
 __all__ = [
+    "CIFAR10DataModule",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
     "CIFAR100DataModule",
-    "CIFAR100Dataset",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
-    "CIFAR100_URL",
-    "check_cifar100_files",
-    "load_cifar100_classes",
-    "load_cifar100_split",
+    "CIFARDataset",
 ]
 
 #: Per-channel training-set statistics of the pytorch-cifar100 recipe (ours, not the paper's).
 CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD: tuple[float, float, float] = (0.2673, 0.2564, 0.2762)
-CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-_FOLDER = "cifar-100-python"
+#: CIFAR-10's per-channel mean and std over all training pixels (ours: the usual values).
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 
 
-def _hint(root: Path) -> str:
-    return (
-        f"expected the python version of CIFAR-100 extracted there, i.e. "
-        f"'{root / _FOLDER}/{{train,test,meta}}' (from {CIFAR100_URL}); "
-        "set download=true to fetch it when online"
-    )
-
-
-def check_cifar100_files(root: str | Path) -> Path:
-    """Check that ``root/cifar-100-python/{train,test,meta}`` exist; return that folder.
-
-    Raises:
-        DatasetNotFoundError: naming the missing root, folder or file(s).
-    """
-    root = Path(root)
-    base = root / _FOLDER
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"CIFAR-100 root '{root}' does not exist: {_hint(root)}")
-    if not base.is_dir():
-        raise DatasetNotFoundError(f"CIFAR-100 folder '{base}' does not exist: {_hint(root)}")
-    missing = [
-        str(base / name) for name in ("train", "test", "meta") if not (base / name).is_file()
-    ]
-    if missing:
-        raise DatasetNotFoundError(
-            f"CIFAR-100 file(s) missing: {', '.join(missing)}; {_hint(root)}"
-        )
-    return base
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, strings, numbers and numpy arrays only: a data file never runs code."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),  # files pickled with numpy < 2
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"it holds a '{module}.{name}' object, not image arrays")
-        return super().find_class(module, name)
-
-
-def _load_pickle(path: Path) -> dict[str, object]:
-    try:
-        with open(path, "rb") as handle:
-            raw = _ArrayUnpickler(handle, encoding="bytes").load()
-    except PermissionError as err:
-        raise DatasetPermissionError(
-            f"cannot read CIFAR-100 file '{path}': permission denied"
-        ) from err
-    except Exception as err:  # any unpickling failure means a damaged or foreign file
-        raise DatasetLayoutError(
-            f"cannot read CIFAR-100 file '{path}' ({type(err).__name__}: {one_line(err)}); "
-            f"re-extract {CIFAR100_URL} into '{path.parent.parent}'"
-        ) from err
-    if not isinstance(raw, dict):
-        raise DatasetLayoutError(f"CIFAR-100 file '{path}' is not a pickled dict")
-    # The official files were written by Python 2 (keys load as bytes); accept str keys too.
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
-
-
-def load_cifar100_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read one split as ``(images uint8 (N, 3, 32, 32), fine labels int64 (N,))``.
-
-    Args:
-        root: the folder that contains ``cifar-100-python``.
-        split: ``"train"`` or ``"test"``.
-    """
-    path = check_cifar100_files(root) / split
-    content = _load_pickle(path)
-    for key in ("data", "fine_labels"):
-        if key not in content:
-            raise DatasetLayoutError(
-                f"CIFAR-100 file '{path}' has no '{key}' entry (keys: {sorted(content)})"
-            )
-    data = np.asarray(content["data"])
-    labels = np.asarray(content["fine_labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DatasetLayoutError(
-            f"CIFAR-100 file '{path}': 'data' must be uint8 of shape (N, 3072), "
-            f"got {data.dtype} {data.shape}"
-        )
-    if data.shape[0] == 0:
-        raise DatasetLayoutError(f"CIFAR-100 file '{path}' holds no images; {_hint(Path(root))}")
-    if labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu":
-        raise DatasetLayoutError(
-            f"CIFAR-100 file '{path}': {data.shape[0]} images need as many integer labels, "
-            f"got {labels.dtype} {labels.shape}"
-        )
-    if labels.min() < 0 or labels.max() > 99:
-        raise DatasetLayoutError(
-            f"CIFAR-100 file '{path}': fine labels must be in [0, 99], "
-            f"got range [{labels.min()}, {labels.max()}]"
-        )
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
-
-
-def load_cifar100_classes(root: str | Path) -> list[str]:
-    """The 100 fine class names from ``meta`` (label order)."""
-    path = check_cifar100_files(root) / "meta"
-    names = _load_pickle(path).get("fine_label_names")
-    if not isinstance(names, list) or len(names) != 100:
-        raise DatasetLayoutError(f"CIFAR-100 file '{path}' must hold 100 'fine_label_names'")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-
-
-class CIFAR100Dataset(Dataset):
+class CIFARDataset(Dataset):
     """In-memory uint8 CIFAR images, optionally augmented, optionally normalised.
 
     Augmentation is torchvision's ``RandomCrop(32, padding)`` and
@@ -207,8 +98,8 @@ class CIFAR100Dataset(Dataset):
         return image, int(self.labels[index])
 
 
-class CIFAR100DataModule(BaseDataModule):
-    """CIFAR-100 (100 classes, 32x32) with the training recipe of the module doc.
+class _CIFARDataModule(BaseDataModule):
+    """A CIFAR dataset (32x32) with the training recipe of the module doc; subclasses say which.
 
     Validation is the official test set by default (``val_split="test"``), as
     the paper reports test error; ``val_split=0.1`` holds out a stratified 10%
@@ -223,38 +114,42 @@ class CIFAR100DataModule(BaseDataModule):
     rank)``, so DDP ranks draw independently and a run is reproducible.
 
     Args:
-        root: folder containing ``cifar-100-python/{train,test,meta}``.
+        root: folder containing the extracted archive (``cifar-10-batches-py`` or
+            ``cifar-100-python``).
         batch_size: images per batch, per device (the recipe's 128 is global).
-        num_workers: DataLoader workers.
+        num_workers: DataLoader workers per process; ``None`` follows the machine's
+            CPUs (at most 4, see :mod:`.base`).
         pin_memory: pin host memory; ``None`` means "if CUDA is available".
         download: fetch and check the archive in ``prepare_data`` if it is missing.
         val_split: ``"test"`` or a fraction in (0, 1) of the training set.
         augment: random crop (padding 4) + horizontal flip on the training set.
         gpu_augment: augment and normalise training batches on the device.
-        mean: per-channel normalisation mean (default: pytorch-cifar100's).
-        std: per-channel normalisation std (default: pytorch-cifar100's).
+        mean: per-channel normalisation mean (default: the dataset's training-set mean).
+        std: per-channel normalisation std (default: the dataset's training-set std).
         seed: seed of the ``val_split`` fraction and of the device-side draws;
             ``None`` follows Lightning's global seed (``seed_everything``, env
             ``PL_GLOBAL_SEED``, else 0).
         drop_last: drop the last incomplete training batch.
     """
 
-    num_classes = 100
+    #: Which CIFAR: files, label key, number of classes (set by the subclass).
+    FORMAT: CIFARFormat
 
     def __init__(
         self,
-        root: str = "data/cifar100",
-        batch_size: int = 128,
-        num_workers: int = 4,
-        pin_memory: bool | None = None,
-        download: bool = False,
-        val_split: str | float = "test",
-        augment: bool = True,
-        gpu_augment: bool = False,
-        mean: tuple[float, float, float] = CIFAR100_MEAN,
-        std: tuple[float, float, float] = CIFAR100_STD,
-        seed: int | None = None,
-        drop_last: bool = False,
+        *,
+        root: str,
+        batch_size: int,
+        num_workers: int | None,
+        pin_memory: bool | None,
+        download: bool,
+        val_split: str | float,
+        augment: bool,
+        gpu_augment: bool,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        seed: int | None,
+        drop_last: bool,
     ) -> None:
         super().__init__(
             image_size=32,
@@ -265,7 +160,6 @@ class CIFAR100DataModule(BaseDataModule):
             std=std,
             drop_last=drop_last,
         )
-        self.save_hyperparameters()
         self.root = Path(root)
         self.download = bool(download)
         if val_split != "test":
@@ -290,35 +184,28 @@ class CIFAR100DataModule(BaseDataModule):
         return self.seed if self.seed is not None else int(os.getenv("PL_GLOBAL_SEED", 0))
 
     @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        """The dataset's number of classes; the CLI links this into the model."""
+        return self.FORMAT.num_classes
+
+    @property
     def classes(self) -> list[str]:
-        """Fine class names in label order (read from ``meta``)."""
-        return load_cifar100_classes(self.root)
+        """Class names in label order (read from the ``meta`` file)."""
+        return load_cifar_classes(self.root, self.FORMAT)
 
     def prepare_data(self) -> None:
         """Download if asked (rank 0 only), then fail early if files are missing."""
-        if self.download and not (self.root / _FOLDER / "meta").is_file():
-            from torchvision.datasets import CIFAR100
-            from torchvision.datasets.utils import download_and_extract_archive
-
-            try:
-                download_and_extract_archive(
-                    CIFAR100.url, str(self.root), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5
-                )
-            except Exception as err:  # URLError, HTTPError, socket errors, checksum failures
-                raise DatasetNotFoundError(
-                    f"downloading CIFAR-100 into '{self.root}' failed ({type(err).__name__}: "
-                    f"{one_line(err)}); when offline put the extracted '{_FOLDER}' folder "
-                    f"from {CIFAR100_URL} there"
-                ) from err
-        check_cifar100_files(self.root)
+        if self.download:
+            download_cifar(self.root, self.FORMAT)
+        check_cifar_files(self.root, self.FORMAT)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the pickles once (every rank) and build the split datasets."""
         if self.test_dataset is not None:
             return
-        x_train, y_train = load_cifar100_split(self.root, "train")
-        x_test, y_test = load_cifar100_split(self.root, "test")
-        load_cifar100_classes(self.root)  # validates meta before training starts
+        x_train, y_train = load_cifar_split(self.root, "train", self.FORMAT)
+        x_test, y_test = load_cifar_split(self.root, "test", self.FORMAT)
+        load_cifar_classes(self.root, self.FORMAT)  # validates meta before training starts
         train_index = val_index = np.arange(len(y_train))
         if self.val_split != "test":
             from sklearn.model_selection import train_test_split
@@ -333,9 +220,9 @@ class CIFAR100DataModule(BaseDataModule):
                 )
             )
 
-        def dataset(images: np.ndarray, labels: np.ndarray, train: bool) -> CIFAR100Dataset:
+        def dataset(images: np.ndarray, labels: np.ndarray, train: bool) -> CIFARDataset:
             on_cpu = not (train and self.gpu_augment)
-            return CIFAR100Dataset(
+            return CIFARDataset(
                 torch.from_numpy(images),
                 torch.from_numpy(labels),
                 self.mean,
@@ -371,6 +258,71 @@ class CIFAR100DataModule(BaseDataModule):
             )
             images = apply_crop_flip(images, *params, padding=4)
         return normalize_uint8(images, self.mean, self.std)
+
+
+class CIFAR100DataModule(_CIFARDataModule):
+    """CIFAR-100 (100 classes, 32x32), the paper's CIFAR dataset (§IV-A).
+
+    Files: ``root/cifar-100-python/{train,test,meta}`` (fine labels). Settings as
+    :class:`_CIFARDataModule`; mean/std default to ``CIFAR100_MEAN``/``CIFAR100_STD``.
+    """
+
+    FORMAT = CIFAR100
+
+    def __init__(
+        self,
+        root: str = "data/cifar100",
+        batch_size: int = 128,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        download: bool = False,
+        val_split: str | float = "test",
+        augment: bool = True,
+        gpu_augment: bool = False,
+        mean: tuple[float, float, float] = CIFAR100_MEAN,
+        std: tuple[float, float, float] = CIFAR100_STD,
+        seed: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(
+            root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+            download=download, val_split=val_split, augment=augment, gpu_augment=gpu_augment,
+            mean=mean, std=std, seed=seed, drop_last=drop_last,
+        )  # fmt: skip
+        self.save_hyperparameters()
+
+
+class CIFAR10DataModule(_CIFARDataModule):
+    """CIFAR-10 (10 classes, 32x32); not in the paper, the same recipe as CIFAR-100 (ours).
+
+    Files: ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``, the
+    five training batches read in order. Settings as :class:`_CIFARDataModule`;
+    mean/std default to ``CIFAR10_MEAN``/``CIFAR10_STD``.
+    """
+
+    FORMAT = CIFAR10
+
+    def __init__(
+        self,
+        root: str = "data/cifar10",
+        batch_size: int = 128,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        download: bool = False,
+        val_split: str | float = "test",
+        augment: bool = True,
+        gpu_augment: bool = False,
+        mean: tuple[float, float, float] = CIFAR10_MEAN,
+        std: tuple[float, float, float] = CIFAR10_STD,
+        seed: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(
+            root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+            download=download, val_split=val_split, augment=augment, gpu_augment=gpu_augment,
+            mean=mean, std=std, seed=seed, drop_last=drop_last,
+        )  # fmt: skip
+        self.save_hyperparameters()
 
 
 def _stratify_or_none(labels: np.ndarray, fraction: float) -> np.ndarray | None:

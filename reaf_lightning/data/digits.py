@@ -60,7 +60,9 @@ class DigitsDataModule(BaseDataModule):
 
     Args:
         batch_size: images per batch, per device.
-        num_workers: DataLoader worker processes (0 is fastest for in-memory tensors).
+        num_workers: DataLoader worker processes. 0 by default, unlike the other modules
+            (which follow the CPUs): the images are in-memory tensors, so a worker only
+            adds its start-up (about 0.6 s per fit measured on a 2-core machine).
         image_size: output side length; the 8x8 digits are upsampled bilinearly.
         val_fraction: fraction of images held out for validation, in (0, 1).
         seed: seed of the stratified split (and nothing else).

@@ -15,43 +15,58 @@ is that recipe. Ours, because the paper does not give them:
 * evaluation: shorter side resized to ``resize_size`` (256 for 224) and a
   centre crop, a single view (He et al. report 10-crop testing).
 
+Small images (ours): ``augmentation="cifar"`` is the CIFAR recipe of
+:mod:`.cifar` for a folder of 32-pixel images: zero-pad 4, random crop back to
+``image_size``, horizontal flip, and normalisation by the folder's own
+per-channel mean and std (computed over the training images at set-up when
+``mean``/``std`` are not given, and recorded in the module's hyperparameters,
+so a checkpoint keeps the values it was trained with). Evaluation is a resize
+to ``resize_size`` and a centre crop, as for the other recipes (for images of
+at most 64 pixels the default ``resize_size`` is ``image_size``: nothing is
+cropped).
+
 Robustness (ours): every layout problem is found in ``prepare_data``/``setup``
 and reported as one line naming the path. Undecodable images follow
 ``on_corrupt``:
 
-* ``"skip"`` (default): nothing is checked up front (start-up stays fast on
-  1.3 M files); a file that fails to decode is replaced by the next readable
-  sample, with a :class:`CorruptImageWarning` naming it and counting the files
-  skipped so far (per process: DataLoader workers and DDP ranks count apart).
-* ``"error"``: every image is decoded at set-up (in parallel; verdicts cached
-  by path, size and modification time, so the next set-up only ``stat``s) and
-  set-up fails with the count and the first files. Unreadable files are
-  reported as permission problems, not as corrupt images.
+* ``"skip"`` (default): the evaluation split (``val``, also the test and
+  predict split) is fully decoded at set-up (in parallel; verdicts cached by
+  path, size and modification time, so the next set-up only ``stat``s) and its
+  undecodable files are left out of the index with one
+  :class:`CorruptImageWarning` naming them: every validation or test metric and
+  every ``predictions.csv`` row belongs to exactly one real image. The training
+  split is not checked up front (start-up stays fast on 1.3 M files): a
+  training file that fails to decode is replaced by the next readable sample,
+  with a :class:`CorruptImageWarning` naming it and counting the files skipped
+  so far (per process: DataLoader workers and DDP ranks count apart).
+* ``"error"``: every image of both splits is decoded at set-up and set-up fails
+  with the count and the first files.
+
+Unreadable files (permissions) are never skipped: they are reported as
+permission problems, not as corrupt images.
 """
 
 from __future__ import annotations
 
 import hashlib
-import warnings
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
+from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.transforms import v2
 
 from reaf_lightning.errors import ConfigError
 
 from .base import BaseDataModule, check_positive_int
 from .errors import CorruptImageError, CorruptImageWarning, DatasetPermissionError
-from .images import load_rgb, scan_image_folder, verify_images
+from .image_dataset import ImageFileDataset, OnCorrupt
+from .images import channel_stats, scan_image_folder, verify_images
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "ImageFileDataset",
     "ImageFolderDataModule",
     "ImageNetDataModule",
     "default_eval_resize",
@@ -61,62 +76,10 @@ __all__ = [
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-Augmentation = Literal["random_resized_crop", "scale_jitter"]
-OnCorrupt = Literal["skip", "error"]
+Augmentation = Literal["random_resized_crop", "scale_jitter", "cifar"]
 _SHOWN = 5  # files named in a set-up error
-
-
-class ImageFileDataset(Dataset):
-    """``(path, label)`` samples decoded to RGB, corrupt files skipped or refused.
-
-    Attributes:
-        samples: ``(path, class_index)`` pairs in loader order, as
-            ``torchvision.datasets.ImageFolder.samples``.
-        skipped: files skipped so far by this process.
-
-    Args:
-        samples: ``(path, label)`` pairs.
-        transform: applied to the RGB PIL image.
-        on_corrupt: ``"skip"`` - return the next readable sample (wrapping
-            around) and warn once per file; ``"error"`` - raise
-            :class:`CorruptImageError` naming the file.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[tuple[str, int]],
-        transform: Callable[[Image.Image], torch.Tensor],
-        on_corrupt: OnCorrupt = "skip",
-    ) -> None:
-        self.samples = list(samples)
-        self.transform = transform
-        self.on_corrupt = on_corrupt
-        self.skipped: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        n = len(self.samples)
-        for step in range(n):
-            path, label = self.samples[(index + step) % n]
-            if path in self.skipped:
-                continue
-            try:
-                image = load_rgb(path)
-            except CorruptImageError as err:
-                if self.on_corrupt == "error":
-                    raise
-                self.skipped.add(path)
-                warnings.warn(
-                    f"skipped: {err}; {len(self.skipped)} unreadable file(s) skipped so far "
-                    "by this dataset (counted per process)",
-                    CorruptImageWarning,
-                    stacklevel=2,
-                )
-                continue
-            return self.transform(image), label
-        raise CorruptImageError(f"none of the {n} images of this dataset can be decoded")
+_EVAL_SPLIT = "val"  # also the test and predict split
+_CIFAR_PADDING = 4  # the CIFAR recipe's zero padding before the random crop (ours, see .cifar)
 
 
 def default_eval_resize(image_size: int) -> int:
@@ -133,37 +96,44 @@ class ImageFolderDataModule(BaseDataModule):
     ``torchvision.datasets.ImageFolder``; ``num_classes`` is the number of class
     folders. The validation split doubles as the test and the predict split
     (ImageNet's labelled test set is not public); its ``samples`` name the file
-    behind every prediction, in loader order.
+    behind every prediction, in loader order (undecodable files already left out,
+    see the module doc; ``left_out`` lists them).
 
     Args:
         root: dataset root holding ``train/`` and ``val/``.
         image_size: side of the network input (the crop).
         batch_size: images per batch, per device.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes per training process; ``None``
+            follows the machine's CPUs (at most 8; see :mod:`.base`).
         pin_memory: pin host memory; ``None`` means "if CUDA is available".
-        mean: per-channel normalisation mean (default ImageNet's).
-        std: per-channel normalisation std (default ImageNet's).
+        mean: per-channel normalisation mean; ``None``: ImageNet's, or with
+            ``augmentation="cifar"`` the training images' own (computed at set-up).
+        std: per-channel normalisation std; ``None`` as for ``mean``.
         resize_size: evaluation resize side (default :func:`default_eval_resize`).
-        augmentation: ``"random_resized_crop"`` (ours) or ``"scale_jitter"``
-            (the paper's, see the module doc) for training images.
+        augmentation: training images' recipe: ``"random_resized_crop"`` (ours),
+            ``"scale_jitter"`` (the paper's) or ``"cifar"`` (pad-4 random crop and
+            flip, for 32-pixel images); see the module doc.
         scale_jitter_range: inclusive range of the shorter side for
             ``"scale_jitter"`` (He et al.: 256 to 480); the low end must be
             at least ``image_size``.
         on_corrupt: ``"skip"`` or ``"error"`` (see the module doc).
-        verify_cache: JSON file caching the ``"error"`` mode's verdicts;
-            ``"auto"`` puts it under ``~/.cache/reaf_lightning/``, ``None`` disables it.
+        verify_cache: JSON file caching the set-up decode checks' verdicts (both
+            modes); ``"auto"`` puts it under ``~/.cache/reaf_lightning/``, ``None``
+            disables it.
         drop_last: drop the last incomplete training batch.
     """
+
+    max_auto_workers = 8  # decoding files is the bottleneck
 
     def __init__(
         self,
         root: str,
         image_size: int = 224,
         batch_size: int = 64,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         pin_memory: bool | None = None,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
         resize_size: int | None = None,
         augmentation: Augmentation = "random_resized_crop",
         scale_jitter_range: tuple[int, int] = (256, 480),
@@ -171,13 +141,19 @@ class ImageFolderDataModule(BaseDataModule):
         verify_cache: str | None = "auto",
         drop_last: bool = False,
     ) -> None:
+        _check_choice("augmentation", augmentation, Augmentation)
+        # The CIFAR recipe's statistics are the folder's own (those not given): known at set-up.
+        self.folder_stats = {
+            name: augmentation == "cifar" and value is None
+            for name, value in (("mean", mean), ("std", std))
+        }
         super().__init__(
             image_size=image_size,
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
-            mean=mean,
-            std=std,
+            mean=IMAGENET_MEAN if mean is None else mean,
+            std=IMAGENET_STD if std is None else std,
             drop_last=drop_last,
         )
         self.save_hyperparameters()
@@ -187,7 +163,6 @@ class ImageFolderDataModule(BaseDataModule):
             default_eval_resize(image_size) if resize_size is None else resize_size,
             minimum=image_size,
         )
-        _check_choice("augmentation", augmentation, Augmentation)
         _check_choice("on_corrupt", on_corrupt, OnCorrupt)
         self.augmentation = augmentation
         low, high = (int(v) for v in scale_jitter_range)
@@ -202,6 +177,8 @@ class ImageFolderDataModule(BaseDataModule):
         self._classes: list[str] | None = None
         self._samples: dict[str, list[tuple[str, int]]] | None = None
         self._verified = False
+        #: Undecodable files left out of the evaluation split at set-up, with the reason.
+        self.left_out: dict[str, str] = {}
 
     # -- dataset facts -------------------------------------------------------------------------
     @property
@@ -215,7 +192,14 @@ class ImageFolderDataModule(BaseDataModule):
         return len(self.classes)
 
     def train_transform(self) -> v2.Compose:
-        if self.augmentation == "scale_jitter":
+        if self.augmentation == "cifar":
+            size = self.image_size
+            geometry = [
+                v2.Resize(size),
+                v2.CenterCrop(size),
+                v2.RandomCrop(size, padding=_CIFAR_PADDING),
+            ]
+        elif self.augmentation == "scale_jitter":
             low, high = self.scale_jitter_range
             geometry = [v2.RandomResize(low, high + 1), v2.RandomCrop(self.image_size)]
         else:
@@ -248,9 +232,13 @@ class ImageFolderDataModule(BaseDataModule):
         return Path.home() / ".cache" / "reaf_lightning" / f"verified-{digest}.json"
 
     def _verify(self) -> None:
-        if self.on_corrupt != "error" or self._verified:
+        """Decode-check before indexing: both splits (``"error"``) or the evaluation split
+        (``"skip"``, whose undecodable files are then left out); see the module doc."""
+        if self._verified:
             return
-        paths = [path for split in self._index()[1].values() for path, _ in split]
+        samples = self._index()[1]
+        splits = list(samples) if self.on_corrupt == "error" else [_EVAL_SPLIT]
+        paths = [path for split in splits for path, _ in samples[split]]
         bad = verify_images(paths, cache_file=self._cache_path())
         denied = [p for p, err in bad.items() if isinstance(err, DatasetPermissionError)]
         if denied:
@@ -258,17 +246,44 @@ class ImageFolderDataModule(BaseDataModule):
                 f"{len(denied)} image(s) under '{self.root}' cannot be read (permission "
                 f"denied), e.g. {', '.join(denied[:_SHOWN])}; fix their permissions"
             )
-        if bad:
-            shown = "; ".join(str(err) for err in list(bad.values())[:_SHOWN])
+        shown = "; ".join(str(err) for err in list(bad.values())[:_SHOWN])
+        if bad and self.on_corrupt == "error":
             raise CorruptImageError(
                 f"{len(bad)} corrupt image(s) of {len(paths)} under '{self.root}' (on_corrupt="
                 f"'error'; remove them or use on_corrupt='skip'), first {min(len(bad), _SHOWN)}: "
                 f"{shown}"
             )
+        if len(bad) == len(paths):
+            raise CorruptImageError(
+                f"none of the {len(paths)} images of '{self.root / _EVAL_SPLIT}' can be decoded; "
+                f"first {min(len(bad), _SHOWN)}: {shown}"
+            )
+        if bad:
+            samples[_EVAL_SPLIT] = [item for item in samples[_EVAL_SPLIT] if item[0] not in bad]
+            self.left_out = {path: str(err) for path, err in bad.items()}
+            rank_zero_warn(
+                f"left out {len(bad)} undecodable image(s) of {len(paths)} in "
+                f"'{self.root / _EVAL_SPLIT}' (validation, test and predict use the other "
+                f"{len(paths) - len(bad)}), first {min(len(bad), _SHOWN)}: {shown}",
+                category=CorruptImageWarning,
+            )
         self._verified = True
 
+    def _compute_folder_stats(self) -> None:
+        """The CIFAR recipe's mean/std: the training images' own, recorded in ``hparams``."""
+        if not any(self.folder_stats.values()):
+            return
+        crop = v2.Compose([v2.Resize(self.image_size), v2.CenterCrop(self.image_size)])
+        paths = [path for path, _ in self._index()[1]["train"]]
+        mean, std = channel_stats(paths, lambda image: np.asarray(crop(image)))
+        if self.folder_stats["mean"]:
+            self.mean = self.hparams["mean"] = mean
+        if self.folder_stats["std"]:
+            self.std = self.hparams["std"] = std
+        self.folder_stats = dict.fromkeys(self.folder_stats, False)
+
     def prepare_data(self) -> None:
-        """Check the layout; with ``on_corrupt="error"`` decode every image (fills the cache)."""
+        """Check the layout and decode the images the module doc says (fills the cache)."""
         self._index()
         self._verify()
 
@@ -276,10 +291,12 @@ class ImageFolderDataModule(BaseDataModule):
         """Index the folders and build the datasets; every layout problem is raised here."""
         samples = self._index()[1]
         self._verify()  # instant when prepare_data ran in this process or the cache is warm
+        self._compute_folder_stats()
         self.train_dataset = ImageFileDataset(
             samples["train"], self.train_transform(), self.on_corrupt
         )
-        self.val_dataset = ImageFileDataset(samples["val"], self.eval_transform(), self.on_corrupt)
+        # Checked above: a file that fails now changed since, and is an error, never a stand-in.
+        self.val_dataset = ImageFileDataset(samples[_EVAL_SPLIT], self.eval_transform(), "error")
         self.test_dataset = self.predict_dataset = self.val_dataset
 
 
@@ -306,14 +323,14 @@ class ImageNetDataModule(ImageFolderDataModule):
         self,
         root: str = "data/imagenet",
         batch_size: int = 256,
-        num_workers: int = 8,
+        num_workers: int | None = None,
         pin_memory: bool | None = None,
         image_size: int = 224,
         resize_size: int | None = None,
         augmentation: Augmentation = "random_resized_crop",
         scale_jitter_range: tuple[int, int] = (256, 480),
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
         on_corrupt: OnCorrupt = "skip",
         verify_cache: str | None = "auto",
         drop_last: bool = False,

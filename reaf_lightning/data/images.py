@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from .errors import (
     DatasetPermissionError,
 )
 
-__all__ = ["IMG_EXTENSIONS", "load_rgb", "scan_image_folder", "verify_images"]
+__all__ = ["IMG_EXTENSIONS", "channel_stats", "load_rgb", "scan_image_folder", "verify_images"]
 
 #: What PIL raises for undecodable files: truncation and unknown formats are OSErrors,
 #: some damaged PNG chunks raise SyntaxError, some decoders ValueError.
@@ -296,10 +296,54 @@ def verify_images(
             bar.update()
     bad = {path: err for path, err in verdicts.items() if err is not None}
     if cache is not None:
-        ok = {os.path.abspath(p): keys[p] for p in paths if p not in bad and keys[p] is not None}
+        # Keep other files' verdicts (a check of one split must not forget the others').
+        failed = {os.path.abspath(p) for p in bad}
+        ok = {path: key for path, key in known.items() if path not in failed}
+        ok.update(
+            (os.path.abspath(p), keys[p]) for p in paths if p not in bad and keys[p] is not None
+        )
         try:
             with atomic_outputs([cache]) as (temp,):
                 temp.write_text(json.dumps({"ok": ok}))
         except OutputError as err:
             warnings.warn(f"image check cache not saved: {err}", stacklevel=2)
     return bad
+
+
+def channel_stats(
+    paths: Sequence[str],
+    to_uint8: Callable[[Image.Image], np.ndarray],
+    threads: int | None = None,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel mean and standard deviation of images, in [0, 1] pixel units.
+
+    The statistics of all pixels of all images together (as CIFAR's usual
+    values are computed), accumulated in float64. Files that cannot be decoded
+    are left out (the data module reports them); unreadable ones raise.
+
+    Args:
+        paths: image files.
+        to_uint8: turns a decoded RGB image into the ``(H, W, 3)`` uint8 array whose
+            pixels count (e.g. resized and cropped to the network input).
+        threads: decoding threads (PIL releases the GIL while decoding).
+
+    Raises:
+        CorruptImageError: no file could be decoded.
+        DatasetPermissionError: a file cannot be read.
+    """
+
+    def sums(path: str) -> np.ndarray | None:
+        try:
+            pixels = to_uint8(load_rgb(path)).reshape(-1, 3).astype(np.float64) / 255.0
+        except CorruptImageError:
+            return None
+        return np.concatenate([[pixels.shape[0]], pixels.sum(0), (pixels**2).sum(0)])
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        parts = [part for part in pool.map(sums, paths) if part is not None]
+    if not parts:
+        raise CorruptImageError(f"none of the {len(paths)} images can be decoded")
+    total = np.sum(parts, axis=0)
+    count, mean = total[0], total[1:4] / total[0]
+    std = np.sqrt(np.maximum(total[4:7] / count - mean**2, 0.0))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)  # type: ignore[return-value]

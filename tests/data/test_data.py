@@ -14,14 +14,15 @@ from fake_data import write_cifar100
 from torch.utils.data import DistributedSampler
 
 from reaf_lightning.data import (
+    CIFAR100,
     CIFAR100_MEAN,
     CIFAR100_STD,
     CIFAR100DataModule,
-    CIFAR100Dataset,
+    CIFARDataset,
     DatasetLayoutError,
     DatasetNotFoundError,
     apply_crop_flip,
-    load_cifar100_split,
+    load_cifar_split,
     normalize_uint8,
     sample_crop_flip_params,
 )
@@ -78,7 +79,7 @@ def test_cifar_reads_protocol_2_pickles_like_the_official_files(tmp_path):
     written = write_cifar100(tmp_path, n_train=4, n_test=3, protocol=2)
     test_file = tmp_path / "cifar-100-python" / "test"  # as numpy < 2 names its functions:
     test_file.write_bytes(test_file.read_bytes().replace(b"numpy._core.", b"numpy.core."))
-    images, labels = load_cifar100_split(tmp_path, "test")
+    images, labels = load_cifar_split(tmp_path, "test", CIFAR100)
     assert labels.tolist() == written["test"][b"fine_labels"]
     assert np.array_equal(images[2], _row_to_image(written["test"][b"data"][2]))
 
@@ -257,7 +258,7 @@ def test_augmented_images_are_crop_flips_of_their_source(path):
     if path == "device":
         xs = CIFAR100DataModule(gpu_augment=True, seed=3).augment_batch(images)
     else:
-        ds = CIFAR100Dataset(images, torch.arange(6), CIFAR100_MEAN, CIFAR100_STD, augment=True)
+        ds = CIFARDataset(images, torch.arange(6), CIFAR100_MEAN, CIFAR100_STD, augment=True)
         xs = torch.stack([ds[i][0] for i in range(6)])
     for x, src in zip(xs, images, strict=True):
         normed = normalize_uint8(torch.stack(_all_crop_flips(src)), CIFAR100_MEAN, CIFAR100_STD)

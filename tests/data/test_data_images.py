@@ -129,9 +129,10 @@ def _write_with_corrupt(tmp_path):
 
 
 def test_corrupt_image_skipped_with_warning_naming_file_and_count(tmp_path):
-    bad_train, _ = _write_with_corrupt(tmp_path)
+    bad_train, bad_val = _write_with_corrupt(tmp_path)
     dm = folder_datamodule(tmp_path, resize_size=32)
-    dm.setup("fit")  # skip mode: no up-front verification, set-up succeeds
+    with pytest.warns(CorruptImageWarning, match=r"left out 1 undecodable image\(s\) of 5"):
+        dm.setup("fit")  # skip mode: only the evaluation split is checked up front
     ds = dm.train_dataset
     # replace the random training transform by the deterministic eval one for comparison
     ds.transform = dm.eval_transform()
@@ -144,12 +145,16 @@ def test_corrupt_image_skipped_with_warning_naming_file_and_count(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same file warns only once
         ds[bad_index]
+    # The evaluation split never substitutes: the corrupt file is out of the index.
     dm_val = folder_datamodule(tmp_path, batch_size=5)
-    dm_val.setup("validate")
-    with pytest.warns(CorruptImageWarning, match="b_5.JPEG.*1 unreadable"):
+    with pytest.warns(CorruptImageWarning, match="b_5.JPEG"):
+        dm_val.setup("validate")
+    assert str(bad_val) in dm_val.left_out and "cannot decode" in dm_val.left_out[str(bad_val)]
+    assert str(bad_val) not in [p for p, _ in dm_val.val_dataset.samples]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         ((x, y),) = list(dm_val.val_dataloader())
-    assert x.shape == (5, 3, 32, 32)
-    assert y.tolist() == [0, 0, 1, 1, 0]  # the corrupt last file is replaced by the first one
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 0, 1, 1]
 
 
 def test_corrupt_image_error_mode_refuses_at_setup_naming_every_file(tmp_path):
