@@ -141,13 +141,15 @@ class REAFConv2d(nn.Module):
     Args:
         in_channels: ``C_in``; must be divisible by ``g_i``.
         out_channels: ``C_out``; must be divisible by ``g_o``.
-        kernel_size: square kernel size ``k``.
+        kernel_size: ``k`` or ``(k, k)``: kernels are square (see below).
         g_i: number of input-channel groups ``G_I``.
         g_m: number of input groups merged per output group ``G_M``.
         g_o: number of output groups; defaults to, and must equal, ``C(g_i, g_m)``.
-        stride: convolution stride.
-        padding: zero padding; ``None`` means ``dilation * (k - 1) // 2`` ("same" for stride 1).
-        dilation: kernel dilation.
+        stride: ``s`` or ``(s, s)``.
+        padding: ``p``, ``(p, p)``, ``"same"`` or ``"valid"`` as in ``nn.Conv2d``; ``None``
+            (ours, the default) means ``dilation * (k - 1) // 2``, "same" for stride 1 and
+            odd ``k``.
+        dilation: ``d`` or ``(d, d)``.
         bias: add a learnable bias per output channel.
         impl: ``"auto"`` or one of the strategies ``"masked"``, ``"gather"``, ``"decompose"``,
             ``"decompose_loop"``, ``"loop"`` (see ``reaf_lightning.layers.strategies``). All give
@@ -159,24 +161,31 @@ class REAFConv2d(nn.Module):
     exactly ``nn.Conv2d(groups=g)``'s weight layout, so weights can be copied between
     the two. Like ``nn.Conv2d``, the layer takes ``(N, C_in, H, W)`` or unbatched
     ``(C_in, H, W)`` floating-point input and refuses anything else with one line.
+
+    Kernel size, stride, padding and dilation take ``nn.Conv2d``'s forms, but only
+    square ones: the paper's networks use nothing else, and the strategies and the
+    cost counts are written for a ``k x k`` kernel. A non-square value is refused.
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
+        kernel_size: int | tuple[int, int],
         g_i: int,
         g_m: int,
         g_o: int | None = None,
-        stride: int = 1,
-        padding: int | None = None,
-        dilation: int = 1,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str | None = None,
+        dilation: int | tuple[int, int] = 1,
         bias: bool = False,
         impl: str = "auto",
     ) -> None:
         super().__init__()
         spec = REAFSpec(g_i, g_m, g_o)
+        kernel_size = _square(spec, "kernel_size", kernel_size)
+        stride = _square(spec, "stride", stride)
+        dilation = _square(spec, "dilation", dilation)
         _check_ints(
             spec,
             positive={
@@ -186,7 +195,10 @@ class REAFConv2d(nn.Module):
                 "stride": stride,
                 "dilation": dilation,
             },
-            non_negative={"padding": padding} if padding is not None else {},
+            non_negative={},
+        )
+        padding, self._pad_end, self._padding_repr = _resolve_padding(
+            spec, padding, kernel_size, stride, dilation
         )
         if in_channels % spec.g_i:
             raise ValueError(
@@ -203,7 +215,7 @@ class REAFConv2d(nn.Module):
         self.kernel_size = kernel_size
         self.spec = spec
         self.stride = stride
-        self.padding = dilation * (kernel_size - 1) // 2 if padding is None else padding
+        self.padding = padding
         self.dilation = dilation
         self.impl = impl
         self.in_per_group = in_channels // spec.g_i  # A_in
@@ -221,6 +233,60 @@ class REAFConv2d(nn.Module):
             self.register_buffer(name, index, persistent=False)
         self.partials_in_order = strategies.partials_in_order(spec.combinations())
         self.reset_parameters()
+
+    @classmethod
+    def from_conv(
+        cls, conv: nn.Conv2d, reaf: str | Sequence[int] | REAFSpec, impl: str = "auto"
+    ) -> REAFConv2d:
+        """A REAF convolution with ``conv``'s geometry (channels, kernel, stride, padding,
+        dilation, bias), on its device and dtype.
+
+        Weights: kept exactly where the REAF layer has ``conv``'s connectivity, that is
+        ``G_M = G_I`` (every output reads every input: a dense conv, e.g. ``1-1-1``) from
+        a dense ``conv``, and ``g-1-g`` from ``conv`` with ``groups=g``. Otherwise REAF
+        connects each output group to other inputs than ``conv`` did, no dense weight
+        maps onto the compact one, and the new layer is initialised afresh by
+        :meth:`reset_parameters` (Kaiming-normal, fan-out; a bias from
+        ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``): train or fine-tune it.
+
+        Raises:
+            ValueError: ``conv`` is grouped and ``reaf`` is not ``groups-1-groups`` (REAF
+                replaces channel grouping; build a ``REAFConv2d`` to change the
+                connectivity on purpose), pads other than with zeros, is not square, or
+                its channels do not divide into ``reaf``'s groups.
+        """
+        spec = parse_reaf(reaf)
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"REAFConv2d.from_conv needs an nn.Conv2d, got {type(conv).__name__}")
+        if conv.groups != 1 and tuple(spec) != (conv.groups, 1, conv.groups):
+            raise ValueError(
+                f"REAFConv2d.from_conv: {conv} has groups={conv.groups}; REAF {spec} would "
+                "replace its grouping, which only "
+                f"{conv.groups}-1-{conv.groups} (G_M = 1, G_I = groups) reproduces"
+            )
+        if conv.padding_mode != "zeros":
+            raise ValueError(
+                f"REAFConv2d.from_conv: {conv} pads with padding_mode={conv.padding_mode!r}; "
+                "REAFConv2d pads with zeros only"
+            )
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            spec.g_i,
+            spec.g_m,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=conv.bias is not None,
+            impl=impl,
+        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        if spec.g_m == spec.g_i or spec.g_m == 1 and spec.g_i == conv.groups:
+            with torch.no_grad():  # same connectivity: the weight layouts coincide
+                layer.weight.copy_(conv.weight)
+                if conv.bias is not None:
+                    layer.bias.copy_(conv.bias)
+        return layer
 
     @property
     def g_i(self) -> int:
@@ -249,7 +315,8 @@ class REAFConv2d(nn.Module):
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial output size for an ``height x width`` input (``nn.Conv2d``'s formula)."""
         span = self.dilation * (self.kernel_size - 1)
-        return tuple((s + 2 * self.padding - span - 1) // self.stride + 1 for s in (height, width))
+        padded = 2 * self.padding + self._pad_end
+        return tuple((s + padded - span - 1) // self.stride + 1 for s in (height, width))
 
     def resolved_impl(self, x: Tensor) -> str:
         """The strategy a forward on ``x`` runs (``auto``: timed once per signature, cached)."""
@@ -267,6 +334,8 @@ class REAFConv2d(nn.Module):
         self._check_input(x)
         if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
             return self.forward(x.unsqueeze(0)).squeeze(0)
+        if self._pad_end:  # "same" with an even span: nn.Conv2d pads the end one more
+            x = F.pad(x, (0, self._pad_end, 0, self._pad_end))
         return self.compute(self.resolved_impl(x), x, self.weight, self.bias)
 
     def compute(self, impl: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -310,19 +379,65 @@ class REAFConv2d(nn.Module):
             )
 
     def extra_repr(self) -> str:
+        """``nn.Conv2d``'s text (its rules for what to show) plus the REAF setting."""
+        pair = lambda v: f"({v}, {v})"  # noqa: E731
         s = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"reaf={self.spec}, stride={self.stride}, padding={self.padding}"
+            f"{self.in_channels}, {self.out_channels}, kernel_size={pair(self.kernel_size)}, "
+            f"stride={pair(self.stride)}"
         )
+        if self._padding_repr != "0":
+            s += f", padding={self._padding_repr}"
         if self.dilation != 1:
-            s += f", dilation={self.dilation}"
+            s += f", dilation={pair(self.dilation)}"
         if self.bias is None:
             s += ", bias=False"
-        return s + f", impl={self.impl}"
+        s += f", reaf={self.spec}"
+        return s if self.impl == "auto" else s + f", impl={self.impl}"
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _square(spec: REAFSpec, name: str, value: object) -> object:
+    """``n`` from ``n`` or ``(n, n)``; a non-square pair is refused, saying why."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        if value[0] != value[1]:
+            raise ValueError(
+                f"REAF {spec}: {name}={tuple(value)} is not square; REAFConv2d takes an int or "
+                f"an (n, n) pair (its strategies and cost counts assume a square {name})"
+            )
+        return value[0]
+    return value
+
+
+def _resolve_padding(
+    spec: REAFSpec, padding: object, kernel_size: int, stride: int, dilation: int
+) -> tuple[int, int, str]:
+    """(padding on both sides, extra padding at the end, its text in the repr).
+
+    ``"same"`` and ``"valid"`` follow ``nn.Conv2d``: "same" needs stride 1 and pads
+    ``d * (k - 1)`` in total, the odd one at the end (bottom and right).
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, "valid"
+        if padding != "same":
+            raise ValueError(
+                f"REAF {spec}: padding={padding!r} is not one of 'same', 'valid', an int or (p, p)"
+            )
+        if stride != 1:
+            raise ValueError(
+                f"REAF {spec}: padding='same' is not supported for strided convolutions "
+                f"(stride={stride}), as in nn.Conv2d"
+            )
+        span = dilation * (kernel_size - 1)
+        return span // 2, span % 2, "same"
+    if padding is None:  # ours: "same" for stride 1 and odd k, symmetric
+        padding = dilation * (kernel_size - 1) // 2
+    padding = _square(spec, "padding", padding)
+    _check_ints(spec, positive={}, non_negative={"padding": padding})
+    return padding, 0, "0" if padding == 0 else f"({padding}, {padding})"
 
 
 def _check_ints(spec: REAFSpec, positive: dict, non_negative: dict) -> None:
@@ -330,7 +445,7 @@ def _check_ints(spec: REAFSpec, positive: dict, non_negative: dict) -> None:
     for name, value in {**positive, **non_negative}.items():
         if not _is_int(value):
             raise TypeError(
-                f"REAF {spec}: {name} must be an int (square kernels only), got {value!r}"
+                f"REAF {spec}: {name} must be an int or a square (n, n) pair, got {value!r}"
             )
     for name, value in positive.items():
         if value < 1:
