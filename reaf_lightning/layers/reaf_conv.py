@@ -1,4 +1,4 @@
-"""The REAF convolution (paper §III-A, Eq. 5-6).
+"""The REAF convolution (paper §III-B, Eq. 5-6): the definition, then the layer.
 
 A dense convolution computes every output channel from all ``C_in`` input
 channels (Eq. 2). REAF splits the input channels into ``G_I`` groups of
@@ -20,14 +20,15 @@ Our choices where the paper is silent: combinations are enumerated in
 ``E_l`` are concatenated in increasing order; the weight is initialised as
 torchvision initialises ResNet convolutions.
 
-:class:`REAFConv2d` computes the same function with one of five execution
-strategies (``reaf_lightning.layers.strategies``), picked per layer shape by an
-autotuner (``reaf_lightning.layers.autotune``).
+:class:`REAFConv2d` computes the same function with one of the execution
+strategies of :mod:`reaf_lightning.layers.strategies`, from a plan of index
+tensors (:mod:`reaf_lightning.layers.plan`), picked per layer shape by the
+autotuner (:mod:`reaf_lightning.layers.autotune`) and called through
+:mod:`reaf_lightning.layers.dispatch`.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -35,72 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reaf_lightning.layers import autotune, strategies
+from reaf_lightning.layers.dispatch import reaf_conv, resolve_impl
+from reaf_lightning.layers.plan import INDEX_FIELDS, REAFPlan, make_plan
+from reaf_lightning.layers.spec import REAFSpec, _is_int, parse_reaf
+from reaf_lightning.layers.strategies import STRATEGIES, scatter_dense
 
 __all__ = ["REAF_IMPLS", "REAFConv2d", "REAFSpec", "parse_reaf", "reaf_conv2d"]
 
-
-REAF_IMPLS = ("auto", "masked", "gather", "decompose", "decompose_loop", "loop")
-
-
-class REAFSpec(tuple):
-    """A validated ``(G_I, G_M, G_O)`` triple, printed in the paper's notation ``"4-3-4"``."""
-
-    def __new__(cls, g_i: int, g_m: int, g_o: int | None = None) -> REAFSpec:
-        for name, value in (("G_I", g_i), ("G_M", g_m)):
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"REAF {name} must be a positive integer, got {value!r}")
-        if g_m > g_i:
-            raise ValueError(
-                f"REAF {g_i}-{g_m}-{g_o if g_o is not None else '?'}: G_M={g_m} must not exceed "
-                f"G_I={g_i} (each output group merges G_M of the G_I input groups)"
-            )
-        expected = math.comb(g_i, g_m)
-        g_o = expected if g_o is None else g_o
-        if not _is_int(g_o) or g_o != expected:
-            raise ValueError(f"REAF {g_i}-{g_m}-{g_o}: G_O must be C({g_i}, {g_m}) = {expected}")
-        return super().__new__(cls, (g_i, g_m, g_o))
-
-    g_i = property(lambda self: self[0], doc="number of input-channel groups G_I")
-    g_m = property(lambda self: self[1], doc="input groups merged per output group G_M")
-    g_o = property(lambda self: self[2], doc="number of output-channel groups G_O")
-
-    def combinations(self) -> list[tuple[int, ...]]:
-        """``E_0 .. E_{G_O-1}``: the input groups of each output group (ours: lexicographic)."""
-        return list(itertools.combinations(range(self.g_i), self.g_m))
-
-    def __str__(self) -> str:
-        return f"{self[0]}-{self[1]}-{self[2]}"
-
-    def __repr__(self) -> str:
-        return f"REAFSpec('{self}')"
-
-    def __reduce__(self):  # keep pickling (DDP spawn, checkpoints) working for a tuple subclass
-        return (REAFSpec, tuple(self))
-
-
-def parse_reaf(reaf: str | Sequence[int] | REAFSpec) -> REAFSpec:
-    """Parse ``"4-3-4"``, ``"4-3"`` (G_O implied), ``(4, 3, 4)`` or ``(4, 3)`` into a ``REAFSpec``.
-
-    Raises:
-        ValueError: on malformed text or an invalid combination, naming the value.
-    """
-    if isinstance(reaf, REAFSpec):
-        return reaf
-    if isinstance(reaf, str):
-        try:
-            numbers = [int(p) for p in reaf.strip().split("-")]
-        except ValueError:
-            numbers = []
-        if len(numbers) not in (2, 3):
-            raise ValueError(
-                f"REAF setting {reaf!r} is not of the form 'G_I-G_M-G_O' (e.g. '4-3-4') "
-                "or 'G_I-G_M'"
-            )
-        return REAFSpec(*numbers)
-    if isinstance(reaf, Sequence) and len(reaf) in (2, 3):
-        return REAFSpec(*(int(v) for v in reaf))
-    raise ValueError(f"REAF setting {reaf!r} must be a 'G_I-G_M-G_O' string or a 2/3-tuple of ints")
+REAF_IMPLS = ("auto", *STRATEGIES)
 
 
 def reaf_conv2d(
@@ -208,8 +151,9 @@ class REAFConv2d(nn.Module):
             raise ValueError(
                 f"REAF {spec}: out_channels={out_channels} is not divisible by G_O={spec.g_o}"
             )
-        if impl not in REAF_IMPLS:
-            raise ValueError(f"REAF impl={impl!r} is not one of {', '.join(REAF_IMPLS)}")
+        if impl != "auto" and impl not in STRATEGIES:
+            names = ", ".join(("auto", *STRATEGIES))
+            raise ValueError(f"REAF impl={impl!r} is not one of {names}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -225,13 +169,12 @@ class REAFConv2d(nn.Module):
             torch.empty(out_channels, self.merged_channels, kernel_size, kernel_size)
         )
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        # Index tensors of the strategies: buffers follow .to(device); not persistent,
-        # because they derive from the constructor arguments and must not bloat checkpoints.
-        for name, index in strategies.index_buffers(
-            spec.combinations(), self.in_per_group, self.out_per_group
-        ).items():
+        plan = make_plan(spec, in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self._plan_scalars = plan.scalars()
+        # The plan's index tensors as buffers, so they follow .to(device); not persistent:
+        # they derive from the constructor arguments and must not bloat checkpoints.
+        for name, index in zip(INDEX_FIELDS, plan.index()):
             self.register_buffer(name, index, persistent=False)
-        self.partials_in_order = strategies.partials_in_order(spec.combinations())
         self.reset_parameters()
 
     @classmethod
@@ -318,17 +261,21 @@ class REAFConv2d(nn.Module):
         padded = 2 * self.padding + self._pad_end
         return tuple((s + padded - span - 1) // self.stride + 1 for s in (height, width))
 
+    @property
+    def plan(self) -> REAFPlan:
+        """Shape, geometry and index tensors (on this layer's device) the strategies read."""
+        return REAFPlan.from_parts(self._plan_scalars, [getattr(self, n) for n in INDEX_FIELDS])
+
     def resolved_impl(self, x: Tensor) -> str:
-        """The strategy a forward on ``x`` runs (``auto``: timed once per signature, cached)."""
-        return self.impl if self.impl != "auto" else autotune.choose_impl(self, x)
+        """The strategy a forward on batched ``x`` runs (``auto``: timed once per signature)."""
+        return resolve_impl(x, self.weight, self.bias, self.plan, self.impl)
 
     def dense_weight(self, weight: Tensor | None = None) -> Tensor:
         """The equivalent dense ``(C_out, C_in, k, k)`` weight, zero where no connection exists.
 
         Differentiable: gradients flow back to the compact ``weight`` (default: ``self.weight``).
         """
-        weight = self.weight if weight is None else weight
-        return strategies.scatter_dense(weight, self.dense_index, self.in_channels)
+        return scatter_dense(self.weight if weight is None else weight, self.plan)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
@@ -336,14 +283,12 @@ class REAFConv2d(nn.Module):
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if self._pad_end:  # "same" with an even span: nn.Conv2d pads the end one more
             x = F.pad(x, (0, self._pad_end, 0, self._pad_end))
-        return self.compute(self.resolved_impl(x), x, self.weight, self.bias)
+        return reaf_conv(x, self.weight, self.bias, self.plan, self.impl)
 
     def compute(self, impl: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """Strategy ``impl`` on a batched input with the given parameters (the autotuner times
-        detached copies this way). ``loop`` is the reference forward, :func:`reaf_conv2d`."""
-        if impl == "loop":
-            return reaf_conv2d(x, weight, bias, self.spec, self.stride, self.padding, self.dilation)
-        return strategies.run(impl, self, x, weight, bias)
+        """Strategy ``impl`` (or ``"auto"``) on a batched, already padded input with the given
+        parameters in place of the layer's (tests and benchmarks compare strategies this way)."""
+        return reaf_conv(x, weight, bias, self.plan, impl)
 
     def _check_input(self, x: Tensor) -> None:
         """Refuse, in one line, what no strategy could compute (they would differ in how)."""
@@ -393,10 +338,6 @@ class REAFConv2d(nn.Module):
             s += ", bias=False"
         s += f", reaf={self.spec}"
         return s if self.impl == "auto" else s + f", impl={self.impl}"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _square(spec: REAFSpec, name: str, value: object) -> object:

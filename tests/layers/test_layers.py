@@ -201,7 +201,7 @@ def test_auto_times_strategies_once_per_signature(monkeypatch) -> None:
     x = torch.randn(2, 16, 8, 8)
     before = layer.weight.detach().clone()
     y = layer(x)
-    assert len(cache) == 1 and next(iter(cache.values())) in candidates(layer)
+    assert len(cache) == 1 and next(iter(cache.values())) in candidates(layer.plan)
     twin(x)  # same signature: served from the cache
     layer(x[:1])  # new input shape: tuned again
     assert len(cache) == 2
@@ -213,9 +213,9 @@ def test_auto_times_strategies_once_per_signature(monkeypatch) -> None:
 
 def test_auto_candidates() -> None:
     """G_M = 1: gather and decompose_loop would repeat others' convs; dense: nothing to choose."""
-    assert set(candidates(REAFConv2d(8, 8, 3, 4, 3))) == set(IMPLS)
-    assert candidates(REAFConv2d(8, 8, 3, 8, 1)) == ("masked", "decompose", "loop")
-    assert candidates(REAFConv2d(8, 8, 3, 2, 2)) == ("masked",)
+    assert set(candidates(parse_reaf("4-3"))) == set(IMPLS)
+    assert candidates(parse_reaf("8-1")) == ("masked", "decompose", "loop")
+    assert candidates(parse_reaf("2-2")) == ("masked",)
 
 
 def test_auto_does_not_time_tiny_calls() -> None:
@@ -223,7 +223,7 @@ def test_auto_does_not_time_tiny_calls() -> None:
     cache.clear()
     layer = REAFConv2d(16, 16, 3, 4, 3)
     x = torch.randn(2, 16, 6, 6)
-    assert useful_macs(layer, x) == 2 * 16 * 36 * 12 * 9  # by hand: N * C_out * HW * M * k^2
+    assert useful_macs(layer.plan, x) == 2 * 16 * 36 * 12 * 9  # by hand: N * C_out * HW * M * k^2
     assert layer.resolved_impl(x) == resolve_auto_impl(layer.spec, "cpu") and not cache
 
 
