@@ -67,7 +67,11 @@ def resolve_impl(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan,
 
 def _compute_dtype(x: Tensor, weight: Tensor, bias: Tensor | None):
     device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type) or x.dtype == torch.float64:
+    if (
+        x.dtype == torch.float64
+        or not torch.amp.is_autocast_available(device_type)  # e.g. meta
+        or not torch.is_autocast_enabled(device_type)
+    ):
         return x, weight, bias
     dtype = torch.get_autocast_dtype(device_type)
     return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)

@@ -114,3 +114,13 @@ def test_from_conv_with_new_connectivity_is_initialised_afresh() -> None:
 def test_from_conv_refusals(conv, reaf, error, message) -> None:
     with pytest.raises(error, match=message):
         REAFConv2d.from_conv(conv, reaf)
+
+
+@pytest.mark.parametrize("impl", ["auto", "masked", "decompose"])
+def test_meta_device_gives_nn_conv2d_shapes(impl) -> None:
+    """Networks are counted on the meta device: no data, the same shapes as nn.Conv2d."""
+    with torch.device("meta"):
+        layer = REAFConv2d(8, 12, 3, 4, 2, stride=2, padding=1, impl=impl)
+        conv = nn.Conv2d(8, 12, 3, 2, 1)
+        x = torch.empty(2, 8, 9, 9)
+        assert layer(x).shape == conv(x).shape and layer(x).device.type == "meta"
