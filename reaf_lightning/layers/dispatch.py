@@ -10,8 +10,8 @@ and twice that per requested gradient backward, as it counts ``nn.Conv2d``: the
 dense convolution of ``masked`` or the trial convolutions of the autotuner never
 show. The autograd function saves only the input and the compact weight.
 
-Under ``torch.compile`` (and ``torch.export``) the strategy's plain operators are
-traced instead, so the compiler sees ordinary convolutions and its partitioner
+Under ``torch.compile``, ``torch.export`` and ``torch.jit.trace`` the strategy's plain
+operators are traced instead, so the compiler sees ordinary convolutions and its partitioner
 decides what to keep for backward.
 
 Autocast: the inputs are cast once to the autocast dtype (as autocast casts them
@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.utils.flop_counter import register_flop_formula
 
-from reaf_lightning.layers import autotune
+from reaf_lightning.layers.autotune import choose_impl, resolve_auto_impl
 from reaf_lightning.layers.plan import REAFPlan
 from reaf_lightning.layers.strategies import STRATEGIES, run_backward
 
@@ -44,12 +44,12 @@ _LIBRARY.define(
 
 def reaf_conv(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan, impl: str) -> Tensor:
     """The REAF convolution of the batched ``x`` by strategy ``impl`` (or ``"auto"``)."""
-    if torch.compiler.is_compiling():
-        name = impl if impl != "auto" else autotune.resolve_auto_impl(plan, x.device.type)
+    if _tracing():
+        name = impl if impl != "auto" else resolve_auto_impl(plan, x.device.type)
         return STRATEGIES[name].forward(x, weight, bias, plan)
     x, weight, bias = _compute_dtype(x, weight, bias)
     needs_grad = _needs_grad(x, weight, bias)
-    name = impl if impl != "auto" else autotune.choose_impl(plan, x, weight, bias, needs_grad)
+    name = impl if impl != "auto" else choose_impl(plan, x, weight, bias, needs_grad)
     if needs_grad:
         return _REAFConvFunction.apply(x, weight, bias, plan, name)
     return torch.ops.reaf_lightning.reaf_conv2d(x, weight, bias, plan.index(), plan.scalars(), name)
@@ -59,10 +59,16 @@ def resolve_impl(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan,
     """The strategy :func:`reaf_conv` runs for these arguments (``auto``: tuned, cached)."""
     if impl != "auto":
         return impl
-    if torch.compiler.is_compiling():
-        return autotune.resolve_auto_impl(plan, x.device.type)
+    if _tracing():
+        return resolve_auto_impl(plan, x.device.type)
     x, weight, bias = _compute_dtype(x, weight, bias)
-    return autotune.choose_impl(plan, x, weight, bias, _needs_grad(x, weight, bias))
+    return choose_impl(plan, x, weight, bias, _needs_grad(x, weight, bias))
+
+
+def _tracing() -> bool:
+    """Under ``torch.compile``/``torch.export`` or ``torch.jit.trace`` (the TorchScript ONNX
+    exporter): record plain operators, which every backend and exporter knows."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _compute_dtype(x: Tensor, weight: Tensor, bias: Tensor | None):

@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reaf_lightning.layers.arguments import check_ints, resolve_padding, square
 from reaf_lightning.layers.dispatch import reaf_conv, resolve_impl
 from reaf_lightning.layers.plan import INDEX_FIELDS, REAFPlan, make_plan
-from reaf_lightning.layers.spec import REAFSpec, _is_int, parse_reaf
+from reaf_lightning.layers.spec import REAFSpec, parse_reaf
 from reaf_lightning.layers.strategies import STRATEGIES, scatter_dense
 
 __all__ = ["REAF_IMPLS", "REAFConv2d", "REAFSpec", "parse_reaf", "reaf_conv2d"]
@@ -126,10 +127,10 @@ class REAFConv2d(nn.Module):
     ) -> None:
         super().__init__()
         spec = REAFSpec(g_i, g_m, g_o)
-        kernel_size = _square(spec, "kernel_size", kernel_size)
-        stride = _square(spec, "stride", stride)
-        dilation = _square(spec, "dilation", dilation)
-        _check_ints(
+        kernel_size = square(spec, "kernel_size", kernel_size)
+        stride = square(spec, "stride", stride)
+        dilation = square(spec, "dilation", dilation)
+        check_ints(
             spec,
             positive={
                 "in_channels": in_channels,
@@ -140,7 +141,7 @@ class REAFConv2d(nn.Module):
             },
             non_negative={},
         )
-        padding, self._pad_end, self._padding_repr = _resolve_padding(
+        padding, self._pad_end, self._padding_repr = resolve_padding(
             spec, padding, kernel_size, stride, dilation
         )
         if in_channels % spec.g_i:
@@ -338,59 +339,3 @@ class REAFConv2d(nn.Module):
             s += ", bias=False"
         s += f", reaf={self.spec}"
         return s if self.impl == "auto" else s + f", impl={self.impl}"
-
-
-def _square(spec: REAFSpec, name: str, value: object) -> object:
-    """``n`` from ``n`` or ``(n, n)``; a non-square pair is refused, saying why."""
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        if value[0] != value[1]:
-            raise ValueError(
-                f"REAF {spec}: {name}={tuple(value)} is not square; REAFConv2d takes an int or "
-                f"an (n, n) pair (its strategies and cost counts assume a square {name})"
-            )
-        return value[0]
-    return value
-
-
-def _resolve_padding(
-    spec: REAFSpec, padding: object, kernel_size: int, stride: int, dilation: int
-) -> tuple[int, int, str]:
-    """(padding on both sides, extra padding at the end, its text in the repr).
-
-    ``"same"`` and ``"valid"`` follow ``nn.Conv2d``: "same" needs stride 1 and pads
-    ``d * (k - 1)`` in total, the odd one at the end (bottom and right).
-    """
-    if isinstance(padding, str):
-        if padding == "valid":
-            return 0, 0, "valid"
-        if padding != "same":
-            raise ValueError(
-                f"REAF {spec}: padding={padding!r} is not one of 'same', 'valid', an int or (p, p)"
-            )
-        if stride != 1:
-            raise ValueError(
-                f"REAF {spec}: padding='same' is not supported for strided convolutions "
-                f"(stride={stride}), as in nn.Conv2d"
-            )
-        span = dilation * (kernel_size - 1)
-        return span // 2, span % 2, "same"
-    if padding is None:  # ours: "same" for stride 1 and odd k, symmetric
-        padding = dilation * (kernel_size - 1) // 2
-    padding = _square(spec, "padding", padding)
-    _check_ints(spec, positive={}, non_negative={"padding": padding})
-    return padding, 0, "0" if padding == 0 else f"({padding}, {padding})"
-
-
-def _check_ints(spec: REAFSpec, positive: dict, non_negative: dict) -> None:
-    """One line per bad constructor argument, naming it and what is valid (ints, as square)."""
-    for name, value in {**positive, **non_negative}.items():
-        if not _is_int(value):
-            raise TypeError(
-                f"REAF {spec}: {name} must be an int or a square (n, n) pair, got {value!r}"
-            )
-    for name, value in positive.items():
-        if value < 1:
-            raise ValueError(f"REAF {spec}: {name} must be a positive integer, got {value}")
-    for name, value in non_negative.items():
-        if value < 0:
-            raise ValueError(f"REAF {spec}: {name} must be >= 0, got {value}")

@@ -19,7 +19,7 @@ class REAFSpec(tuple):
 
     def __new__(cls, g_i: int, g_m: int, g_o: int | None = None) -> REAFSpec:
         for name, value in (("G_I", g_i), ("G_M", g_m)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"REAF {name} must be a positive integer, got {value!r}")
         if g_m > g_i:
             raise ValueError(
@@ -28,7 +28,7 @@ class REAFSpec(tuple):
             )
         expected = math.comb(g_i, g_m)
         g_o = expected if g_o is None else g_o
-        if not _is_int(g_o) or g_o != expected:
+        if not is_int(g_o) or g_o != expected:
             raise ValueError(f"REAF {g_i}-{g_m}-{g_o}: G_O must be C({g_i}, {g_m}) = {expected}")
         return super().__new__(cls, (g_i, g_m, g_o))
 
@@ -74,5 +74,5 @@ def parse_reaf(reaf: str | Sequence[int] | REAFSpec) -> REAFSpec:
     raise ValueError(f"REAF setting {reaf!r} must be a 'G_I-G_M-G_O' string or a 2/3-tuple of ints")
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -20,7 +20,7 @@ plan)`` written in differentiable PyTorch operators and, optionally, a
 * ``decompose_loop``: the same, with the grouped convolution run as ``G_I``
   dense convolutions over channel slices (faster on oneDNN at high resolution).
 * ``loop``: one convolution per output group, ``G_O`` kernel launches: Eq. 5-6
-  as written, over the plan's index instead of Python combinations.
+  as written.
 
 Memory: every backward here is a function of the input and the compact weight
 only (``aten.convolution_backward`` runs the kernels autograd would have run), so
@@ -37,6 +37,7 @@ Adding a strategy: write ``forward(x, weight, bias, plan) -> Tensor`` and add
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -163,24 +164,35 @@ def gather_backward(grad_out, x, weight, plan, needs) -> Grads:
 # --- loop -------------------------------------------------------------------------------------
 
 
+def _combinations(plan: REAFPlan) -> itertools.combinations:
+    return itertools.combinations(range(plan.g_i), plan.g_m)  # E_0 .. E_{G_O - 1}, in order
+
+
 def loop_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan) -> Tensor:
-    rows = plan.gather_index.view(plan.g_o, -1)
+    groups = x.chunk(plan.g_i, 1)
     outputs = []
-    for l, w_l in enumerate(weight.split(plan.b_out)):  # output group l reads E_l (Eq. 5-6)
+    for l, (e_l, w_l) in enumerate(zip(_combinations(plan), weight.split(plan.b_out))):
+        a_l = torch.cat([groups[g] for g in e_l], 1)  # Eq. 5
         b_l = None if bias is None else bias[l * plan.b_out : (l + 1) * plan.b_out]
-        outputs.append(F.conv2d(x.index_select(1, rows[l]), w_l, b_l, *plan.conv_args))
+        outputs.append(F.conv2d(a_l, w_l, b_l, *plan.conv_args))  # Eq. 6
     return torch.cat(outputs, 1)
 
 
 def loop_backward(grad_out, x, weight, plan, needs) -> Grads:
-    rows = plan.gather_index.view(plan.g_o, -1)
-    grad_x = torch.zeros_like(x) if needs[0] else None
+    """Per output group; input gradients summed per input group in a fixed order (no
+    index_add_, so deterministic on CUDA)."""
+    groups = x.chunk(plan.g_i, 1)
+    grad_groups: list[Tensor | None] = [None] * plan.g_i
     grad_ws = []
-    for l, (g_l, w_l) in enumerate(zip(grad_out.split(plan.b_out, 1), weight.split(plan.b_out))):
-        part = _conv_backward(g_l, x.index_select(1, rows[l]), w_l, plan, 1, (*needs[:2], False))
+    pieces = zip(_combinations(plan), grad_out.split(plan.b_out, 1), weight.split(plan.b_out))
+    for e_l, g_l, w_l in pieces:
+        a_l = torch.cat([groups[g] for g in e_l], 1)
+        grad_a, grad_w, _ = _conv_backward(g_l, a_l, w_l, plan, 1, (*needs[:2], False))
+        grad_ws.append(grad_w)
         if needs[0]:
-            grad_x.index_add_(1, rows[l], part[0])
-        grad_ws.append(part[1])
+            for g, part in zip(e_l, grad_a.chunk(plan.g_m, 1)):
+                grad_groups[g] = part if grad_groups[g] is None else grad_groups[g] + part
+    grad_x = torch.cat(grad_groups, 1) if needs[0] else None  # every group is in some E_l
     grad_w = torch.cat(grad_ws) if needs[1] else None
     return grad_x, grad_w, grad_out.sum((0, 2, 3)) if needs[2] else None
 

@@ -106,3 +106,19 @@ def test_parse_reaf_strings() -> None:
         parse_reaf("4x3x4")
     assert str(parse_reaf("4-3")) == "4-3-4"
     assert tuple(parse_reaf((8, 4, 70))) == (8, 4, 70)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_tracers_record_plain_convolutions() -> None:
+    """torch.jit.trace (the TorchScript ONNX exporter) and torch.export see aten convolutions,
+    not this package's library operators, and compute the layer's numbers."""
+    torch.manual_seed(9)
+    layer = REAFConv2d(8, 8, 3, 4, 3, stride=2).eval()
+    x = torch.randn(1, 8, 7, 7)
+    traced = torch.jit.trace(layer, x)
+    assert "aten::_convolution" in str(traced.graph)
+    assert "reaf_lightning::" not in str(traced.graph)
+    torch.testing.assert_close(traced(x), layer(x))
+    exported = torch.export.export(layer, (x,))
+    assert "reaf_lightning" not in str(exported.graph) and "conv2d" in str(exported.graph)
+    torch.testing.assert_close(exported.module()(x), layer(x))
