@@ -23,13 +23,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from torch.utils.flop_counter import register_flop_formula
 
 from reaf_lightning.layers.autotune import choose_impl, resolve_auto_impl
 from reaf_lightning.layers.plan import REAFPlan
 from reaf_lightning.layers.strategies import STRATEGIES, run_backward
 
-__all__ = ["reaf_conv", "resolve_impl"]
+__all__ = ["reaf_conv", "register_flop_formulas", "resolve_impl"]
 
 _LIBRARY = torch.library.Library("reaf_lightning", "FRAGMENT")
 _LIBRARY.define(
@@ -44,6 +43,7 @@ _LIBRARY.define(
 
 def reaf_conv(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan, impl: str) -> Tensor:
     """The REAF convolution of the batched ``x`` by strategy ``impl`` (or ``"auto"``)."""
+    register_flop_formulas()
     if _tracing():
         name = impl if impl != "auto" else resolve_auto_impl(plan, x.device.type)
         return STRATEGIES[name].forward(x, weight, bias, plan)
@@ -147,15 +147,36 @@ def _forward_flops(weight_shape, out_shape) -> int:
     return 2 * n * c_out * h * w * merged * k * k2
 
 
-@register_flop_formula(torch.ops.reaf_lightning.reaf_conv2d)
 def _reaf_conv2d_flops(x, weight, bias, index, scalars, impl, out_shape=None, **kwargs) -> int:
     return _forward_flops(weight, out_shape)
 
 
-@register_flop_formula(torch.ops.reaf_lightning.reaf_conv2d_backward)
 def _reaf_conv2d_backward_flops(
     grad_out, x, weight, index, scalars, impl, needs, out_shape=None, **kwargs
 ) -> int:
     """As ``FlopCounterMode`` counts ``nn.Conv2d``: one forward's FLOPs per input or weight
     gradient (the bias gradient, a sum, is not counted)."""
     return _forward_flops(weight, grad_out) * (int(needs[0]) + int(needs[1]))
+
+
+_FLOP_FORMULAS_REGISTERED = False
+
+
+def register_flop_formulas() -> None:
+    """Give ``FlopCounterMode`` the two operators' formulas (idempotent).
+
+    Called by every ``REAFConv2d`` constructor rather than at import, because
+    ``torch.utils.flop_counter`` imports Triton (about a second), and a
+    ``FlopCounterMode`` copies the registry when it is created, which is always after
+    the network it counts has been built.
+    """
+    global _FLOP_FORMULAS_REGISTERED
+    if _FLOP_FORMULAS_REGISTERED:
+        return
+    from torch.utils.flop_counter import register_flop_formula
+
+    register_flop_formula(torch.ops.reaf_lightning.reaf_conv2d)(_reaf_conv2d_flops)
+    register_flop_formula(torch.ops.reaf_lightning.reaf_conv2d_backward)(
+        _reaf_conv2d_backward_flops
+    )
+    _FLOP_FORMULAS_REGISTERED = True

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reaf_lightning.layers.arguments import check_ints, resolve_padding, square
-from reaf_lightning.layers.dispatch import reaf_conv, resolve_impl
+from reaf_lightning.layers.dispatch import reaf_conv, register_flop_formulas, resolve_impl
 from reaf_lightning.layers.plan import INDEX_FIELDS, REAFPlan, make_plan
 from reaf_lightning.layers.spec import REAFSpec, parse_reaf
 from reaf_lightning.layers.strategies import STRATEGIES, scatter_dense
@@ -176,6 +176,7 @@ class REAFConv2d(nn.Module):
         # they derive from the constructor arguments and must not bloat checkpoints.
         for name, index in zip(INDEX_FIELDS, plan.index()):
             self.register_buffer(name, index, persistent=False)
+        register_flop_formulas()  # before any FlopCounterMode that could see this layer
         self.reset_parameters()
 
     @classmethod
