@@ -43,10 +43,12 @@ _LIBRARY.define(
 
 def reaf_conv(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan, impl: str) -> Tensor:
     """The REAF convolution of the batched ``x`` by strategy ``impl`` (or ``"auto"``)."""
-    register_flop_formulas()
+    if impl != "auto" and impl not in STRATEGIES:
+        raise ValueError(f"REAF impl={impl!r} is not one of auto, {', '.join(STRATEGIES)}")
     if _tracing():
         name = impl if impl != "auto" else resolve_auto_impl(plan, x.device.type)
         return STRATEGIES[name].forward(x, weight, bias, plan)
+    register_flop_formulas()  # for a caller without a REAFConv2d; a flag check otherwise
     x, weight, bias = _compute_dtype(x, weight, bias)
     needs_grad = _needs_grad(x, weight, bias)
     name = impl if impl != "auto" else choose_impl(plan, x, weight, bias, needs_grad)
