@@ -26,7 +26,7 @@ from reaf_lightning.commands import command_line, first_sentence, parse, run_mai
 from reaf_lightning.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, one_line
 
 LIGHT_COMMANDS = {
-    "reaf-zoo": "reaf_lightning.zoo",
+    "reaf-zoo": "reaf_lightning.paper.zoo",
     "reaf-report": "reaf_lightning.report.cli",
     "reaf-analysis": "reaf_lightning.analysis.cli",
 }
