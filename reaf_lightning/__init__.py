@@ -1,7 +1,7 @@
 """REAF / REAF+ (Zhu, Al-Ars, Hofstee, IEEE Access 2020) as a PyTorch Lightning package.
 
-``ImageClassifier`` is imported lazily (PEP 562), so that ``import
-reaf_lightning.models`` or ``reaf_lightning.layers`` — which never need
+``ImageClassifier`` and :func:`convert` are imported lazily (PEP 562), so that
+``import reaf_lightning.models`` or ``reaf_lightning.layers`` — which never need
 Lightning — does not pay for importing it.
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["ImageClassifier"]
+__all__ = ["ImageClassifier", "convert"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from reaf_lightning.conversion import convert
     from reaf_lightning.module import ImageClassifier
 
 
@@ -20,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from reaf_lightning.module import ImageClassifier
 
         return ImageClassifier
+    if name == "convert":
+        from reaf_lightning.conversion import convert
+
+        return convert
     raise AttributeError(f"module 'reaf_lightning' has no attribute {name!r}")
