@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from reaf_lightning.timm_models import register_with_timm_on_import
+
 __all__ = ["ImageClassifier", "convert"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from reaf_lightning.conversion import convert
     from reaf_lightning.module import ImageClassifier
+
+
+# timm (when installed) builds the REAF networks; registered when timm is imported, cheaply.
+register_with_timm_on_import()
 
 
 def __getattr__(name: str) -> Any:

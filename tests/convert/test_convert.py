@@ -79,7 +79,9 @@ def test_branchy_net_widened_to_equal_flops_counted_independently():
 def test_match_params_against_an_independent_parameter_count():
     net = torchvision.models.vgg11(num_classes=10)
     new, report = reaf_lightning.convert(net, "4-3-4", match="params", input_size=(3, 32, 32))
-    independent = sum(p.numel() for p in new.parameters()) / sum(p.numel() for p in net.parameters())
+    independent = sum(p.numel() for p in new.parameters()) / sum(
+        p.numel() for p in net.parameters()
+    )
     assert independent == pytest.approx(report.params_ratio)
     assert abs(independent - 1) < 0.04
     assert len(report.converted) == 7 and list(report.skipped) == ["features.0"]
