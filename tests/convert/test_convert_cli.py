@@ -1,4 +1,4 @@
-"""A converted torchvision network trained with ``reaf-lightning fit`` and read by ``reaf-analysis``."""
+"""A converted torchvision network trained with reaf-lightning fit and read by reaf-analysis."""
 
 from __future__ import annotations
 
