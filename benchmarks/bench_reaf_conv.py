@@ -2,7 +2,7 @@
 
 For REAF-ResNet50 (4-3-4, C=72), (8-4-70, C=88, C'=70) and (8-1-8, C=112) on
 CIFAR input, each distinct (in, out, stride, input size) of the REAF convs is
-timed with every strategy of ``REAF_IMPLS`` but ``auto``, and a dense
+timed with every strategy of the ``STRATEGIES`` table, and a dense
 ``nn.Conv2d`` of the same channels, interleaved,
 median of ``--repeats``. Prints which strategy ``auto`` picks and its time
 relative to the fastest (the target is <= 1.10 on every shape).
@@ -23,10 +23,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import interleaved_medians, machine_description  # noqa: E402
 
-from reaf_lightning.layers import REAFConv2d  # noqa: E402
+from reaf_lightning.layers import STRATEGIES, REAFConv2d  # noqa: E402
 from reaf_lightning.models import create_model  # noqa: E402
 
-STRATEGIES = ("masked", "gather", "decompose", "decompose_loop", "loop")
 MODELS = {
     "4-3-4 C=72": {"width": 72, "reaf": "4-3-4"},
     "8-4-70 C=88": {"width": 88, "out_width": 70, "reaf": "8-4-70"},

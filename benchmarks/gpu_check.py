@@ -254,7 +254,7 @@ def _reaf_convs(model: nn.Module) -> list[REAFConv2d]:
 
 def _reaf_conv_share(model: nn.Module, step, device: torch.device) -> float:
     """Share of one step's time in REAF convs: their forward ranges plus the backward nodes of
-    the strategies' autograd functions (a ``loop`` backward is not counted), profiled."""
+    the layers' autograd function (``layers/dispatch.py``), profiled."""
     activity = torch.profiler.ProfilerActivity
     activities = [activity.CUDA] if device.type == "cuda" else [activity.CPU]
     ranges: dict[int, torch.profiler.record_function] = {}
@@ -281,12 +281,7 @@ def _reaf_conv_share(model: nn.Module, step, device: torch.device) -> float:
     )
     events = prof.key_averages()
     total = sum(getattr(e, self_attr) for e in events)
-    ours = (
-        "REAF conv forward",
-        "MaskedConv2dBackward",
-        "GatherConv2dBackward",
-        "DecomposedConv2dBackward",
-    )
+    ours = ("REAF conv forward", "REAFConvFunctionBackward")
     reaf = sum(getattr(e, total_attr) for e in events if e.key.endswith(ours))
     return reaf / max(total, 1e-9)
 

@@ -1,27 +1,42 @@
 """``impl="auto"``: pick the fastest REAF strategy per layer and input signature.
 
-Like ``torch.backends.cudnn.benchmark``: the first call with a new (layer shape,
-input shape, dtype, device, memory format, grad mode) signature times forward
-(+ backward when gradients are needed) of every strategy on detached copies, and
+Like ``torch.backends.cudnn.benchmark``: the first call with a new (plan, input
+shape, dtype, device, memory format, grad mode) signature times forward (+ backward
+when gradients are needed) of every candidate in
+:data:`~reaf_lightning.layers.strategies.STRATEGIES` on the call's own tensors, and
 the fastest is cached for all layers with that signature. A fixed rule
 (:func:`resolve_auto_impl`) decides instead where timing is impossible or harmful:
 under ``torch.compile`` tracing, on the meta device, under deterministic mode (a
 timing-dependent choice would make runs differ in the last bits) and for calls too
 small to time.
+
+The trials run inside one library operator, ``reaf_lightning::autotune``: a
+dispatch mode such as ``torch.utils.flop_counter.FlopCounterMode`` (which Lightning's
+model summary runs) sees that operator, with no FLOPs, and not the trial
+convolutions inside it, so what it counts does not depend on whether this call
+happened to tune. Backward passes are timed with the strategies' own backward
+functions, which need no autograd.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from reaf_lightning.layers.reaf_conv import REAFConv2d, REAFSpec
+from reaf_lightning.layers.plan import REAFPlan
+from reaf_lightning.layers.spec import REAFSpec
+from reaf_lightning.layers.strategies import STRATEGIES, run_backward
 
-__all__ = ["AUTOTUNE_MIN_MACS", "autotune_cache", "choose_impl", "resolve_auto_impl"]
+__all__ = [
+    "AUTOTUNE_MIN_MACS",
+    "autotune_cache",
+    "candidates",
+    "choose_impl",
+    "resolve_auto_impl",
+    "useful_macs",
+]
 
 _AUTOTUNE_CACHE: dict[tuple, str] = {}
 
@@ -29,16 +44,25 @@ _AUTOTUNE_CACHE: dict[tuple, str] = {}
 # noise, and costs more than any choice could save. They use the fixed rule.
 AUTOTUNE_MIN_MACS = 10_000_000
 
+_LIBRARY = torch.library.Library("reaf_lightning", "FRAGMENT")
+_LIBRARY.define(
+    "autotune(Tensor x, Tensor weight, Tensor? bias, Tensor[] index, int[] scalars, "
+    "str candidates, bool needs_grad) -> Tensor"
+)
+
+
+_BUILT_IN = ("masked", "gather", "decompose", "decompose_loop", "loop")
+
 
 def autotune_cache() -> dict[tuple, str]:
-    """The process-wide decisions, keyed by layer and input signature.
+    """The process-wide decisions, keyed by plan and input signature.
 
     Exposed for inspection and for benchmarks (``autotune_cache().clear()`` re-tunes).
     """
     return _AUTOTUNE_CACHE
 
 
-def resolve_auto_impl(spec: REAFSpec, device_type: str) -> str:
+def resolve_auto_impl(spec: REAFSpec | REAFPlan, device_type: str) -> str:
     """The strategy ``auto`` uses when it does not time candidates.
 
     On the CPU the rule follows BENCHMARKS.md: ``decompose`` (exact FLOPs in ``G_I``
@@ -54,85 +78,104 @@ def resolve_auto_impl(spec: REAFSpec, device_type: str) -> str:
     return "decompose"
 
 
-def choose_impl(layer: REAFConv2d, x: Tensor) -> str:
-    """The strategy ``impl="auto"`` runs for ``layer`` on the batched input ``x``."""
-    if not _can_time(x) or useful_macs(layer, x) < AUTOTUNE_MIN_MACS:
-        return resolve_auto_impl(layer.spec, x.device.type)
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)
+def candidates(spec: REAFSpec | REAFPlan) -> tuple[str, ...]:
+    """Strategies worth timing: for ``G_M = 1`` gather and decompose_loop repeat others' convs.
+
+    Strategies added to the table after the built-in ones are always candidates.
+    """
+    added = tuple(name for name in STRATEGIES if name not in _BUILT_IN)
+    if spec.g_m == spec.g_i:
+        return ("masked",)  # a dense convolution: every strategy is the same work
+    if spec.g_m == 1:
+        return ("masked", "decompose", "loop", *added)
+    return ("masked", "decompose", "loop", "gather", "decompose_loop", *added)
+
+
+def useful_macs(plan: REAFPlan, x: Tensor) -> int:
+    """Multiply-accumulates of one call on the batched ``x`` (compact weights)."""
+    h_out, w_out = plan.output_size(*x.shape[-2:])
+    return (
+        x.shape[0] * plan.out_channels * h_out * w_out * plan.merged_channels * plan.kernel_size**2
+    )
+
+
+def choose_impl(
+    plan: REAFPlan, x: Tensor, weight: Tensor, bias: Tensor | None, needs_grad: bool
+) -> str:
+    """The strategy ``impl="auto"`` runs for ``plan`` on the batched input ``x``.
+
+    ``x``, ``weight`` and ``bias`` are the tensors the convolution will see (already in
+    the compute dtype); timing reads them and never writes them.
+    """
+    if not _can_time(x) or useful_macs(plan, x) < AUTOTUNE_MIN_MACS:
+        return resolve_auto_impl(plan, x.device.type)
     key = (
-        layer.in_channels,
-        layer.out_channels,
-        layer.kernel_size,
-        tuple(layer.spec),
-        layer.stride,
-        layer.padding,
-        layer.dilation,
-        layer.bias is not None,
+        *plan.scalars(),
+        bias is not None,
         tuple(x.shape),
         x.dtype,
         str(x.device),
         x.is_contiguous(memory_format=torch.channels_last),
         needs_grad,
-        torch.is_autocast_enabled(x.device.type),
     )
     if key not in _AUTOTUNE_CACHE:
-        _AUTOTUNE_CACHE[key] = time_strategies(layer, x, needs_grad)
+        names, best = candidates(plan), 0
+        if len(names) > 1:
+            best = torch.ops.reaf_lightning.autotune(
+                x, weight, bias, plan.index(), plan.scalars(), ",".join(names), needs_grad
+            )
+        _AUTOTUNE_CACHE[key] = names[int(best)]
     return _AUTOTUNE_CACHE[key]
 
 
-def useful_macs(layer: REAFConv2d, x: Tensor) -> int:
-    """Multiply-accumulates of one call on ``x`` (compact weights), from the input shape."""
-    h_out, w_out = layer.output_size(*x.shape[-2:])
-    return (
-        x.shape[0]
-        * layer.out_channels
-        * h_out
-        * w_out
-        * layer.merged_channels
-        * layer.kernel_size**2
-    )
-
-
-def candidates(layer: REAFConv2d) -> tuple[str, ...]:
-    """Strategies worth timing: for ``G_M = 1`` gather and decompose_loop repeat others' convs."""
-    if layer.g_m == layer.g_i:
-        return ("masked",)  # a dense convolution: every strategy is the same work
-    if layer.g_m == 1:
-        return ("masked", "decompose", "loop")
-    return ("masked", "decompose", "loop", "gather", "decompose_loop")
-
-
-def time_strategies(layer: REAFConv2d, x: Tensor, needs_grad: bool, repeats: int = 3) -> str:
-    """Fastest strategy on detached copies of the inputs; parameters are never touched."""
-    names = candidates(layer)
-    if len(names) == 1:
-        return names[0]
-    x = x.detach().requires_grad_(needs_grad)
-    weight = layer.weight.detach().requires_grad_(needs_grad)
-    bias = None if layer.bias is None else layer.bias.detach()
+def time_strategies(
+    names: tuple[str, ...],
+    plan: REAFPlan,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    needs_grad: bool,
+    repeats: int = 3,
+) -> int:
+    """Index in ``names`` of the fastest strategy (forward, + backward if ``needs_grad``)."""
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    needs = (True, True, bias is not None)
 
-    def timed(impl: str) -> float:
+    def timed(name: str) -> float:
         sync()
         start = time.perf_counter()
-        with torch.enable_grad() if needs_grad else torch.no_grad():
-            y = layer.compute(impl, x, weight, bias)
-            if needs_grad:
-                torch.autograd.grad(y.sum(), (x, weight))
+        y = STRATEGIES[name].forward(x, weight, bias, plan)
+        if needs_grad:
+            run_backward(name, torch.ones_like(y), x, weight, plan, needs)
         sync()
         return time.perf_counter() - start
 
     # Warm-up (first calls allocate and pick kernels). A candidate already 3x slower than
     # the best is not timed again: on a slow strategy (gather over 70 groups) the repeats
     # would cost seconds per layer shape and could not change the answer.
-    warmup = {impl: timed(impl) for impl in names}
-    names = tuple(c for c in names if warmup[c] <= 3 * min(warmup.values()))
-    times: dict[str, list[float]] = {impl: [] for impl in names}
+    warmup = {name: timed(name) for name in names}
+    kept = tuple(c for c in names if warmup[c] <= 3 * min(warmup.values()))
+    times: dict[str, list[float]] = {name: [] for name in kept}
     for _ in range(repeats):
-        for impl in names:  # interleaved, so load bursts hit every candidate
-            times[impl].append(timed(impl))
+        for name in kept:  # interleaved, so load bursts hit every candidate
+            times[name].append(timed(name))
     # Minimum, not median: background load only ever adds time (as timeit argues).
-    return min(names, key=lambda impl: min(times[impl]))
+    return names.index(min(kept, key=lambda name: min(times[name])))
+
+
+def _autotune_kernel(x, weight, bias, index, scalars, names, needs_grad) -> Tensor:
+    plan = REAFPlan.from_parts(scalars, index)
+    with torch.no_grad():
+        best = time_strategies(tuple(names.split(",")), plan, x, weight, bias, needs_grad)
+    return torch.tensor(best)
+
+
+_LIBRARY.impl("autotune", _autotune_kernel, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("reaf_lightning::autotune", lib=_LIBRARY)
+def _autotune_fake(x, weight, bias, index, scalars, names, needs_grad) -> Tensor:
+    return torch.empty((), dtype=torch.long)
 
 
 def _can_time(x: Tensor) -> bool:

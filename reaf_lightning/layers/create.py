@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from reaf_lightning.layers.reaf_conv import REAFConv2d, REAFSpec
+from reaf_lightning.layers.reaf_conv import REAFConv2d
+from reaf_lightning.layers.spec import REAFSpec
 
 
 def create_conv2d(

@@ -1,4 +1,4 @@
-"""The REAF convolution (paper §III-A, Eq. 5-6).
+"""The REAF convolution (paper §III-B, Eq. 5-6): the definition, then the layer.
 
 A dense convolution computes every output channel from all ``C_in`` input
 channels (Eq. 2). REAF splits the input channels into ``G_I`` groups of
@@ -20,14 +20,15 @@ Our choices where the paper is silent: combinations are enumerated in
 ``E_l`` are concatenated in increasing order; the weight is initialised as
 torchvision initialises ResNet convolutions.
 
-:class:`REAFConv2d` computes the same function with one of five execution
-strategies (``reaf_lightning.layers.strategies``), picked per layer shape by an
-autotuner (``reaf_lightning.layers.autotune``).
+:class:`REAFConv2d` computes the same function with one of the execution
+strategies of :mod:`reaf_lightning.layers.strategies`, from a plan of index
+tensors (:mod:`reaf_lightning.layers.plan`), picked per layer shape by the
+autotuner (:mod:`reaf_lightning.layers.autotune`) and called through
+:mod:`reaf_lightning.layers.dispatch`.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -35,72 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reaf_lightning.layers import autotune, strategies
+from reaf_lightning.layers.arguments import check_ints, resolve_padding, square
+from reaf_lightning.layers.dispatch import reaf_conv, resolve_impl
+from reaf_lightning.layers.plan import INDEX_FIELDS, REAFPlan, make_plan
+from reaf_lightning.layers.spec import REAFSpec, parse_reaf
+from reaf_lightning.layers.strategies import STRATEGIES, scatter_dense
 
 __all__ = ["REAF_IMPLS", "REAFConv2d", "REAFSpec", "parse_reaf", "reaf_conv2d"]
 
-
-REAF_IMPLS = ("auto", "masked", "gather", "decompose", "decompose_loop", "loop")
-
-
-class REAFSpec(tuple):
-    """A validated ``(G_I, G_M, G_O)`` triple, printed in the paper's notation ``"4-3-4"``."""
-
-    def __new__(cls, g_i: int, g_m: int, g_o: int | None = None) -> REAFSpec:
-        for name, value in (("G_I", g_i), ("G_M", g_m)):
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"REAF {name} must be a positive integer, got {value!r}")
-        if g_m > g_i:
-            raise ValueError(
-                f"REAF {g_i}-{g_m}-{g_o if g_o is not None else '?'}: G_M={g_m} must not exceed "
-                f"G_I={g_i} (each output group merges G_M of the G_I input groups)"
-            )
-        expected = math.comb(g_i, g_m)
-        g_o = expected if g_o is None else g_o
-        if not _is_int(g_o) or g_o != expected:
-            raise ValueError(f"REAF {g_i}-{g_m}-{g_o}: G_O must be C({g_i}, {g_m}) = {expected}")
-        return super().__new__(cls, (g_i, g_m, g_o))
-
-    g_i = property(lambda self: self[0], doc="number of input-channel groups G_I")
-    g_m = property(lambda self: self[1], doc="input groups merged per output group G_M")
-    g_o = property(lambda self: self[2], doc="number of output-channel groups G_O")
-
-    def combinations(self) -> list[tuple[int, ...]]:
-        """``E_0 .. E_{G_O-1}``: the input groups of each output group (ours: lexicographic)."""
-        return list(itertools.combinations(range(self.g_i), self.g_m))
-
-    def __str__(self) -> str:
-        return f"{self[0]}-{self[1]}-{self[2]}"
-
-    def __repr__(self) -> str:
-        return f"REAFSpec('{self}')"
-
-    def __reduce__(self):  # keep pickling (DDP spawn, checkpoints) working for a tuple subclass
-        return (REAFSpec, tuple(self))
-
-
-def parse_reaf(reaf: str | Sequence[int] | REAFSpec) -> REAFSpec:
-    """Parse ``"4-3-4"``, ``"4-3"`` (G_O implied), ``(4, 3, 4)`` or ``(4, 3)`` into a ``REAFSpec``.
-
-    Raises:
-        ValueError: on malformed text or an invalid combination, naming the value.
-    """
-    if isinstance(reaf, REAFSpec):
-        return reaf
-    if isinstance(reaf, str):
-        try:
-            numbers = [int(p) for p in reaf.strip().split("-")]
-        except ValueError:
-            numbers = []
-        if len(numbers) not in (2, 3):
-            raise ValueError(
-                f"REAF setting {reaf!r} is not of the form 'G_I-G_M-G_O' (e.g. '4-3-4') "
-                "or 'G_I-G_M'"
-            )
-        return REAFSpec(*numbers)
-    if isinstance(reaf, Sequence) and len(reaf) in (2, 3):
-        return REAFSpec(*(int(v) for v in reaf))
-    raise ValueError(f"REAF setting {reaf!r} must be a 'G_I-G_M-G_O' string or a 2/3-tuple of ints")
+REAF_IMPLS = ("auto", *STRATEGIES)
 
 
 def reaf_conv2d(
@@ -141,13 +85,15 @@ class REAFConv2d(nn.Module):
     Args:
         in_channels: ``C_in``; must be divisible by ``g_i``.
         out_channels: ``C_out``; must be divisible by ``g_o``.
-        kernel_size: square kernel size ``k``.
+        kernel_size: ``k`` or ``(k, k)``: kernels are square (see below).
         g_i: number of input-channel groups ``G_I``.
         g_m: number of input groups merged per output group ``G_M``.
         g_o: number of output groups; defaults to, and must equal, ``C(g_i, g_m)``.
-        stride: convolution stride.
-        padding: zero padding; ``None`` means ``dilation * (k - 1) // 2`` ("same" for stride 1).
-        dilation: kernel dilation.
+        stride: ``s`` or ``(s, s)``.
+        padding: ``p``, ``(p, p)``, ``"same"`` or ``"valid"`` as in ``nn.Conv2d``; ``None``
+            (ours, the default) means ``dilation * (k - 1) // 2``, "same" for stride 1 and
+            odd ``k``.
+        dilation: ``d`` or ``(d, d)``.
         bias: add a learnable bias per output channel.
         impl: ``"auto"`` or one of the strategies ``"masked"``, ``"gather"``, ``"decompose"``,
             ``"decompose_loop"``, ``"loop"`` (see ``reaf_lightning.layers.strategies``). All give
@@ -159,25 +105,32 @@ class REAFConv2d(nn.Module):
     exactly ``nn.Conv2d(groups=g)``'s weight layout, so weights can be copied between
     the two. Like ``nn.Conv2d``, the layer takes ``(N, C_in, H, W)`` or unbatched
     ``(C_in, H, W)`` floating-point input and refuses anything else with one line.
+
+    Kernel size, stride, padding and dilation take ``nn.Conv2d``'s forms, but only
+    square ones: the paper's networks use nothing else, and the strategies and the
+    cost counts are written for a ``k x k`` kernel. A non-square value is refused.
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
+        kernel_size: int | tuple[int, int],
         g_i: int,
         g_m: int,
         g_o: int | None = None,
-        stride: int = 1,
-        padding: int | None = None,
-        dilation: int = 1,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str | None = None,
+        dilation: int | tuple[int, int] = 1,
         bias: bool = False,
         impl: str = "auto",
     ) -> None:
         super().__init__()
         spec = REAFSpec(g_i, g_m, g_o)
-        _check_ints(
+        kernel_size = square(spec, "kernel_size", kernel_size)
+        stride = square(spec, "stride", stride)
+        dilation = square(spec, "dilation", dilation)
+        check_ints(
             spec,
             positive={
                 "in_channels": in_channels,
@@ -186,7 +139,10 @@ class REAFConv2d(nn.Module):
                 "stride": stride,
                 "dilation": dilation,
             },
-            non_negative={"padding": padding} if padding is not None else {},
+            non_negative={},
+        )
+        padding, self._pad_end, self._padding_repr = resolve_padding(
+            spec, padding, kernel_size, stride, dilation
         )
         if in_channels % spec.g_i:
             raise ValueError(
@@ -196,14 +152,15 @@ class REAFConv2d(nn.Module):
             raise ValueError(
                 f"REAF {spec}: out_channels={out_channels} is not divisible by G_O={spec.g_o}"
             )
-        if impl not in REAF_IMPLS:
-            raise ValueError(f"REAF impl={impl!r} is not one of {', '.join(REAF_IMPLS)}")
+        if impl != "auto" and impl not in STRATEGIES:
+            names = ", ".join(("auto", *STRATEGIES))
+            raise ValueError(f"REAF impl={impl!r} is not one of {names}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.spec = spec
         self.stride = stride
-        self.padding = dilation * (kernel_size - 1) // 2 if padding is None else padding
+        self.padding = padding
         self.dilation = dilation
         self.impl = impl
         self.in_per_group = in_channels // spec.g_i  # A_in
@@ -213,14 +170,67 @@ class REAFConv2d(nn.Module):
             torch.empty(out_channels, self.merged_channels, kernel_size, kernel_size)
         )
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        # Index tensors of the strategies: buffers follow .to(device); not persistent,
-        # because they derive from the constructor arguments and must not bloat checkpoints.
-        for name, index in strategies.index_buffers(
-            spec.combinations(), self.in_per_group, self.out_per_group
-        ).items():
+        plan = make_plan(spec, in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self._plan_scalars = plan.scalars()
+        # The plan's index tensors as buffers, so they follow .to(device); not persistent:
+        # they derive from the constructor arguments and must not bloat checkpoints.
+        for name, index in zip(INDEX_FIELDS, plan.index()):
             self.register_buffer(name, index, persistent=False)
-        self.partials_in_order = strategies.partials_in_order(spec.combinations())
         self.reset_parameters()
+
+    @classmethod
+    def from_conv(
+        cls, conv: nn.Conv2d, reaf: str | Sequence[int] | REAFSpec, impl: str = "auto"
+    ) -> REAFConv2d:
+        """A REAF convolution with ``conv``'s geometry (channels, kernel, stride, padding,
+        dilation, bias), on its device and dtype.
+
+        Weights: kept exactly where the REAF layer has ``conv``'s connectivity, that is
+        ``G_M = G_I`` (every output reads every input: a dense conv, e.g. ``1-1-1``) from
+        a dense ``conv``, and ``g-1-g`` from ``conv`` with ``groups=g``. Otherwise REAF
+        connects each output group to other inputs than ``conv`` did, no dense weight
+        maps onto the compact one, and the new layer is initialised afresh by
+        :meth:`reset_parameters` (Kaiming-normal, fan-out; a bias from
+        ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``): train or fine-tune it.
+
+        Raises:
+            ValueError: ``conv`` is grouped and ``reaf`` is not ``groups-1-groups`` (REAF
+                replaces channel grouping; build a ``REAFConv2d`` to change the
+                connectivity on purpose), pads other than with zeros, is not square, or
+                its channels do not divide into ``reaf``'s groups.
+        """
+        spec = parse_reaf(reaf)
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"REAFConv2d.from_conv needs an nn.Conv2d, got {type(conv).__name__}")
+        if conv.groups != 1 and tuple(spec) != (conv.groups, 1, conv.groups):
+            raise ValueError(
+                f"REAFConv2d.from_conv: {conv} has groups={conv.groups}; REAF {spec} would "
+                "replace its grouping, which only "
+                f"{conv.groups}-1-{conv.groups} (G_M = 1, G_I = groups) reproduces"
+            )
+        if conv.padding_mode != "zeros":
+            raise ValueError(
+                f"REAFConv2d.from_conv: {conv} pads with padding_mode={conv.padding_mode!r}; "
+                "REAFConv2d pads with zeros only"
+            )
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            spec.g_i,
+            spec.g_m,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=conv.bias is not None,
+            impl=impl,
+        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        if spec.g_m == spec.g_i or spec.g_m == 1 and spec.g_i == conv.groups:
+            with torch.no_grad():  # same connectivity: the weight layouts coincide
+                layer.weight.copy_(conv.weight)
+                if conv.bias is not None:
+                    layer.bias.copy_(conv.bias)
+        return layer
 
     @property
     def g_i(self) -> int:
@@ -249,32 +259,37 @@ class REAFConv2d(nn.Module):
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial output size for an ``height x width`` input (``nn.Conv2d``'s formula)."""
         span = self.dilation * (self.kernel_size - 1)
-        return tuple((s + 2 * self.padding - span - 1) // self.stride + 1 for s in (height, width))
+        padded = 2 * self.padding + self._pad_end
+        return tuple((s + padded - span - 1) // self.stride + 1 for s in (height, width))
+
+    @property
+    def plan(self) -> REAFPlan:
+        """Shape, geometry and index tensors (on this layer's device) the strategies read."""
+        return REAFPlan.from_parts(self._plan_scalars, [getattr(self, n) for n in INDEX_FIELDS])
 
     def resolved_impl(self, x: Tensor) -> str:
-        """The strategy a forward on ``x`` runs (``auto``: timed once per signature, cached)."""
-        return self.impl if self.impl != "auto" else autotune.choose_impl(self, x)
+        """The strategy a forward on batched ``x`` runs (``auto``: timed once per signature)."""
+        return resolve_impl(x, self.weight, self.bias, self.plan, self.impl)
 
     def dense_weight(self, weight: Tensor | None = None) -> Tensor:
         """The equivalent dense ``(C_out, C_in, k, k)`` weight, zero where no connection exists.
 
         Differentiable: gradients flow back to the compact ``weight`` (default: ``self.weight``).
         """
-        weight = self.weight if weight is None else weight
-        return strategies.scatter_dense(weight, self.dense_index, self.in_channels)
+        return scatter_dense(self.weight if weight is None else weight, self.plan)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        return self.compute(self.resolved_impl(x), x, self.weight, self.bias)
+        if self._pad_end:  # "same" with an even span: nn.Conv2d pads the end one more
+            x = F.pad(x, (0, self._pad_end, 0, self._pad_end))
+        return reaf_conv(x, self.weight, self.bias, self.plan, self.impl)
 
     def compute(self, impl: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """Strategy ``impl`` on a batched input with the given parameters (the autotuner times
-        detached copies this way). ``loop`` is the reference forward, :func:`reaf_conv2d`."""
-        if impl == "loop":
-            return reaf_conv2d(x, weight, bias, self.spec, self.stride, self.padding, self.dilation)
-        return strategies.run(impl, self, x, weight, bias)
+        """Strategy ``impl`` (or ``"auto"``) on a batched, already padded input with the given
+        parameters in place of the layer's (tests and benchmarks compare strategies this way)."""
+        return reaf_conv(x, weight, bias, self.plan, impl)
 
     def _check_input(self, x: Tensor) -> None:
         """Refuse, in one line, what no strategy could compute (they would differ in how)."""
@@ -310,31 +325,17 @@ class REAFConv2d(nn.Module):
             )
 
     def extra_repr(self) -> str:
+        """``nn.Conv2d``'s text (its rules for what to show) plus the REAF setting."""
+        pair = lambda v: f"({v}, {v})"  # noqa: E731
         s = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"reaf={self.spec}, stride={self.stride}, padding={self.padding}"
+            f"{self.in_channels}, {self.out_channels}, kernel_size={pair(self.kernel_size)}, "
+            f"stride={pair(self.stride)}"
         )
+        if self._padding_repr != "0":
+            s += f", padding={self._padding_repr}"
         if self.dilation != 1:
-            s += f", dilation={self.dilation}"
+            s += f", dilation={pair(self.dilation)}"
         if self.bias is None:
             s += ", bias=False"
-        return s + f", impl={self.impl}"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_ints(spec: REAFSpec, positive: dict, non_negative: dict) -> None:
-    """One line per bad constructor argument, naming it and what is valid (ints, as square)."""
-    for name, value in {**positive, **non_negative}.items():
-        if not _is_int(value):
-            raise TypeError(
-                f"REAF {spec}: {name} must be an int (square kernels only), got {value!r}"
-            )
-    for name, value in positive.items():
-        if value < 1:
-            raise ValueError(f"REAF {spec}: {name} must be a positive integer, got {value}")
-    for name, value in non_negative.items():
-        if value < 0:
-            raise ValueError(f"REAF {spec}: {name} must be >= 0, got {value}")
+        s += f", reaf={self.spec}"
+        return s if self.impl == "auto" else s + f", impl={self.impl}"

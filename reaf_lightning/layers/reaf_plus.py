@@ -1,4 +1,4 @@
-"""REAF+ (paper §III-B, Eq. 8): one (BN, activation) pair per output-channel group.
+"""REAF+ (paper §III-E, Eq. 8): one (BN, activation) pair per output-channel group.
 
 A plain block feeds a convolution through a single ``BN -> ReLU``. REAF+ feeds
 output-channel group ``l`` (of ``g_o`` equal groups) from its own

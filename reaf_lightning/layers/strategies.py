@@ -1,9 +1,10 @@
 """Execution strategies of the REAF convolution: the same function (Eq. 5-6), other kernels.
 
-:func:`reaf_lightning.layers.reaf_conv.reaf_conv2d` (strategy ``loop``) runs one
-convolution per output group, ``G_O`` kernel launches. The other four compute
-the same numbers from the same compact weight with fewer, larger kernels; which
-is fastest depends on the layer shape and the device (``BENCHMARKS.md``):
+:data:`STRATEGIES` is the table every caller reads (the layer, the autotuner, the
+benchmarks): a name and a :class:`Strategy`, that is a ``forward(x, weight, bias,
+plan)`` written in differentiable PyTorch operators and, optionally, a
+``backward``. Which is fastest depends on the layer shape and the device
+(``BENCHMARKS.md``):
 
 * ``masked``: scatter the compact weight into a zero dense weight and run one
   dense convolution. Wastes ``G_I / G_M`` of the FLOPs, but dense convolutions
@@ -18,268 +19,226 @@ is fastest depends on the layer shape and the device (``BENCHMARKS.md``):
   summed ``G_M`` at a time. Exact FLOPs in ``G_I`` wide groups.
 * ``decompose_loop``: the same, with the grouped convolution run as ``G_I``
   dense convolutions over channel slices (faster on oneDNN at high resolution).
+* ``loop``: one convolution per output group, ``G_O`` kernel launches: Eq. 5-6
+  as written.
 
-Memory: plain autograd would keep, until backward, whatever the convolution
-consumed: the scattered dense weight (``masked``, ``G_I / G_M`` times the compact
-one), the ``G_M``-times input copy (``gather``) or the decomposed weight. The
-autograd functions below save only the input and the compact weight and rebuild
-the rest in backward, where ``aten.convolution_backward`` runs the kernels
-autograd would have run. Under ``torch.compile`` the plain ops are traced instead
-and AOTAutograd's partitioner decides what to keep.
+Memory: every backward here is a function of the input and the compact weight
+only (``aten.convolution_backward`` runs the kernels autograd would have run), so
+a step keeps neither the scattered dense weight (``masked``, ``G_I / G_M`` times
+the compact one) nor the ``G_M``-times input copy (``gather``) until backward.
+:mod:`reaf_lightning.layers.dispatch` saves just those two tensors. A strategy
+without a ``backward`` gets :func:`recompute_backward`: the same saving, paid for
+with one more forward in the backward pass.
 
-Autocast: the inputs are cast once to the autocast dtype in forward (as autocast
-casts them for ``conv2d``), the convolution runs in that dtype, and the gradients
-are cast back to the dtypes of the tensors they belong to.
+Adding a strategy: write ``forward(x, weight, bias, plan) -> Tensor`` and add
+``STRATEGIES["name"] = Strategy(forward)``; ``impl="name"`` then selects it and
+``auto`` times it (``docs/layers.md``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+import itertools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-if TYPE_CHECKING:
-    from reaf_lightning.layers.reaf_conv import REAFConv2d
+from reaf_lightning.layers.plan import REAFPlan
 
-__all__ = ["index_buffers", "partials_in_order", "run", "scatter_dense"]
+__all__ = ["STRATEGIES", "Strategy", "recompute_backward", "run_backward", "scatter_dense"]
+
+Grads = tuple[Tensor | None, Tensor | None, Tensor | None]
+Needs = tuple[bool, bool, bool]
 
 
-def index_buffers(combinations: list[tuple[int, ...]], a_in: int, b_out: int) -> dict[str, Tensor]:
-    """Index tensors of every strategy, derived once from the combinations ``E_l``.
+class Strategy(NamedTuple):
+    """One way to compute the REAF convolution.
 
-    * ``dense_index[c]``: input channel of every compact weight column of output channel
-      ``c`` (``masked`` scatters with it); its rows per group, ``gather_index``, list
-      the input channels of every combination (``gather`` selects them).
-    * ``decompose``: a *slot* is an (input group ``j``, output group ``o`` reading ``j``)
-      pair. A ``groups = G_I`` convolution yields the partials of input group ``j`` as one
-      contiguous block, so slots are ordered by ``j``, and within it by (``m``, ``o``),
-      ``m`` being ``j``'s place in ``E_o``. ``slot_rows[s] = o * G_M + m`` is the
-      compact-weight block slot ``s`` uses; ``partial_index[m * C_out + o * B + b]`` is the
-      partial channel holding the ``m``-th term of output channel ``o * B + b``, and
-      ``partial_source`` its inverse (which output channel each partial feeds).
+    Attributes:
+        forward: ``(x, weight, bias, plan) -> y`` in differentiable operators
+            (``torch.compile`` traces it; eager runs it inside one library operator).
+        backward: ``(grad_y, x, weight, plan, needs) -> (grad_x, grad_weight, grad_bias)``,
+            ``None`` where ``needs`` (x, weight, bias) is False; or ``None`` to use
+            :func:`recompute_backward`.
     """
-    g_m, g_o = len(combinations[0]), len(combinations)
-    channels = torch.tensor(
-        [[g * a_in + a for g in combo for a in range(a_in)] for combo in combinations]
-    )  # (G_O, G_M * A_in): input channels of each output group
-    slots = _slots(combinations)
-    slot_of = {pair: s for s, pair in enumerate(slots)}
-    b = torch.arange(b_out)
-    return {
-        "dense_index": channels.repeat_interleave(b_out, dim=0),
-        "gather_index": channels.reshape(-1),
-        "slot_rows": torch.tensor([o * g_m + m for o, m in slots]),
-        "partial_index": torch.cat(
-            [slot_of[(o, m)] * b_out + b for m in range(g_m) for o in range(g_o)]
-        ),
-        "partial_source": torch.cat([o * b_out + b for o, _ in slots]),
-    }
+
+    forward: Callable[[Tensor, Tensor, Tensor | None, REAFPlan], Tensor]
+    backward: Callable[[Tensor, Tensor, Tensor, REAFPlan, Needs], Grads] | None = None
 
 
-def _slots(combinations: list[tuple[int, ...]]) -> list[tuple[int, int]]:
-    """The (output group ``o``, place ``m``) slots in the order the grouped conv yields them."""
-    g_m, g_o = len(combinations[0]), len(combinations)
-    return sorted(
-        ((o, m) for o in range(g_o) for m in range(g_m)),
-        key=lambda om: (combinations[om[0]][om[1]], om[1], om[0]),
-    )
+def recompute_backward(
+    forward: Callable, grad_out: Tensor, x: Tensor, weight: Tensor, plan: REAFPlan, needs: Needs
+) -> Grads:
+    """Gradients of any ``forward`` by re-running it under ``torch.func.vjp``.
 
-
-def partials_in_order(combinations: list[tuple[int, ...]]) -> bool:
-    """Whether the partials already lie as ``(G_M, C_out)``, so summing them needs no gather.
-
-    True for ``G_M = 1``, ``G_M = G_I`` and ``G_M = G_I - 1`` (4-3-4, 8-7-8, ...): with
-    combinations in lexicographic order, the ``m``-th groups of all combinations, read
-    for ``m = 0, 1, ...``, never decrease, so the (``j``-ordered) slots are in (``m``, ``o``)
-    order. Decided from the combinations alone, so it also holds for a layer built on the
-    ``meta`` device.
+    ``torch.func`` works where autograd is switched off (inside a library operator,
+    where the autotuner times backward passes too).
     """
-    g_m, g_o = len(combinations[0]), len(combinations)
-    return _slots(combinations) == [(o, m) for m in range(g_m) for o in range(g_o)]
+    _, vjp = torch.func.vjp(lambda xx, ww: forward(xx, ww, None, plan), x, weight)
+    grad_x, grad_w = vjp(grad_out)
+    grad_b = grad_out.sum((0, 2, 3)) if needs[2] else None
+    return (grad_x if needs[0] else None), (grad_w if needs[1] else None), grad_b
 
 
-def run(impl: str, layer: REAFConv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """Strategy ``impl`` (not ``loop``, which is the reference forward) on ``layer``'s shape.
-
-    ``weight`` and ``bias`` are passed separately so the autotuner can time detached copies.
-    """
-    lean = not torch.compiler.is_compiling() and torch.is_grad_enabled()
-    conv_args = (layer.stride, layer.padding, layer.dilation)
-    pairs = tuple((v, v) for v in conv_args)
-    if impl == "masked":
-        if lean:
-            return MaskedConv2d.apply(x, weight, bias, layer.dense_index, *pairs)
-        return F.conv2d(x, layer.dense_weight(weight), bias, *conv_args)
-    if layer.g_m == 1 and impl in ("gather", "decompose"):  # one partial per output: grouped conv
-        return F.conv2d(x, weight, bias, *conv_args, layer.g_i)
-    if impl == "gather":
-        if lean:
-            return GatherConv2d.apply(x, weight, bias, layer.gather_index, layer.g_o, *pairs)
-        return F.conv2d(x.index_select(1, layer.gather_index), weight, bias, *conv_args, layer.g_o)
-    if impl in ("decompose", "decompose_loop"):
-        plan = _DecomposePlan(
-            layer.slot_rows,
-            layer.partial_index,
-            layer.partial_source,
-            layer.g_i,
-            layer.g_m,
-            per_group=impl == "decompose_loop",
-            in_order=layer.partials_in_order,
-        )
-        if lean:
-            return DecomposedConv2d.apply(x, weight, bias, plan, *pairs)
-        return decomposed_conv2d(x, weight, bias, plan, conv_args)
-    raise ValueError(
-        f"REAF strategy {impl!r} is not one of masked, gather, decompose, decompose_loop "
-        "(loop is the reference forward, reaf_conv2d)"
-    )
+def run_backward(
+    name: str, grad_out: Tensor, x: Tensor, weight: Tensor, plan: REAFPlan, needs: Needs
+) -> Grads:
+    """Strategy ``name``'s backward, or the recomputing one where it has none."""
+    strategy = STRATEGIES[name]
+    grad_out = grad_out.to(x.dtype)
+    if strategy.backward is None:
+        return recompute_backward(strategy.forward, grad_out, x, weight, plan, needs)
+    return strategy.backward(grad_out, x, weight, plan, needs)
 
 
-def scatter_dense(weight: Tensor, dense_index: Tensor, in_channels: int) -> Tensor:
+def _conv_backward(grad_out: Tensor, x: Tensor, weight: Tensor, plan: REAFPlan, groups: int,
+                   needs: Needs) -> Grads:  # fmt: skip
+    stride, padding, dilation = ([v, v] for v in plan.conv_args)
+    bias_sizes = [weight.shape[0]] if needs[2] else None
+    grads = torch.ops.aten.convolution_backward(
+        grad_out, x, weight, bias_sizes, stride, padding, dilation, False, [0, 0], groups,
+        list(needs),
+    )  # fmt: skip
+    return tuple(g if need else None for g, need in zip(grads, needs))
+
+
+# --- G_M = 1: a grouped convolution (gather and decompose reduce to it) ---------------------
+
+
+def _grouped_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan) -> Tensor:
+    return F.conv2d(x, weight, bias, *plan.conv_args, plan.g_i)
+
+
+def _grouped_backward(grad_out, x, weight, plan, needs) -> Grads:
+    return _conv_backward(grad_out, x, weight, plan, plan.g_i, needs)
+
+
+# --- masked -----------------------------------------------------------------------------------
+
+
+def scatter_dense(weight: Tensor, plan: REAFPlan) -> Tensor:
     """Compact ``(C_out, M, k, k)`` weight -> dense ``(C_out, C_in, k, k)`` with zeros elsewhere."""
     c_out, _, k, k2 = weight.shape
-    index = dense_index[:, :, None, None].expand(-1, -1, k, k2)
-    return weight.new_zeros(c_out, in_channels, k, k2).scatter(1, index, weight)
+    index = plan.dense_index[:, :, None, None].expand(-1, -1, k, k2)
+    return weight.new_zeros(c_out, plan.in_channels, k, k2).scatter(1, index, weight)
 
 
-def _cast_and_remember(
-    ctx, x: Tensor, weight: Tensor, bias: Tensor | None, conv_args: tuple
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Cast inputs to the compute dtype and store what backward needs besides tensors."""
-    device_type = x.device.type
-    dtype = x.dtype
-    if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
-        dtype = torch.get_autocast_dtype(device_type)
-    ctx.stride, ctx.padding, ctx.dilation = conv_args
-    ctx.has_bias = bias is not None
-    ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+def masked_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan) -> Tensor:
+    return F.conv2d(x, scatter_dense(weight, plan), bias, *plan.conv_args)
 
 
-def _cast_grads(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
-    """Gradients back in the dtypes of the tensors they belong to."""
-    return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes))
+def masked_backward(grad_out, x, weight, plan, needs) -> Grads:
+    grad_x, grad_dense, grad_b = _conv_backward(
+        grad_out, x, scatter_dense(weight, plan), plan, 1, needs
+    )
+    grad_w = None
+    if grad_dense is not None:
+        index = plan.dense_index[:, :, None, None].expand(-1, -1, *weight.shape[2:])
+        grad_w = grad_dense.gather(1, index)
+    return grad_x, grad_w, grad_b
 
 
-def _conv_backward(
-    ctx, grad_out: Tensor, x: Tensor, weight: Tensor, groups: int, mask: list[bool]
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    bias_sizes = [weight.shape[0]] if ctx.has_bias else None
-    return torch.ops.aten.convolution_backward(
-        grad_out.to(x.dtype), x, weight, bias_sizes, ctx.stride, ctx.padding, ctx.dilation,
-        False, [0, 0], groups, mask,
-    )  # fmt: skip
+# --- gather -----------------------------------------------------------------------------------
 
 
-class MaskedConv2d(torch.autograd.Function):
-    """``conv2d(x, scatter_dense(weight))`` saving the compact weight, not the dense one."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, dense_index, stride, padding, dilation) -> Tensor:
-        xc, wc, bc = _cast_and_remember(ctx, x, weight, bias, (stride, padding, dilation))
-        with torch.autocast(x.device.type, enabled=False):
-            dense = scatter_dense(wc, dense_index, x.shape[1])
-            out = F.conv2d(xc, dense, bc, stride, padding, dilation)
-        ctx.save_for_backward(xc, wc, dense_index)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        xc, wc, dense_index = ctx.saved_tensors
-        dense = scatter_dense(wc, dense_index, xc.shape[1])
-        mask = list(ctx.needs_input_grad[:3])
-        grad_x, grad_dense, grad_b = _conv_backward(ctx, grad_out, xc, dense, 1, mask)
-        grad_w = None
-        if grad_dense is not None:
-            index = dense_index[:, :, None, None].expand(-1, -1, *wc.shape[2:])
-            grad_w = grad_dense.gather(1, index)
-        return *_cast_grads(ctx, grad_x, grad_w, grad_b), None, None, None, None
+def gather_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan) -> Tensor:
+    if plan.g_m == 1:
+        return _grouped_forward(x, weight, bias, plan)
+    gathered = x.index_select(1, plan.gather_index)
+    return F.conv2d(gathered, weight, bias, *plan.conv_args, plan.g_o)
 
 
-class GatherConv2d(torch.autograd.Function):
-    """``conv2d(x[:, index], weight, groups=G_O)`` saving ``x``, not the gathered copy."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, gather_index, groups, stride, padding, dilation) -> Tensor:
-        xc, wc, bc = _cast_and_remember(ctx, x, weight, bias, (stride, padding, dilation))
-        with torch.autocast(x.device.type, enabled=False):
-            gathered = xc.index_select(1, gather_index)
-            out = F.conv2d(gathered, wc, bc, stride, padding, dilation, groups)
-        ctx.save_for_backward(xc, wc, gather_index)
-        ctx.groups = groups
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        xc, wc, gather_index = ctx.saved_tensors
-        gathered = xc.index_select(1, gather_index)
-        mask = list(ctx.needs_input_grad[:3])
-        grad_g, grad_w, grad_b = _conv_backward(ctx, grad_out, gathered, wc, ctx.groups, mask)
-        grad_x = None
-        if grad_g is not None:  # each input channel feeds G_M combinations: sum their grads
-            grad_x = torch.zeros_like(xc).index_add_(1, gather_index, grad_g)
-        return *_cast_grads(ctx, grad_x, grad_w, grad_b), None, None, None, None, None
+def gather_backward(grad_out, x, weight, plan, needs) -> Grads:
+    if plan.g_m == 1:
+        return _grouped_backward(grad_out, x, weight, plan, needs)
+    gathered = x.index_select(1, plan.gather_index)
+    grad_g, grad_w, grad_b = _conv_backward(grad_out, gathered, weight, plan, plan.g_o, needs)
+    grad_x = None
+    if grad_g is not None:  # each input channel feeds G_M combinations: sum their grads
+        grad_x = torch.zeros_like(x).index_add_(1, plan.gather_index, grad_g)
+    return grad_x, grad_w, grad_b
 
 
-class _DecomposePlan(NamedTuple):
-    """What ``decompose`` needs besides the tensors of the call (see :func:`index_buffers`)."""
-
-    slot_rows: Tensor
-    partial_index: Tensor
-    partial_source: Tensor
-    g_i: int
-    g_m: int
-    per_group: bool
-    in_order: bool
+# --- loop -------------------------------------------------------------------------------------
 
 
-def decompose_weight(weight: Tensor, slot_rows: Tensor, g_m: int) -> Tensor:
+def _combinations(plan: REAFPlan) -> itertools.combinations:
+    return itertools.combinations(range(plan.g_i), plan.g_m)  # E_0 .. E_{G_O - 1}, in order
+
+
+def loop_forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan) -> Tensor:
+    groups = x.chunk(plan.g_i, 1)
+    outputs = []
+    for l, (e_l, w_l) in enumerate(zip(_combinations(plan), weight.split(plan.b_out))):
+        a_l = torch.cat([groups[g] for g in e_l], 1)  # Eq. 5
+        b_l = None if bias is None else bias[l * plan.b_out : (l + 1) * plan.b_out]
+        outputs.append(F.conv2d(a_l, w_l, b_l, *plan.conv_args))  # Eq. 6
+    return torch.cat(outputs, 1)
+
+
+def loop_backward(grad_out, x, weight, plan, needs) -> Grads:
+    """Per output group; input gradients summed per input group in a fixed order (no
+    index_add_, so deterministic on CUDA)."""
+    groups = x.chunk(plan.g_i, 1)
+    grad_groups: list[Tensor | None] = [None] * plan.g_i
+    grad_ws = []
+    pieces = zip(_combinations(plan), grad_out.split(plan.b_out, 1), weight.split(plan.b_out))
+    for e_l, g_l, w_l in pieces:
+        a_l = torch.cat([groups[g] for g in e_l], 1)
+        grad_a, grad_w, _ = _conv_backward(g_l, a_l, w_l, plan, 1, (*needs[:2], False))
+        grad_ws.append(grad_w)
+        if needs[0]:
+            for g, part in zip(e_l, grad_a.chunk(plan.g_m, 1)):
+                grad_groups[g] = part if grad_groups[g] is None else grad_groups[g] + part
+    grad_x = torch.cat(grad_groups, 1) if needs[0] else None  # every group is in some E_l
+    grad_w = torch.cat(grad_ws) if needs[1] else None
+    return grad_x, grad_w, grad_out.sum((0, 2, 3)) if needs[2] else None
+
+
+# --- decompose / decompose_loop -----------------------------------------------------------------
+
+
+def decompose_weight(weight: Tensor, plan: REAFPlan) -> Tensor:
     """Compact ``(C_out, G_M * A, k, k)`` weight -> the ``(G_M * C_out, A, k, k)`` grouped weight.
 
     Row block ``s`` of the result is the ``(B, A, k, k)`` slice of the compact weight
     that connects input group ``j`` to output group ``o`` for slot ``s``;
     ``slot_rows[s] = o * G_M + m`` names it.
     """
-    c_out, merged, k, k2 = weight.shape
-    a, g_o = merged // g_m, slot_rows.numel() // g_m
-    b = c_out // g_o
+    c_out, _, k, k2 = weight.shape
+    g_o, g_m, b, a = plan.g_o, plan.g_m, plan.b_out, plan.a_in
     per_slot = weight.reshape(g_o, b, g_m, a, k, k2).transpose(1, 2).reshape(g_o * g_m, b, a, k, k2)
-    return per_slot.index_select(0, slot_rows).reshape(g_m * c_out, a, k, k2)
+    return per_slot.index_select(0, plan.slot_rows).reshape(g_m * c_out, a, k, k2)
 
 
-def _undecompose_grad(grad_grouped: Tensor, weight: Tensor, slot_rows: Tensor, g_m: int) -> Tensor:
+def _undecompose_grad(grad_grouped: Tensor, weight: Tensor, plan: REAFPlan) -> Tensor:
     """Inverse of :func:`decompose_weight`: a permutation of ``(B, A, k, k)`` blocks."""
-    c_out, merged, k, k2 = weight.shape
-    a, g_o = merged // g_m, slot_rows.numel() // g_m
-    blocks = grad_grouped.reshape(g_o * g_m, c_out // g_o, a, k, k2)
-    per_slot = blocks.index_select(0, torch.argsort(slot_rows))
-    return per_slot.reshape(g_o, g_m, c_out // g_o, a, k, k2).transpose(1, 2).reshape_as(weight)
+    _, _, k, k2 = weight.shape
+    g_o, g_m, b, a = plan.g_o, plan.g_m, plan.b_out, plan.a_in
+    blocks = grad_grouped.reshape(g_o * g_m, b, a, k, k2)
+    per_slot = blocks.index_select(0, torch.argsort(plan.slot_rows))
+    return per_slot.reshape(g_o, g_m, b, a, k, k2).transpose(1, 2).reshape_as(weight)
 
 
-def grouped_partials(x: Tensor, grouped: Tensor, plan: _DecomposePlan, conv_args: tuple) -> Tensor:
+def _partials(x: Tensor, grouped: Tensor, plan: REAFPlan, per_group: bool) -> Tensor:
     """The ``G_M * C_out`` partial outputs: one ``groups = G_I`` conv, or ``G_I`` dense convs.
 
     The two compute the same numbers. oneDNN's NCHW grouped convolution runs at about
     half the speed of the same work split into dense convolutions over channel slices
     at high resolution, and ahead of them at low resolution, so ``auto`` times both.
     """
-    if not plan.per_group:
-        return F.conv2d(x, grouped, None, *conv_args, plan.g_i)
+    if not per_group:
+        return F.conv2d(x, grouped, None, *plan.conv_args, plan.g_i)
     pairs = zip(x.chunk(plan.g_i, dim=1), grouped.chunk(plan.g_i, dim=0))
-    return torch.cat([F.conv2d(xj, wj, None, *conv_args) for xj, wj in pairs], 1)
+    return torch.cat([F.conv2d(xj, wj, None, *plan.conv_args) for xj, wj in pairs], 1)
 
 
-def sum_partials(partial: Tensor, plan: _DecomposePlan) -> Tensor:
+def _sum_partials(partial: Tensor, plan: REAFPlan) -> Tensor:
     """Output channel ``c`` = sum over ``m`` of ``partial[:, partial_index[m * C_out + c]]``."""
-    c_out = partial.shape[1] // plan.g_m
+    c_out = plan.out_channels
     if plan.in_order:  # the partials lie as (G_M, C_out): add channel slices (views), no gathers
-        if plan.g_m == 1:
-            return partial
         terms = partial.chunk(plan.g_m, dim=1)
         out = terms[0] + terms[1]
         for term in terms[2:]:
@@ -292,60 +251,48 @@ def sum_partials(partial: Tensor, plan: _DecomposePlan) -> Tensor:
     return out
 
 
-def decomposed_conv2d(
-    x: Tensor, weight: Tensor, bias: Tensor | None, plan: _DecomposePlan, conv_args: tuple
-) -> Tensor:
-    """``decompose`` in plain ops: what ``torch.compile`` traces and what the autograd
-    function below runs in forward."""
-    grouped = decompose_weight(weight, plan.slot_rows, plan.g_m)
-    out = sum_partials(grouped_partials(x, grouped, plan, conv_args), plan)
-    return out if bias is None else out + bias[:, None, None]
+def _decomposed(per_group: bool) -> Strategy:
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan) -> Tensor:
+        if plan.g_m == 1:
+            return _grouped_forward(x, weight, bias, plan)
+        partials = _partials(x, decompose_weight(weight, plan), plan, per_group)
+        out = _sum_partials(partials, plan)
+        return out if bias is None else out + bias[:, None, None]
 
-
-class DecomposedConv2d(torch.autograd.Function):
-    """``decompose`` saving only ``x`` and the compact weight.
-
-    Backward needs no scatter-add: every partial channel feeds exactly one output
-    channel, so its gradient is a copy of that output's gradient (``partial_source``),
-    which also keeps this deterministic on CUDA.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, plan: _DecomposePlan, stride, padding, dilation) -> Tensor:
-        conv_args = (stride, padding, dilation)
-        xc, wc, bc = _cast_and_remember(ctx, x, weight, bias, conv_args)
-        with torch.autocast(x.device.type, enabled=False):
-            out = decomposed_conv2d(xc, wc, bc, plan, conv_args)
-        ctx.save_for_backward(xc, wc)
-        ctx.plan = plan
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        xc, wc = ctx.saved_tensors
-        plan = ctx.plan
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grouped = decompose_weight(wc, plan.slot_rows, plan.g_m)
-        grad_out = grad_out.to(xc.dtype)
+    def backward(grad_out, x, weight, plan, needs) -> Grads:
+        """Every partial feeds exactly one output channel, so its gradient is a copy of that
+        output's gradient (``partial_source``): no scatter-add, deterministic on CUDA."""
+        if plan.g_m == 1:
+            return _grouped_backward(grad_out, x, weight, plan, needs)
+        grouped = decompose_weight(weight, plan)
         if plan.in_order:  # partial (m, c) feeds output c: the gradient repeated G_M times
-            grad_partial = torch.cat([grad_out] * plan.g_m, 1) if plan.g_m > 1 else grad_out
+            grad_partial = torch.cat([grad_out] * plan.g_m, 1)
         else:
             grad_partial = grad_out.index_select(1, plan.partial_source)
-        mask = [need_x, need_w, False]
-        if plan.per_group:  # the backward of each dense conv over its channel slice
+        conv_needs = (needs[0], needs[1], False)
+        if per_group:  # the backward of each dense conv over its channel slice
             slices = zip(
                 grad_partial.chunk(plan.g_i, dim=1),
-                xc.chunk(plan.g_i, dim=1),
+                x.chunk(plan.g_i, dim=1),
                 grouped.chunk(plan.g_i, dim=0),
             )
-            parts = [_conv_backward(ctx, g, xj, wj, 1, mask) for g, xj, wj in slices]
-            grad_x = torch.cat([p[0] for p in parts], dim=1) if need_x else None
-            grad_grouped = torch.cat([p[1] for p in parts], dim=0) if need_w else None
+            parts = [_conv_backward(g, xj, wj, plan, 1, conv_needs) for g, xj, wj in slices]
+            grad_x = torch.cat([p[0] for p in parts], dim=1) if needs[0] else None
+            grad_grouped = torch.cat([p[1] for p in parts], dim=0) if needs[1] else None
         else:
-            grad_x, grad_grouped, _ = _conv_backward(ctx, grad_partial, xc, grouped, plan.g_i, mask)
-        grad_w = None
-        if grad_grouped is not None:
-            grad_w = _undecompose_grad(grad_grouped, wc, plan.slot_rows, plan.g_m)
-        grad_b = grad_out.sum((0, 2, 3)) if need_b else None
-        return *_cast_grads(ctx, grad_x, grad_w, grad_b), None, None, None, None
+            grad_x, grad_grouped, _ = _conv_backward(
+                grad_partial, x, grouped, plan, plan.g_i, conv_needs
+            )
+        grad_w = None if grad_grouped is None else _undecompose_grad(grad_grouped, weight, plan)
+        return grad_x, grad_w, grad_out.sum((0, 2, 3)) if needs[2] else None
+
+    return Strategy(forward, backward)
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "masked": Strategy(masked_forward, masked_backward),
+    "gather": Strategy(gather_forward, gather_backward),
+    "decompose": _decomposed(per_group=False),
+    "decompose_loop": _decomposed(per_group=True),
+    "loop": Strategy(loop_forward, loop_backward),
+}
