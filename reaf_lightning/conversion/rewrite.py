@@ -3,7 +3,9 @@
 Only the modules whose shapes change are replaced; every other module keeps
 its object and its weights. A replaced layer is freshly initialised (its old
 weights have no meaning at another width), except a convolution that becomes
-REAF at its own width: it keeps the weights of the connections REAF keeps.
+REAF at its own width, where ``REAFConv2d.from_conv`` decides: it keeps the
+weights where REAF keeps the convolution's connectivity (``G_M = G_I`` from a
+dense conv, ``g-1-g`` from one with ``groups=g``) and starts afresh otherwise.
 """
 
 from __future__ import annotations
@@ -42,38 +44,38 @@ def conv_padding(conv: nn.Conv2d) -> int | None:
 def reaf_from_conv(
     conv: nn.Conv2d, in_channels: int, out_channels: int, spec: REAFSpec, impl: str
 ) -> REAFConv2d:
-    """A REAF conv with ``conv``'s kernel, stride, padding, dilation and bias, at new widths.
+    """``REAFConv2d.from_conv`` of ``conv`` at new widths (its grouping, if any, replaced).
 
-    At ``conv``'s own widths the compact weight takes ``conv``'s weights of the connections
-    REAF keeps (output group ``l`` reads the input groups of ``E_l``), so converting a
-    trained network starts from its weights.
+    At ``conv``'s own widths, with a dense ``conv`` or a grouped one that ``spec`` reproduces
+    (``g-1-g``), ``from_conv`` decides what the weights become; otherwise the layer is new.
     """
+    same_widths = (in_channels, out_channels) == (conv.in_channels, conv.out_channels)
+    if not same_widths or conv.groups not in (1, spec.g_i) or spec.g_m != 1 < conv.groups:
+        conv = _plain_conv(conv, in_channels, out_channels, groups=1)
+    return REAFConv2d.from_conv(conv, spec, impl=impl)
+
+
+def _plain_conv(conv: nn.Conv2d, in_channels: int, out_channels: int, groups: int) -> nn.Conv2d:
+    """An ``nn.Conv2d`` with ``conv``'s geometry at new widths, torchvision-initialised."""
     weight = conv.weight
-    reaf = REAFConv2d(
+    new = nn.Conv2d(
         in_channels,
         out_channels,
-        square(conv.kernel_size),
-        *spec,
-        stride=square(conv.stride),
-        padding=conv_padding(conv),
-        dilation=square(conv.dilation),
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups=groups,
         bias=conv.bias is not None,
-        impl=impl,
-    ).to(device=weight.device, dtype=weight.dtype)
-    if (in_channels, out_channels) == (conv.in_channels, conv.out_channels) and not (
-        weight.is_meta
-    ):
-        with torch.no_grad():
-            a_in, b_out = reaf.in_per_group, reaf.out_per_group
-            for l, groups in enumerate(spec.combinations()):
-                columns = torch.cat(
-                    [torch.arange(g * a_in, (g + 1) * a_in, device=weight.device) for g in groups]
-                )
-                rows = slice(l * b_out, (l + 1) * b_out)
-                reaf.weight[rows] = weight[rows][:, columns]
-            if conv.bias is not None:
-                reaf.bias.copy_(conv.bias)
-    return reaf
+        padding_mode=conv.padding_mode,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    # Ours: torchvision's convolution init (ResNet, VGG, MobileNetV2, RegNet all use it).
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    if new.bias is not None:
+        nn.init.zeros_(new.bias)
+    return new
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -95,23 +97,8 @@ def _resized(module: nn.Module, in_width: int | None, out_width: int | None) -> 
         if (in_width, out_width) == (module.in_channels, module.out_channels):
             return None
         depthwise = module.groups == module.in_channels == module.out_channels
-        conv = nn.Conv2d(
-            in_width,
-            out_width,
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            groups=in_width if depthwise and module.groups > 1 else module.groups,
-            bias=module.bias is not None,
-            padding_mode=module.padding_mode,
-            **factory,
-        )
-        # Ours: torchvision's convolution init (ResNet, VGG, MobileNetV2, RegNet all use it).
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        if conv.bias is not None:
-            nn.init.zeros_(conv.bias)
-        return conv
+        groups = in_width if depthwise and module.groups > 1 else module.groups
+        return _plain_conv(module, in_width, out_width, groups)
     if isinstance(module, nn.BatchNorm2d):
         if in_width == module.num_features:
             return None

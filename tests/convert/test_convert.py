@@ -8,8 +8,6 @@ own formula (``reaf_lightning.models.complexity``) that ``convert`` uses.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -77,7 +75,8 @@ def test_branchy_net_widened_to_equal_flops_counted_independently():
 
 
 def test_match_params_against_an_independent_parameter_count():
-    net = torchvision.models.vgg11(num_classes=10)
+    with torch.device("meta"):  # parameters only: no memory, no compute
+        net = torchvision.models.vgg11(num_classes=10)
     new, report = reaf_lightning.convert(net, "4-3-4", match="params", input_size=(3, 32, 32))
     independent = sum(p.numel() for p in new.parameters()) / sum(
         p.numel() for p in net.parameters()
@@ -110,31 +109,32 @@ def test_resnet50_at_equal_flops_lands_on_the_papers_reaf_resnet50():
     assert report.params[1] == count_parameters(paper)
 
 
-def _reaf_mask(in_channels: int, out_channels: int, g_i: int, g_m: int) -> Tensor:
-    """1 where output channel j reads input channel i (the paper's E_l, built by hand)."""
-    mask = torch.zeros(out_channels, in_channels)
-    combos = list(itertools.combinations(range(g_i), g_m))
-    a_in, b_out = in_channels // g_i, out_channels // len(combos)
-    for l, groups in enumerate(combos):
-        for g in groups:
-            mask[l * b_out : (l + 1) * b_out, g * a_in : (g + 1) * a_in] = 1
-    return mask
-
-
-def test_match_none_keeps_widths_and_the_kept_weights():
+def test_match_none_keeps_widths_and_the_weights_where_connectivity_is_kept():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1, bias=True), nn.ReLU(), nn.Conv2d(12, 6, 3))
-    new, report = reaf_lightning.convert(net, "4-3-4", match=None, input_size=(8, 9, 9))
-    assert list(report.converted) == ["0"]
-    assert report.skipped == {"2": "out_channels=6 is not divisible by G_O=4"}
+    net = nn.Sequential(
+        nn.Conv2d(8, 12, 3, padding=1, bias=True),
+        nn.ReLU(),
+        nn.Conv2d(12, 8, (3, 3), groups=4, padding=(1, 1)),
+        nn.Conv2d(8, 6, 3),
+    )
     x = torch.randn(2, 8, 9, 9)
-    masked = net[0].weight * _reaf_mask(8, 12, 4, 3)[:, :, None, None]
-    expected = net[2](F.relu(F.conv2d(x, masked, net[0].bias, padding=1)))
-    torch.testing.assert_close(new(x), expected, rtol=1e-5, atol=1e-5)
+    # 4-1-4 is exactly a conv with groups=4 (paper §III-D): that layer keeps its weights.
+    new, report = reaf_lightning.convert(net, "4-1-4", None, grouped=True, input_size=(8, 9, 9))
+    assert sorted(report.converted) == ["0", "2"]
+    assert report.skipped == {"3": "out_channels=6 is not divisible by G_O=4"}
+    hidden = torch.randn(2, 12, 9, 9)
+    assert isinstance(new[2], REAFConv2d)
+    torch.testing.assert_close(new[2](hidden), net[2](hidden), rtol=1e-5, atol=1e-5)
+    assert (new[0].in_channels, new[0].out_channels) == (8, 12) and new(x).shape == net(x).shape
+    assert isinstance(net[0], nn.Conv2d)  # the input network is untouched
+    # 2-2-1 connects every output to every input: a dense conv, weights kept exactly.
+    dense, _ = reaf_lightning.convert(net[:2], "2-2-1", match=None, input_size=(8, 9, 9))
+    torch.testing.assert_close(dense(x), net[:2](x), rtol=1e-5, atol=1e-5)
 
 
 def test_include_exclude_and_pointwise_choose_layers():
-    net = torchvision.models.resnet34(num_classes=4)
+    with torch.device("meta"):
+        net = torchvision.models.resnet34(num_classes=4)
     _, report = reaf_lightning.convert(
         net, "2-1-2", match=None, include=["layer3.*"], exclude=["layer3.0.*"], pointwise=True
     )
