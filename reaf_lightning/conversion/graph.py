@@ -203,13 +203,13 @@ def _visit(node: fx.Node, module: fx.GraphModule, values: dict, g: ChannelGraph)
     shape = _shape(node)
     inputs = _inputs(node, values)
     if node.op == "placeholder":
-        return Value([g.new_class(shape[1], "the network input")]) if shape else None
+        return _new_output(shape, g, "the network input")
     if node.op == "output":
         for _, value in inputs:
             g.fix(value, "the network output")
         return None
     if node.op == "get_attr":
-        return Value([g.new_class(shape[1], f"tensor attribute {node.target}")]) if shape else None
+        return _new_output(shape, g, f"tensor attribute {node.target}")
     if node.op == "call_module":
         return _visit_module(node, module.get_submodule(node.target), shape, inputs, g)
     return _visit_function(node, shape, inputs, g)

@@ -41,8 +41,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
     """
     if "." in name or "convert" in kwargs:
         # ``torchvision.<name>``/``timm.<name>`` (allow-listed builders) and ``convert=``
-        # (REAF in any network): built by reaf_lightning.conversion, which builds on this
-        # registry; imported here, when asked for, so that the registry never imports it.
+        # (REAF in any network) are built by reaf_lightning.conversion, which itself uses
+        # this registry: imported only when asked for, never when the registry loads.
         from reaf_lightning.conversion.sources import build_network
 
         return build_network(name, **kwargs)
