@@ -58,7 +58,8 @@ class ConversionReport:
 
     ``macs``/``params`` are ``(original, converted)`` counts for one image of ``input_size``
     (counted by ``reaf_lightning.models.complexity``). ``width``/``reference_width`` are ``C``
-    and ``C0`` when the network was widened (``None`` with ``match=None``).
+    and ``C0`` when the network was widened (``None`` with ``match=None``). ``kept_widths``
+    names converted layers with an input or output that could not widen, and what fixed it.
     """
 
     reaf: str
@@ -66,6 +67,7 @@ class ConversionReport:
     input_size: tuple[int, int, int]
     converted: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    kept_widths: dict[str, str] = field(default_factory=dict)
     width: int | None = None
     reference_width: int | None = None
     scale: float = 1.0
@@ -95,6 +97,7 @@ class ConversionReport:
         )
         lines += [f"  converted {name}: {what}" for name, what in self.converted.items()]
         lines += [f"  skipped   {name}: {why}" for name, why in self.skipped.items()]
+        lines += [f"  not widened {name}: {why}" for name, why in self.kept_widths.items()]
         return "\n".join(lines)
 
 
@@ -281,6 +284,14 @@ def _widen(
                         dropped = True
         if not dropped:
             break
+    for name, use in active.items():  # converted, but a side that keeps its width says why
+        notes = []
+        for value, what in ((use.inputs, "input"), (use.output, "output")):
+            reasons = sorted({graph.fixed_reason(p) for p in value.parts} - {None})
+            if reasons:
+                notes.append(f"its {what} is tied to {'; '.join(reasons)}")
+        if notes:
+            report.kept_widths[name] = ", ".join(notes)
     roots = sorted(
         {
             graph.root(p)

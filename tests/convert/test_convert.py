@@ -171,8 +171,10 @@ def test_channel_slicing_keeps_the_widths_it_touches():
             return self.b(self.a(x)[:, :4])
 
     new, report = reaf_lightning.convert(Sliced(), "2-1-2", input_size=(4, 8, 8))
-    assert new.a.out_channels == 8  # the slice reads a's output: never widened
-    assert "getitem" in str(report) or report.width is None
+    assert (new.a.out_channels, new.b.in_channels) == (8, 4)  # the slice: never widened
+    assert isinstance(new.a, REAFConv2d) and isinstance(new.b, REAFConv2d)
+    assert "network input" in report.kept_widths["a"] and "getitem" in report.kept_widths["a"]
+    assert "getitem" in report.kept_widths["b"] and "network output" in report.kept_widths["b"]
 
 
 @pytest.mark.parametrize(
