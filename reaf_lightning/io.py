@@ -48,6 +48,7 @@ __all__ = [
     "load_checkpoint",
     "read_bounded",
     "read_yaml",
+    "shown",
 ]
 
 #: Largest configuration file read (ours: the paper's configs are under 4 KiB).
@@ -132,9 +133,9 @@ def read_bounded(
     Raises:
         error: missing, unreadable, not a regular file, or larger than ``max_bytes``.
     """
-    file = Path(path)
+    file = shown(path)
     try:
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise error(f"{what} {file} does not exist") from None
     except OSError as err:
@@ -163,6 +164,11 @@ def read_bounded(
     if len(data) > max_bytes:  # grew while being read
         raise error(f"{what} {file} is larger than {max_bytes:,} bytes; not read")
     return data
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """``path`` printable on any terminal: bytes of a file name that are not UTF-8 as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _kind(mode: int) -> str:

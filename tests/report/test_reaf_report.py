@@ -29,7 +29,7 @@ from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_macs, count_parameters
 from reaf_lightning.models.paper import paper_rows
 from reaf_lightning.report.cli import main as report_main
-from reaf_lightning.report.record import experiment_of
+from reaf_lightning.report.runs import experiment_of
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
