@@ -34,15 +34,14 @@ from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 
-from reaf_lightning.errors import ConfigError, NumericalError, ReafError, one_line, run_command
+from reaf_lightning.errors import ConfigError, NumericalError, one_line, run_command
 
+from .run_data import INPUT_SETTINGS
 from .spec import ModelSpec
 
 __all__ = ["build_parser", "main"]
 
 PROG = "reaf-analysis"
-#: Data settings that change what the network sees; a differing override is warned about.
-INPUT_SETTINGS = ("image_size", "resize_size", "mean", "std")
 
 
 class DataModule(abc.ABC):  # noqa: B024 - structural check by __subclasshook__
@@ -131,6 +130,9 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _main(args: list[str]) -> None:
+    from reaf_lightning.io import install_strict_yaml
+
+    install_strict_yaml()
     parser = build_parser()
     try:
         cfg = parser.parse_args(args)
@@ -145,10 +147,15 @@ def _run(cfg: Namespace, explicit: Namespace) -> None:
         raise ConfigError(f"--max_batches must be >= 1, got {cfg.max_batches}")
     if not 0.0 < cfg.alpha < 1.0:
         raise ConfigError(f"--alpha must be in (0, 1), got {cfg.alpha}")
-    from reaf_lightning.io import ensure_writable
+    from reaf_lightning.io import check_outputs, check_stem, ensure_writable
 
-    ensure_writable(cfg.output_dir)
+    check_stem(cfg.stem)
     specs = [ModelSpec(**ns.as_dict()) for ns in (cfg.model_a, cfg.model_b) if ns is not None]
+    inputs = _inputs(cfg, specs)
+    ensure_writable(cfg.output_dir)
+    from .plots import output_paths
+
+    check_outputs(list(output_paths(cfg.output_dir, cfg.stem, len(specs) == 2).values()), inputs)
 
     import torch
 
@@ -159,7 +166,7 @@ def _run(cfg: Namespace, explicit: Namespace) -> None:
     device = _device(cfg.device)
     # Load everything before computing anything: a bad checkpoint fails fast.
     first = load_model(specs[0], weights_only=cfg.weights_only)
-    data = _data_module(cfg, explicit, first.data_settings)
+    data = _data_module(cfg, explicit, first.data)
     num_classes = getattr(data, "num_classes", None)
     models = [first] + [
         load_model(s, num_classes=num_classes, weights_only=cfg.weights_only) for s in specs[1:]
@@ -194,10 +201,28 @@ def _run(cfg: Namespace, explicit: Namespace) -> None:
     ks = ks_tests(frame, alpha=cfg.alpha) if len(results) == 2 else None
     print("\nClass selectivity summary (per layer and model):")
     print(format_table(summary))
-    _write(cfg, frame, summary, ks, {m.label: m.provenance() for m in models})
+    _write(cfg, frame, summary, ks, {m.label: m.provenance() for m in models}, inputs)
 
 
-def _write(cfg: Namespace, frame, summary, ks, provenance: dict[str, dict[str, Any]]) -> None:
+def _inputs(cfg: Namespace, specs: list[ModelSpec]) -> list[str]:
+    """Every file the command reads: no output may be one of them."""
+    from .loading import checkpoint_of
+
+    files = [str(c) for c in cfg.get("config") or []]
+    for spec in specs:
+        if spec.checkpoint:
+            checkpoint = checkpoint_of(Path(spec.checkpoint))
+            files.append(str(checkpoint))
+            if checkpoint.parent.name == "checkpoints":
+                files.append(str(checkpoint.parent.parent / "config.yaml"))
+        if spec.state_dict:
+            files.append(str(spec.state_dict))
+    return files
+
+
+def _write(
+    cfg: Namespace, frame, summary, ks, provenance: dict[str, dict[str, Any]], inputs: list[str]
+) -> None:
     from .plots import choose_panels, save_selectivity_outputs
     from .stats import format_table
 
@@ -214,7 +239,7 @@ def _write(cfg: Namespace, frame, summary, ks, provenance: dict[str, dict[str, A
         print(f"Note: {note}")
     paths = save_selectivity_outputs(
         frame, summary, cfg.output_dir, stem=cfg.stem, ks=ks, title=cfg.title,
-        layers=panels, width=cfg.width,
+        layers=panels, width=cfg.width, inputs=inputs,
     )  # fmt: skip
     print(f"Figure panels: {', '.join(panels)}")
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
@@ -226,44 +251,19 @@ def _init_settings(cfg: Namespace) -> dict[str, Any]:
     return cfg.data.init_args.as_dict() if cfg.data is not None else {}
 
 
-def _data_module(cfg: Namespace, explicit: Namespace, stored: dict[str, Any]) -> Any:
-    """The data module: the user's, completed by the checkpoint's settings (module docstring)."""
-    import importlib
-    import inspect
+def _data_module(cfg: Namespace, explicit: Namespace, recorded) -> Any:
+    """The data module: the user's, completed by model_a's run record (module docstring)."""
+    from .run_data import build_data_module
 
-    stored_class = stored.get("_class_path")
-    if cfg.data is None and not stored_class:
-        raise ConfigError(
-            "give --data.class_path: the checkpoint of model_a does not record its data module "
-            "(it was not trained with reaf-lightning), or model_a is not a checkpoint"
-        )
-    class_path = cfg.data.class_path if cfg.data is not None else stored_class
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"cannot import the data module {class_path!r}: {one_line(err)}") from err
     given = explicit.get("data")
     given_args = given.get("init_args").as_dict() if given and given.get("init_args") else {}
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    carry = accepted if class_path == stored_class else accepted & set(INPUT_SETTINGS)
-    kwargs = _init_settings(cfg)
-    for key in sorted(carry & set(stored)):
-        if key in given_args and _differs(given_args[key], stored[key]):
-            if key in INPUT_SETTINGS:
-                warnings.warn(
-                    f"data {key}={given_args[key]!r} differs from {stored[key]!r} that model_a "
-                    "was trained with; using the given value",
-                    stacklevel=1,
-                )
-        elif key not in given_args:
-            kwargs[key] = stored[key]
-    try:
-        return cls(**kwargs)
-    except ReafError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise ConfigError(one_line(err)) from err
+    return build_data_module(
+        cfg.data.class_path if cfg.data is not None else None,
+        given_args,
+        _init_settings(cfg),
+        recorded,
+        note=lambda line: print(f"[{PROG}] note: {line}"),
+    )
 
 
 def _differs(a: Any, b: Any) -> bool:
@@ -274,15 +274,11 @@ def _differs(a: Any, b: Any) -> bool:
 def _warn_other_settings(model, used: dict[str, Any]) -> None:
     """Warn when model_b was trained with other input settings than those used."""
     for key in INPUT_SETTINGS:
-        if (
-            key in model.data_settings
-            and key in used
-            and _differs(model.data_settings[key], used[key])
-        ):
-            warnings.warn(
-                f"{model.label} was trained with data {key}={model.data_settings[key]!r}, "
-                f"but is evaluated with {used[key]!r}",
-                stacklevel=1,
+        trained = model.data.settings
+        if key in trained and key in used and _differs(trained[key], used[key]):
+            print(
+                f"[{PROG}] note: {model.label} was trained with data {key}={trained[key]!r}, "
+                f"but is evaluated with {used[key]!r}"
             )
 
 
