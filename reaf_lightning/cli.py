@@ -67,7 +67,13 @@ from reaf_lightning.errors import (
     one_line,
     run_command,
 )
-from reaf_lightning.io import atomic_outputs, ensure_writable, read_yaml
+from reaf_lightning.io import (
+    atomic_outputs,
+    check_seed,
+    ensure_writable,
+    install_strict_yaml,
+    read_yaml,
+)
 from reaf_lightning.module import ImageClassifier
 
 __all__ = ["DEFAULT_ROOT_DIR", "PROG", "ReafLightningCLI", "main", "run"]
@@ -115,11 +121,13 @@ class ReafLightningCLI(LightningCLI):
         """Parse; every ``--config`` file is read strictly first, parse errors become one line."""
         for path in _config_files(args):
             read_yaml(path)  # empty, list-valued, duplicate keys, bad YAML: names the file
+        install_strict_yaml()  # nested files (--model FILE) and values: duplicate keys refused
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             raise ConfigError(_shorten(one_line(err))) from None
         config = self._of_subcommand(self.config, self.config.get("subcommand"))
+        check_seed(config.get("seed_everything"))
         # Held back until before_instantiate_classes: between the two hooks LightningCLI
         # would torch.load the file and replace the configured model by the checkpoint's
         # hyperparameters (no switch turns that off); here the config decides.

@@ -39,8 +39,10 @@ from .errors import CheckpointError, ConfigError, DataError, OutputError, ReafEr
 
 __all__ = [
     "CONFIG_MAX_BYTES",
+    "SEED_RANGE",
     "atomic_outputs",
     "check_outputs",
+    "check_seed",
     "check_stem",
     "check_yaml_keys",
     "ensure_writable",
@@ -463,6 +465,24 @@ def install_strict_yaml() -> None:
 
     strict._reaf_strict = True  # type: ignore[attr-defined]
     set_loader("yaml", strict, exceptions=(yaml.YAMLError,))
+
+
+#: The seeds numpy (and so Lightning's ``seed_everything``) accepts: unsigned 32-bit.
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def check_seed(seed: object, option: str = "seed_everything") -> None:
+    """Refuse an integer seed numpy cannot take (``true``/``false``/``None`` pass).
+
+    Raises:
+        ConfigError: naming the value and the range.
+    """
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        low, high = SEED_RANGE
+        if not low <= seed <= high:
+            raise ConfigError(
+                f"{option} {seed} is outside numpy's seed range [{low}, {high}]; give a seed in it"
+            )
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,0 +1,68 @@
+"""Every configuration file a command reads refuses duplicate keys and accepts merge keys.
+
+``reaf-lightning`` (its ``--config`` files and a nested ``--model FILE``) is run for real up
+to the point where it would train: each case here fails at parsing, or, for the accepted
+merge-key file, is stopped by ``--print_config`` before any training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reaf_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+
+
+def _exit(capsys, args: list[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def test_nested_model_file_with_a_duplicate_key_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model.yaml"
+    model.write_text("arch: test_resnet\nlr: 0.1\narch: test_reaf_resnet\n")
+    code, _, err = _exit(capsys, ["fit", "--config", QUICKSTART, "--model", str(model)])
+    assert code == 2 and err.startswith("reaf-lightning: error: ") and err.count("\n") == 1
+    assert "key 'arch' is given twice" in err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_config_with_merge_keys_is_accepted(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "merged.yaml"
+    config.write_text(
+        "trainer:\n  <<: {limit_train_batches: 1, limit_val_batches: 1}\n  limit_val_batches: 2\n"
+    )
+    code, out, err = _exit(
+        capsys, ["fit", "--config", QUICKSTART, "--config", str(config), "--print_config"]
+    )
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["trainer"]["limit_train_batches"] == 1
+    assert printed["trainer"]["limit_val_batches"] == 2  # the mapping's own key overrides
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999"])
+def test_a_seed_outside_numpys_range_is_a_user_error(tmp_path, capsys, monkeypatch, seed):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _exit(capsys, ["fit", "--config", QUICKSTART, "--seed_everything", seed])
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"seed_everything {seed} is outside numpy's seed range [0, 4294967295]" in err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_the_largest_seed_numpy_takes_is_accepted(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _exit(
+        capsys, ["fit", "--config", QUICKSTART, "--seed_everything", "4294967295", "--print_config"]
+    )
+    assert code == 0, err
+    assert yaml.safe_load(out)["seed_everything"] == 4294967295
