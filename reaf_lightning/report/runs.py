@@ -1,25 +1,26 @@
-"""Finished runs, read back from their ``metrics.json`` files, trusting nothing in them.
+"""Runs, read back from their ``metrics.json`` run records, trusting nothing in them.
 
 Every file under the log roots named ``metrics.json`` is untrusted input: it is
-read by :func:`reaf_lightning.io.read_bounded` (a regular file of at most
-:data:`METRICS_MAX_BYTES`, so a FIFO, a link to ``/dev/zero`` or a huge file is
-refused without waiting or filling memory), parsed as JSON (any depth of
-nesting is an error line, not a crash) and validated by the pydantic model
-:class:`MetricsView`. A file that fails gives one line naming it; the other
-runs are still reported.
+read by :func:`reaf_lightning.record.read_record_file` (a regular file of bounded
+size and nesting, so a FIFO, a link to ``/dev/zero``, a huge or deeply nested
+file is refused without waiting or filling memory) and validated by the run
+record's pydantic schema (:class:`reaf_lightning.record.RunRecord`). A file that
+fails gives one line naming it; the other runs are still reported. Files written
+before run records existed (no ``format`` key) are read through the same schema
+with what they hold (seed, complexity, fit metrics); they record neither network
+arguments, data nor recipe, so they are never compared with the paper.
 
-Each run's *experiment* is its run directory with the trailing ``seed<N>``
-part removed (``logs/table3/resnet50/seed2`` -> ``table3/resnet50``), and its
+Each run's *experiment* is its run directory with the trailing ``seed<N>`` part
+removed (``logs/table3/resnet50/seed2`` -> ``table3/resnet50``), and its
 :attr:`Run.identity` says what was trained (network and its arguments, data
 module and the settings that change what the network sees, recipe, epochs
-planned), so that :mod:`reaf_lightning.report.tables` never averages across
-a difference.
+planned), so that :mod:`reaf_lightning.report.tables` never averages across a
+difference.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -27,103 +28,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+from reaf_lightning.errors import ConfigError
+from reaf_lightning.io import shown
+from reaf_lightning.record import RecordError, RunRecord, read_record_file, record_from_dict
 
-from reaf_lightning.errors import ConfigError, DataError, one_line
-from reaf_lightning.io import read_bounded, shown
-
-__all__ = ["FILENAME", "METRICS_MAX_BYTES", "MetricsView", "Run", "experiment_of", "find_runs"]
+__all__ = ["FILENAME", "Run", "experiment_of", "find_runs", "read_run_record"]
 
 FILENAME = "metrics.json"
-#: Largest metrics.json read (ours: a run's file is about 2 KiB).
-METRICS_MAX_BYTES = 1024 * 1024
 _SEED_DIR = re.compile(r"seed\d+")
 #: Data settings that say where the data is or how fast it loads, not what the network sees.
 PLACE_AND_SPEED = frozenset({"root", "num_workers", "pin_memory", "download", "persistent_workers"})
 
-Number = StrictInt | float | None
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
-
-
-class StageView(_Model):
-    """``{"final": {...}, "best": {...}}`` of one stage: metric name -> number."""
-
-    final: dict[StrictStr, Number] = {}
-    best: dict[StrictStr, Number] = {}
-
-
-class NetworkView(_Model):
-    """What network a run trained: its registry name and ``create_model`` arguments."""
-
-    arch: StrictStr
-    kwargs: dict[StrictStr, Any] = {}
-
-
-class DataView(_Model):
-    """The run's data module: class path and init arguments."""
-
-    class_path: StrictStr
-    init_args: dict[StrictStr, Any] = {}
-
-
-class MetricsView(_Model):
-    """The parts of ``metrics.json`` the report reads (unknown keys are ignored).
-
-    The run record's fields (``network``, ``data``, ``recipe``, epochs, ``finished``)
-    are optional, so that files written before the record existed are still read;
-    such runs are grouped by ``arch`` only, and say so.
-    """
-
-    seed: StrictInt | None = None
-    arch: StrictStr | None = None
-    params_m: float | None = None
-    gmacs: float | None = None
-    fit: StageView | None = None
-    network: NetworkView | None = None
-    data: DataView | None = None
-    recipe: dict[StrictStr, Any] | None = None
-    epochs_planned: StrictInt | None = None
-    epochs_reached: StrictInt | None = None
-    finished: StrictBool | None = None
-
 
 @dataclass(frozen=True)
 class Run:
-    """One run directory's validated ``metrics.json`` and the experiment it belongs to."""
+    """One run directory's validated record and the experiment it belongs to.
+
+    Attributes:
+        legacy: the file predates run records (``arch`` is then all that is known
+            of the network).
+    """
 
     run_dir: Path
     experiment: str
     experiment_dir: Path
-    record: MetricsView
+    record: RunRecord
     path: Path = field(compare=False)
+    legacy: bool = False
+    arch: str | None = None
 
     @property
     def seed(self) -> int | None:
         return self.record.seed
 
     def fit(self, kind: str) -> dict[str, float | None]:
-        """``fit.final`` or ``fit.best`` (empty when the run has no finished fit)."""
+        """``fit.final`` or ``fit.best`` (empty when the run has no fit metrics)."""
         return dict(getattr(self.record.fit, kind, None) or {})
 
     @property
     def finished(self) -> bool:
-        """A fit that ended: the record says so, or (older files) ``fit.final`` is there."""
-        if self.record.finished is not None:
-            return self.record.finished
-        return bool(self.fit("final"))
+        return self.record.finished
 
     @property
     def epochs(self) -> tuple[int | None, int | None]:
-        """(epochs reached, epochs planned); older files know only the last epoch index."""
-        reached = self.record.epochs_reached
-        if reached is None:
-            last = self.fit("final").get("epoch")
-            known = isinstance(last, (int, float)) and math.isfinite(last)
-            reached = int(last) + 1 if known else None
-        return reached, self.record.epochs_planned
+        """(epochs reached, epochs planned)."""
+        return self.record.epochs.reached, self.record.epochs.planned
+
+    @property
+    def network_arch(self) -> str | None:
+        return self.record.network.arch if self.record.network else self.arch
 
     @property
     def data_class(self) -> str | None:
@@ -133,16 +86,19 @@ class Run:
     def identity(self) -> tuple[tuple[str, str], ...]:
         """What was trained, as ``(aspect, value)`` pairs: runs differing here are not averaged."""
         rec = self.record
-        parts = [("network", rec.network.arch if rec.network else str(rec.arch))]
-        if rec.network and rec.network.kwargs:
-            parts.append(("network arguments", _canonical(rec.network.kwargs)))
+        parts = [("network", str(self.network_arch))]
+        if rec.network:
+            arguments = {**rec.network.kwargs, "num_classes": rec.network.num_classes}
+            parts.append(("network arguments", _canonical(arguments)))
         if rec.data:
             seen = {k: v for k, v in rec.data.init_args.items() if k not in PLACE_AND_SPEED}
             parts.append(("data", f"{self.data_class} {_canonical(seen)}"))
         if rec.recipe:
             parts.append(("recipe", _canonical(rec.recipe)))
-        if rec.epochs_planned is not None:
-            parts.append(("epochs planned", str(rec.epochs_planned)))
+        if rec.epochs.planned is not None:
+            parts.append(("epochs planned", str(rec.epochs.planned)))
+        if self.legacy:
+            parts.append(("record", "none (written before run records)"))
         return tuple(parts)
 
 
@@ -166,33 +122,45 @@ def experiment_of(run_dir: Path, root: Path) -> tuple[str, Path]:
     return shown(name if name not in ("", ".") else experiment_dir.name), experiment_dir
 
 
-def read_metrics(path: Path) -> MetricsView:
-    """One ``metrics.json``, validated.
+def _from_legacy(content: dict[str, Any], source: str) -> RunRecord:
+    """A ``metrics.json`` written before run records, through the record's schema.
+
+    Such a file holds ``seed``, ``arch``, ``params_m``, ``gmacs`` and
+    ``fit.final`` (with the last ``epoch`` inside) / ``fit.best``; a fit was
+    written only when it ended, so its presence means the run finished.
+    """
+    fit = content.get("fit")
+    stage = None
+    if isinstance(fit, dict):
+        final = fit.get("final")
+        final = dict(final) if isinstance(final, dict) else {}
+        epoch = final.pop("epoch", None)
+        stage = {"epoch": epoch, "final": final, "best": fit.get("best", {})}
+    epoch = stage["epoch"] if stage else None
+    reached = epoch + 1 if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+    converted = {
+        "seed": content.get("seed"),
+        "params_m": content.get("params_m"),
+        "gmacs": content.get("gmacs"),
+        "fit": stage,
+        "finished": bool(stage and stage["final"]),
+        "epochs": {"planned": None, "reached": reached},
+    }
+    return record_from_dict(converted, source)
+
+
+def read_run_record(path: Path) -> tuple[RunRecord, bool, str | None]:
+    """One ``metrics.json``, validated: ``(record, written before records, legacy arch)``.
 
     Raises:
-        DataError: one line naming the file and what is wrong with it.
+        RecordError: one line naming the file and what is wrong with it.
     """
-    raw = read_bounded(path, METRICS_MAX_BYTES, what="metrics file", error=DataError)
-    try:
-        content = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise DataError(f"{shown(path)}: not UTF-8 text") from None
-    except RecursionError:
-        raise DataError(f"{shown(path)}: JSON nested too deeply") from None
-    except ValueError as err:
-        raise DataError(f"{shown(path)}: not valid JSON ({one_line(err)})") from None
-    if not isinstance(content, dict):
-        raise DataError(f"{shown(path)}: holds a JSON {type(content).__name__}, not an object")
-    try:
-        return MetricsView.model_validate(content)
-    except RecursionError:
-        raise DataError(f"{shown(path)}: JSON nested too deeply") from None
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "top level"
-        raise DataError(
-            f"{shown(path)}: {where}: {first['msg']} ({err.error_count()} problem(s))"
-        ) from None
+    source = shown(path)
+    content = read_record_file(path)
+    if "format" in content:
+        return record_from_dict(content, source), False, None
+    arch = content.get("arch")
+    return _from_legacy(content, source), True, arch if isinstance(arch, str) else None
 
 
 def find_runs(
@@ -234,10 +202,10 @@ def find_runs(
                 continue
             seen.add(run_dir.resolve())
             try:
-                record = read_metrics(path)
-            except DataError as err:
-                skipped.append(str(err))
+                record, legacy, arch = read_run_record(path)
+            except RecordError as err:
+                skipped.append(shown(str(err)))
                 continue
             name, experiment_dir = experiment_of(run_dir, root)
-            runs.append(Run(run_dir, name, experiment_dir, record, path))
+            runs.append(Run(run_dir, name, experiment_dir, record, path, legacy, arch))
     return runs, skipped, inputs

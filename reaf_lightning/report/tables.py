@@ -91,25 +91,24 @@ def _seed(run: Run) -> str:
 
 def _why_missing(run: Run, top1: float) -> str | None:
     """Why a finished run has no usable final top-1 error (``None``: it has one)."""
-    raw = run.fit("final").get("val/err1")
-    if raw is None:
+    final = run.fit("final")
+    if "val/err1" not in final:
         return "no val/err1 (no validation?)"
     if math.isnan(top1):
-        return f"val/err1 is {raw}"
+        return "val/err1 was not finite"
     if not 0.0 <= top1 <= 100.0:
         return f"error {top1:.4g} % outside [0, 100]"
     return None
 
 
 def _group_label(identity: tuple, others: list[tuple]) -> str:
-    """The aspects in which ``identity`` differs from the other groups of its experiment."""
-    mine = dict(identity)
+    """The aspects of ``identity`` in which it differs from the other groups of its experiment."""
     differing = [
-        f"{aspect} {mine.get(aspect, '?')}"
-        for aspect in dict.fromkeys(a for ident in [identity, *others] for a, _ in ident)
-        if any(dict(o).get(aspect) != mine.get(aspect) for o in others)
+        f"{aspect} {value}"
+        for aspect, value in identity
+        if any(dict(other).get(aspect) != value for other in others)
     ]
-    return "; ".join(differing)
+    return "; ".join(differing) or "fewer settings recorded"
 
 
 def split_groups(runs: Sequence[Run]) -> tuple[list[tuple[str, str, list[Run]]], list[str]]:
@@ -191,16 +190,16 @@ def paper_diff_note(row: PaperRow, members: list[Run]) -> str | None:
         return f"no paper recipe known for {row.dataset}"
     expected = row.model_kwargs()
     for run in members:
+        if run.legacy:
+            return "written before run records: network, data and epochs unknown"
+        if run.network_arch != row.model:
+            return f"network {run.network_arch}, the row's is {row.model}"
         network = run.record.network
-        arch = network.arch if network else run.record.arch
-        if arch != row.model:
-            return f"network {arch}, the row's is {row.model}"
-        given = network.kwargs if network else {}
+        given = {**network.kwargs, "num_classes": network.num_classes} if network else {}
         differing = sorted(k for k in expected if k in given and given[k] != expected[k])
         if differing:
-            return f"network argument {differing[0]}={given[differing[0]]!r}, the row's is " + repr(
-                expected[differing[0]]
-            )
+            key = differing[0]
+            return f"network argument {key}={given[key]!r}, the row's is {expected[key]!r}"
         if run.data_class is None:
             return "the runs do not record their data and epochs"
         if run.data_class != data_class:

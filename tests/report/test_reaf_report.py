@@ -190,9 +190,8 @@ def test_report_recomputes_mean_and_std_over_seeds(tiny_runs, tmp_path, capsys):
             assert float(row[f"{column}_mean"]) == pytest.approx(mean, rel=1e-9)
             assert float(row[f"{column}_std"]) == pytest.approx(std, rel=1e-9)
         assert float(row["paper_top1_err"]) == paper[experiment]["top1_err"]
-        assert float(row["top1_err_diff"]) == pytest.approx(
-            float(row["top1_err_mean"]) - paper[experiment]["top1_err"], rel=1e-9
-        )
+        # 2-epoch toy runs on digits are not the paper's recipe: no difference, and why
+        assert row["top1_err_diff"] == "" and row["diff_note"] != ""
     # every other Table 3 row is listed as missing, with the paper's numbers
     assert len([r for r in rows.values() if r["table"] == "table3"]) == len(paper)
     missing = rows["table3/reaf_resnet50_c88_70_8-4-70"]
@@ -246,14 +245,15 @@ def test_report_user_errors_are_one_line(tiny_runs, tmp_path, monkeypatch, capsy
     assert stderr.count("\n") == 1
 
 
-def test_unfinished_runs_are_skipped_with_a_note(tiny_runs, tmp_path, capsys):
+def test_unfinished_runs_are_listed_apart(tiny_runs, tmp_path, capsys):
     logs = tmp_path / "logs"
     shutil.copytree(tiny_runs / "logs" / PLAIN, logs / "a")
     (logs / "b" / "seed0").mkdir(parents=True)
     (logs / "b" / "seed0" / "metrics.json").write_text('{"seed": 0, "validate": {}}')
     code, stdout, stderr = _report(capsys, "--log_roots", json.dumps([str(logs)]))
     assert code == 0
-    assert "no finished fit yet" in stderr and "| a | 3 |" in stdout
+    assert "| a | 3 |" in stdout
+    assert f"### Unfinished runs (not averaged)\n\n* {logs / 'b' / 'seed0'} (seed0)" in stdout
 
 
 @pytest.mark.slow

@@ -34,23 +34,26 @@ def record(
     finished: bool = True,
     root: str = "/data/cifar100",
 ) -> dict:
-    """A metrics.json as a finished (or not) run writes it, with the run record."""
+    """A metrics.json as a finished (or not) run writes it: a run record."""
     reached = epochs if reached is None else reached
-    final = {"epoch": reached - 1, "val/err5": 0.05}
+    final = {"val/err5": 0.05}
     if err1 is not None:
         final["val/err1"] = err1
     return {
+        "format": "reaf-run/1",
         "seed": seed,
-        "arch": arch,
-        "params_m": 23.7,
-        "gmacs": 1.3,
-        "network": {"arch": arch, "kwargs": {"num_classes": 100, "stem": "cifar"}},
+        "finished": finished,
+        "network": {"arch": arch, "kwargs": {"stem": "cifar"}, "num_classes": 100},
         "data": {"class_path": data, "init_args": {"root": root, "batch_size": 128}},
         "recipe": {"lr": 0.1, "momentum": 0.9},
-        "epochs_planned": epochs,
-        "epochs_reached": reached,
-        "finished": finished,
-        "fit": {"final": final, "best": {"val/err1": err1} if err1 is not None else {}},
+        "epochs": {"planned": epochs, "reached": reached},
+        "params_m": 23.7,
+        "gmacs": 1.3,
+        "fit": {
+            "epoch": reached - 1,
+            "final": final,
+            "best": {"val/err1": err1} if err1 is not None else {},
+        },
     }
 
 
@@ -121,7 +124,7 @@ def test_only_the_data_root_and_workers_may_differ_within_a_group(tmp_path, caps
     "bad, reason",
     [
         (None, "no val/err1 (no validation?)"),
-        (float("nan"), "val/err1 is nan"),
+        (float("nan"), "val/err1 was not finite"),
         (1.5, "error 150 % outside [0, 100]"),
         (-0.1, "error -10 % outside [0, 100]"),
     ],
@@ -181,15 +184,20 @@ def test_no_difference_to_the_paper_unless_its_recipe_was_trained(tmp_path, caps
 def _malformed(logs: Path) -> dict[str, str]:
     """One malformed metrics.json per case; returns experiment -> what its line must say."""
     cases = {
-        "list": ("[1, 2]", "holds a JSON list, not an object"),
-        "string": ('"fit"', "holds a JSON str"),
-        "boolean": ("true", "holds a JSON bool"),
-        "seed_text": ('{"seed": "zero"}', "seed: Input should be a valid integer"),
+        "list": ("[1, 2]", "must be a JSON object, not a list"),
+        "string": ('"fit"', "must be a JSON object, not a string"),
+        "boolean": ("true", "must be a JSON object, not a boolean"),
+        "seed_text": ('{"format": "reaf-run/1", "seed": "zero"}', "seed: Input should be"),
         "metric_bool": ('{"fit": {"final": {"val/err1": true}}}', "fit.final.val/err1"),
-        "fit_list": ('{"fit": [1]}', "fit: Input should be"),
-        "deep": ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
-        "not_json": ("{", "not valid JSON"),
-        "latin1": (b'{"arch": "\xe9"}', "not UTF-8 text"),
+        "fit_list": ('{"format": "reaf-run/1", "fit": [1]}', "fit: Input should be"),
+        "old_seed": ('{"seed": [0], "fit": {"final": {"val/err1": 0.2}}}', "seed: Input"),
+        "deep": ("[" * 100_000 + "]" * 100_000, "nested deeper than 32 levels"),
+        "deep_record": (
+            '{"format": "reaf-run/1", "recipe": {"a": ' + "[" * 40 + "]" * 40 + "}}",
+            "nested deeper than 32 levels",
+        ),
+        "not_json": ("{", "is not valid JSON"),
+        "latin1": (b'{"arch": "\xe9"}', "is not UTF-8 text"),
     }
     expected = {}
     for name, (content, line) in cases.items():
@@ -198,15 +206,15 @@ def _malformed(logs: Path) -> dict[str, str]:
     fifo = logs / "fifo" / "seed0" / "metrics.json"
     fifo.parent.mkdir(parents=True)
     os.mkfifo(fifo)
-    expected["fifo"] = "is a FIFO (named pipe), not a regular file"
+    expected["fifo"] = "is not a regular file"
     zero = logs / "zero" / "seed0" / "metrics.json"
     zero.parent.mkdir(parents=True)
     zero.symlink_to("/dev/zero")
-    expected["zero"] = "is a character device, not a regular file"
+    expected["zero"] = "is not a regular file"
     huge = write(logs, "huge", 0, "")
     with open(huge, "wb") as handle:
         handle.truncate(1 << 34)  # sparse: 16 GiB on paper
-    expected["huge"] = "has 17,179,869,184 bytes, more than the 1,048,576 expected"
+    expected["huge"] = "is 17179869184 bytes, over the 1048576-byte limit"
     return expected
 
 
@@ -315,3 +323,19 @@ def test_report_config_refuses_duplicate_keys_and_accepts_merge_keys(tmp_path, l
     code, _, stderr = report(capsys, "--config", str(merged))
     assert code == 0, stderr
     assert rows_of(out)["mine"]["n_seeds"] == "1"
+
+
+def test_a_file_written_before_run_records_is_reported_but_never_compared(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    fit = {"final": {"epoch": 199, "val/err1": 0.2}, "best": {"val/err1": 0.19}}
+    old = {"seed": 0, "arch": "resnet50", "params_m": 23.7, "gmacs": 1.3, "fit": fit}
+    write(logs, "table3/resnet50", 0, old)
+    write(logs, "table3/resnet50", 1, record(1, 0.21))
+    out = tmp_path / "r.csv"
+    code, _, stderr = report(capsys, "--log_roots", f"[{logs}]", "--csv", str(out))
+    assert code == 0, stderr
+    rows = rows_of(out)
+    legacy = rows["resnet50 [record none (written before run records)]"]
+    assert legacy["n_seeds"] == "1" and float(legacy["top1_err_mean"]) == pytest.approx(20.0)
+    assert legacy["top1_err_diff"] == "" and "written before run records" in legacy["diff_note"]
+    assert float(legacy["best_top1_err_mean"]) == pytest.approx(19.0)
