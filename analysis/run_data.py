@@ -70,43 +70,49 @@ def _allowed(class_path: str) -> str | None:
 def recorded_data(checkpoint: Path, content: Mapping[str, Any]) -> RecordedData:
     """The data module and settings a checkpoint's run recorded.
 
-    Looked for, in order: the run record stored in the checkpoint (``run_record``:
-    ``data.class_path`` and ``data.init_args``), then the run directory's
-    ``config.yaml`` (``data.class_path``/``init_args``, read strictly and bounded),
-    then the class LightningCLI notes in ``datamodule_hyper_parameters``
-    (``_class_path``); the settings are completed by the checkpoint's
-    ``datamodule_hyper_parameters``.
+    Looked for, in order: the run record stored in the checkpoint (``reaf_run``,
+    validated by :class:`reaf_lightning.record.RunRecord`), the run directory's
+    ``metrics.json`` record, its ``config.yaml`` (``data.class_path`` and
+    ``init_args``, read strictly and bounded), then the class LightningCLI notes
+    in ``datamodule_hyper_parameters`` (``_class_path``). The checkpoint's
+    ``datamodule_hyper_parameters`` fill settings the source does not give.
+    A record that fails validation is named in the error.
+
+    Raises:
+        ConfigError: a stored or recorded run record off the schema.
     """
+    from reaf_lightning.io import read_yaml
+    from reaf_lightning.record import read_record, record_from_dict
+
     settings = content.get("datamodule_hyper_parameters")
     settings = dict(settings) if isinstance(settings, Mapping) else {}
     hinted = settings.pop("_class_path", None)  # LightningCLI's own note of the class
     settings = {k: v for k, v in settings.items() if not str(k).startswith("_")}
-    found = RecordedData(settings=settings)
-    record = content.get("run_record")
-    data = record.get("data") if isinstance(record, Mapping) else None
-    if isinstance(data, Mapping) and isinstance(data.get("class_path"), str):
-        args = data.get("init_args")
-        found.class_path = data["class_path"]
-        found.settings = {**found.settings, **(args if isinstance(args, Mapping) else {})}
-        return found
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    record = None
+    if content.get("reaf_run") is not None:
+        record = record_from_dict(content["reaf_run"], f"{checkpoint} (reaf_run)")
+        source = str(checkpoint)
+    elif run_dir is not None and (run_dir / "metrics.json").is_file():
+        try:
+            record, source = read_record(run_dir / "metrics.json"), str(run_dir / "metrics.json")
+        except ConfigError:
+            record = None  # a file from before run records: the config.yaml below says more
+    if record is not None and record.data is not None:
+        return RecordedData(
+            record.data.class_path, {**settings, **record.data.init_args}, source
+        )
     config = run_dir / "config.yaml" if run_dir is not None else None
     if config is not None and config.is_file():
-        from reaf_lightning.io import read_yaml
-
         try:
             data = read_yaml(config).get("data")
         except ConfigError:
             data = None
         if isinstance(data, Mapping) and isinstance(data.get("class_path"), str):
             args = data.get("init_args")
-            found.class_path = data["class_path"]
-            found.settings = {**(args if isinstance(args, Mapping) else {}), **found.settings}
-            found.source = str(config)
-            return found
-    if isinstance(hinted, str):
-        found.class_path = hinted
-    return found
+            args = dict(args) if isinstance(args, Mapping) else {}
+            return RecordedData(data["class_path"], {**args, **settings}, str(config))
+    return RecordedData(hinted if isinstance(hinted, str) else None, settings)
 
 
 def _import_named(class_path: str) -> type:

@@ -135,7 +135,7 @@ def test_a_class_named_in_the_checkpoint_is_never_imported(
     trained_run, tmp_path, capsys, evil_module
 ):
     content = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
-    content["run_record"] = {"data": {"class_path": "reaf_evil_data.Evil", "init_args": {}}}
+    content["reaf_run"] = {"format": "reaf-run/1", "data": {"class_path": "reaf_evil_data.Evil"}}
     content["datamodule_hyper_parameters"] = {"_class_path": "reaf_evil_data.Evil"}
     crafted = tmp_path / "crafted.ckpt"  # loads under weights_only: only strings were added
     torch.save(content, crafted)
@@ -207,3 +207,25 @@ def test_config_refuses_duplicate_keys_and_accepts_merge_keys(trained_run, tmp_p
     code, _, err = _run(capsys, ["--config", str(merged)])  # ... a merge key is not
     assert code == 0, err
     assert set(pd.read_csv(out / "selectivity.csv").model) == {"mine"}
+
+
+def test_the_run_record_in_the_checkpoint_is_used_and_validated(trained_run, tmp_path, capsys):
+    content = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    settings = {**_recorded(trained_run), "image_size": _recorded(trained_run)["image_size"] + 2}
+    content["reaf_run"] = {
+        "format": "reaf-run/1",
+        "data": {"class_path": "reaf_lightning.data.DigitsDataModule", "init_args": settings},
+    }
+    alone = tmp_path / "alone.ckpt"  # no run directory around it: only the record says
+    torch.save(content, alone)
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, ["--model_a.checkpoint", str(alone), "--output_dir", str(out),
+                                 *FAST])  # fmt: skip
+    assert code == 0, err
+    expected = _expected(trained_run, image_size=settings["image_size"])
+    np.testing.assert_allclose(_si(out), expected, rtol=1e-5, atol=1e-6)
+
+    content["reaf_run"] = {"format": "reaf-run/1", "data": ["not", "a", "mapping"]}
+    torch.save(content, alone)
+    _fails(capsys, ["--model_a.checkpoint", str(alone), "--output_dir", str(out), *FAST],
+           "alone.ckpt (reaf_run): not a reaf-run/1 run record: data")  # fmt: skip
