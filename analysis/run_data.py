@@ -99,9 +99,7 @@ def recorded_data(checkpoint: Path, content: Mapping[str, Any]) -> RecordedData:
         except ConfigError:
             record = None  # a file from before run records: the config.yaml below says more
     if record is not None and record.data is not None:
-        return RecordedData(
-            record.data.class_path, {**settings, **record.data.init_args}, source
-        )
+        return RecordedData(record.data.class_path, {**settings, **record.data.init_args}, source)
     config = run_dir / "config.yaml" if run_dir is not None else None
     if config is not None and config.is_file():
         try:
