@@ -104,8 +104,10 @@ def non_negative_modules(model: nn.Module, example: Tensor) -> list[tuple[str, i
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        with torch.no_grad():
-            model(example)
+        # Outside inference mode (Lightning validates in it), where tensors keep the version
+        # counter that tells an output changed in place after its ReLU.
+        with torch.inference_mode(False), torch.no_grad():
+            model(example.clone())
     finally:
         for handle in handles:
             handle.remove()

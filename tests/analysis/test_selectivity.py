@@ -361,3 +361,15 @@ def test_a_relu_output_changed_in_place_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), Shifted(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(ValueError, match="layer '1' .* can output negative values"):
         compute_selectivity(model, DataLoader(_dataset(), batch_size=5), layers=["1"])
+
+
+def test_layers_are_checked_inside_inference_mode_too():
+    """Lightning's validation loop runs under ``torch.inference_mode``; the check still works."""
+    from reaf_lightning.analysis.nonnegative import check_measurable_layers
+
+    model = _model()
+    with torch.inference_mode():
+        example = torch.randn(2, 3, 8, 8)
+        check_measurable_layers(model, ["layer1", "avgpool"], example)
+        with pytest.raises(ValueError, match="layer 'fc' .* can output negative values"):
+            check_measurable_layers(model, ["fc"], example)
