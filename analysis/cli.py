@@ -13,11 +13,13 @@ streams the validation split through each model, prints per-layer summaries,
 a KS test per layer for two models and the layer that separates most, and
 writes the figure (PNG, PDF), the raw values and the tables atomically.
 
-Data settings: without ``--data`` the data module recorded in model_a's
-checkpoint is rebuilt with the settings it was trained with. With ``--data``
-of the same class, the checkpoint's settings fill every argument not given;
-with another class, the input settings (image size, resize, mean, std) do. A
-given input setting that differs from a checkpoint's is used, with a warning.
+Data settings: without ``--data`` the data module recorded by model_a's run
+is rebuilt with the settings it was trained with; a recorded class is only
+ever one of the package's own data modules (:mod:`.run_data`), never imported
+by the name in a file. Settings given on the command line win, with a printed
+note where they differ from the run's. Layers whose outputs can be negative
+are refused (:mod:`.nonnegative`); outputs follow the package's output rules
+(:mod:`reaf_lightning.io`), checked before anything is loaded.
 
 Errors follow :mod:`reaf_lightning.errors` (one line, exit 2 for user errors,
 3 for NaN/inf weights or activations). Only the parser is built at import, so

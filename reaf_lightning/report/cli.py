@@ -7,10 +7,12 @@
         --csv outputs/report/table3.csv --latex outputs/report/table3.tex \\
         --figure outputs/report/table3
 
-Reads only the ``metrics.json`` files that training leaves in every run
-directory (no W&B needed), so it also works for runs trained with
-``--trainer.logger false``. Output locations are checked before anything is
-read; every file is written atomically. Exit statuses as every command of the
+Reads only the run records (``metrics.json``) that training leaves in every
+run directory (no W&B needed), each as untrusted input
+(:mod:`reaf_lightning.report.runs`), and averages only runs that trained the
+same thing (:mod:`reaf_lightning.report.tables`). Outputs follow the package's
+output rules (:mod:`reaf_lightning.io`), checked before anything is read, and
+are replaced together or not at all. Exit statuses as every command of the
 package (:mod:`reaf_lightning.errors`).
 """
 
