@@ -15,6 +15,7 @@ order for evaluation and prediction).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -99,15 +100,17 @@ class BaseDataModule(pl.LightningDataModule):
         if dataset is None:
             raise RuntimeError(f"call setup() before asking for the {split} loader")
         train = split == "train"
-        return StatefulDataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            drop_last=self.drop_last and train,
-            persistent_workers=self.num_workers > 0,
-        )
+        with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch telemetry hook
+            warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+            return StatefulDataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                shuffle=train,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                drop_last=self.drop_last and train,
+                persistent_workers=self.num_workers > 0,
+            )
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._dataloader(self.train_dataset, "train")
