@@ -207,7 +207,7 @@ class ReafLightningCLI(LightningCLI):
             if wandb and stage != "fit":
                 # Its own W&B run in the experiment's group: never the fit's summary or history.
                 init_args.name = f"{name}/{stage}" if isinstance(name, str) else stage
-                if "job_type" in init_args and init_args.job_type is None:
+                if "job_type" in init_args:
                     init_args.job_type = stage
 
     def instantiate_classes(self) -> None:
