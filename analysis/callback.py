@@ -33,6 +33,7 @@ from torch import nn
 
 from reaf_lightning.errors import ConfigError, NumericalError
 from reaf_lightning.io import atomic_outputs, ensure_writable
+from reaf_lightning.rundir import SELECTIVITY
 
 from .hooks import DEFAULT_LAYERS, LayerCapture, raise_on_negative, split_batch
 from .nonnegative import check_measurable_layers
@@ -65,7 +66,7 @@ class SelectivityCallback(Callback):
         layers: list[str] | None = None,
         max_batches: int | None = None,
         reduction: Literal["mean", "none"] = "mean",
-        filename: str = "selectivity.csv",
+        filename: str = SELECTIVITY,
         log_histograms: bool = True,
     ) -> None:
         if every_n_epochs < 1:

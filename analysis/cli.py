@@ -208,6 +208,8 @@ def _run(cfg: Namespace, explicit: Namespace) -> None:
 
 def _inputs(cfg: Namespace, specs: list[ModelSpec]) -> list[str]:
     """Every file the command reads: no output may be one of them."""
+    from reaf_lightning.rundir import CHECKPOINTS, RunDir
+
     from .loading import checkpoint_of
 
     files = [str(c) for c in cfg.get("config") or []]
@@ -215,8 +217,9 @@ def _inputs(cfg: Namespace, specs: list[ModelSpec]) -> list[str]:
         if spec.checkpoint:
             checkpoint = checkpoint_of(Path(spec.checkpoint))
             files.append(str(checkpoint))
-            if checkpoint.parent.name == "checkpoints":
-                files.append(str(checkpoint.parent.parent / "config.yaml"))
+            if checkpoint.parent.name == CHECKPOINTS:
+                run = RunDir(checkpoint.parent.parent)
+                files += [str(run.config()), str(run.metrics)]
         if spec.state_dict:
             files.append(str(spec.state_dict))
     return files

@@ -235,9 +235,11 @@ def checkpoint_of(path: Path) -> Path:
     Raises:
         CheckpointError: a run directory without that file.
     """
+    from reaf_lightning.rundir import RunDir
+
     if not path.is_dir():
         return path
-    last = path / "checkpoints" / "last.ckpt"
+    last = RunDir(path).last_checkpoint
     if not last.is_file():
         raise CheckpointError(
             f"run directory {path} has no checkpoints/last.ckpt; give the checkpoint file itself"

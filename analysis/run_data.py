@@ -83,24 +83,25 @@ def recorded_data(checkpoint: Path, content: Mapping[str, Any]) -> RecordedData:
     """
     from reaf_lightning.io import read_yaml
     from reaf_lightning.record import read_record, record_from_dict
+    from reaf_lightning.rundir import CHECKPOINTS, RunDir
 
     settings = content.get("datamodule_hyper_parameters")
     settings = dict(settings) if isinstance(settings, Mapping) else {}
     hinted = settings.pop("_class_path", None)  # LightningCLI's own note of the class
     settings = {k: v for k, v in settings.items() if not str(k).startswith("_")}
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    run = RunDir(checkpoint.parent.parent) if checkpoint.parent.name == CHECKPOINTS else None
     record = None
     if content.get("reaf_run") is not None:
         record = record_from_dict(content["reaf_run"], f"{checkpoint} (reaf_run)")
         source = str(checkpoint)
-    elif run_dir is not None and (run_dir / "metrics.json").is_file():
+    elif run is not None and run.metrics.is_file():
         try:
-            record, source = read_record(run_dir / "metrics.json"), str(run_dir / "metrics.json")
+            record, source = read_record(run.metrics), str(run.metrics)
         except ConfigError:
             record = None  # a file from before run records: the config.yaml below says more
     if record is not None and record.data is not None:
         return RecordedData(record.data.class_path, {**settings, **record.data.init_args}, source)
-    config = run_dir / "config.yaml" if run_dir is not None else None
+    config = run.config() if run is not None else None
     if config is not None and config.is_file():
         try:
             data = read_yaml(config).get("data")

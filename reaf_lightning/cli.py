@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,9 +51,10 @@ from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from reaf_lightning.callbacks import EveryEpochLastCheckpoint, standard_callbacks
+from reaf_lightning.callbacks import smoke_reason, standard_callbacks
 from reaf_lightning.checkpointing import (
     AtomicCheckpointIO,
+    EveryEpochLastCheckpoint,
     check_checkpoint,
     find_best_checkpoint,
     find_last_checkpoint,
@@ -75,10 +77,18 @@ from reaf_lightning.io import (
     read_yaml,
 )
 from reaf_lightning.module import ImageClassifier
+from reaf_lightning.record import RecordError, read_record
+from reaf_lightning.rundir import (
+    BEST_FILENAME,
+    DEFAULT_ROOT,
+    RunDir,
+    lock_run_dir,
+    run_dir_for_seed,
+)
 
 __all__ = ["DEFAULT_ROOT_DIR", "PROG", "ReafLightningCLI", "main", "run"]
 
-DEFAULT_ROOT_DIR = "logs"
+DEFAULT_ROOT_DIR = DEFAULT_ROOT
 PROG = "reaf-lightning"
 _MAX_MESSAGE = 400  # characters of a parse error shown; REAF_DEBUG=1 shows all of it
 
@@ -92,14 +102,18 @@ class LogConfigCallback(SaveConfigCallback):
     """
 
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if smoke_reason(trainer):
+            return  # a smoke run checks a config; it leaves no record in the run directory
         stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
-        name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
-        with atomic_outputs([Path(trainer.default_root_dir) / name]) as (path,):
-            path.write_text(self.parser.dump(self.config, skip_unset=False))
         config = self.config.clone()
+        config.overwrite_run = False  # re-running the saved config must not replace a run
+        with atomic_outputs([RunDir(Path(trainer.default_root_dir)).config(stage)]) as (path,):
+            path.write_text(self.parser.dump(config, skip_unset=False))
         config.pop("config", None)  # the list of --config paths: not a setting
+        config.pop("overwrite_run", None)
+        # Not "config": a W&B sweep whose parameter is named `config` locks that key.
         for logger in trainer.loggers:
-            logger.log_hyperparams({"config": config.as_dict()})
+            logger.log_hyperparams({"resolved_config": config.as_dict()})
 
 
 class ReafLightningCLI(LightningCLI):
@@ -109,11 +123,20 @@ class ReafLightningCLI(LightningCLI):
         checkpoint_dirs: filled with the run's checkpoint directories once they
             are known, so that the caller can say where the last checkpoint is
             when the run is interrupted.
+        locks: receives the run directory's lock (:func:`~reaf_lightning.rundir.lock_run_dir`),
+            which the caller releases when the command ends.
         *args, **kwargs: as ``LightningCLI``.
     """
 
-    def __init__(self, *args: Any, checkpoint_dirs: list[str] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        checkpoint_dirs: list[str] | None = None,
+        locks: list[Any] | None = None,
+        **kwargs: Any,
+    ):
         self.checkpoint_dirs = checkpoint_dirs if checkpoint_dirs is not None else []
+        self.locks = locks if locks is not None else []
         self.ckpt_path_given: str | None = None
         super().__init__(*args, **kwargs)
 
@@ -148,8 +171,17 @@ class ReafLightningCLI(LightningCLI):
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
                 "checkpoint.save_top_k": 1,
-                "checkpoint.filename": "best-{epoch:03d}",
+                "checkpoint.filename": BEST_FILENAME,
+                # overwrite instead of last-v1.ckpt: last.ckpt is always the newest state
+                "checkpoint.enable_version_counter": False,
             }
+        )
+        parser.add_argument(
+            "--overwrite_run",
+            type=bool,
+            default=False,
+            help="fit only: delete the run already in the run directory (its config, "
+            "checkpoints, metrics.json, predictions, selectivity and W&B files) and train anew",
         )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
@@ -158,23 +190,33 @@ class ReafLightningCLI(LightningCLI):
         config = self._of_subcommand(self.config)
         if self.ckpt_path_given is not None:
             config.ckpt_path = self.ckpt_path_given
-        root = Path(config.trainer.default_root_dir or DEFAULT_ROOT_DIR)
         seed = config.seed_everything  # `true` was replaced by the seed Lightning chose
         seeded = seed is not False and seed is not None
-        if seeded and root.name != f"seed{seed}":
-            root = root / f"seed{seed}"
+        root = run_dir_for_seed(
+            config.trainer.default_root_dir or DEFAULT_ROOT_DIR, seed if seeded else None
+        )
         config.trainer.default_root_dir = str(root)
         if config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = str(root / "checkpoints")
+            config.checkpoint.dirpath = str(RunDir(root).checkpoint_dir)
+        run = RunDir(root, Path(config.checkpoint.dirpath))
+        if rank_zero_only.rank == 0:  # DDP's other ranks are this command's own processes
+            self.locks.append(lock_run_dir(run, " ".join(sys.argv)))
+            _protect(run, config, str(self.subcommand))
+        stage = str(self.subcommand)
         for logger_class, init_args in _loggers(config.trainer.logger):
-            if "save_dir" in init_args and init_args.save_dir is None:
-                init_args.save_dir = str(root)
-            name = init_args.get("name")
             wandb = issubclass(logger_class, WandbLogger)  # other loggers' names are folders
+            if "save_dir" in init_args and init_args.save_dir is None:
+                init_args.save_dir = str(run.wandb_save_dir(stage) if wandb else root)
+            name = init_args.get("name")
             if seeded and wandb and isinstance(name, str) and not name.endswith(f"/seed{seed}"):
                 if "group" in init_args and init_args.group is None:
                     init_args.group = name  # the seeds of one experiment form one group
-                init_args.name = f"{name}/seed{seed}"
+                init_args.name = name = f"{name}/seed{seed}"
+            if wandb and stage != "fit":
+                # Its own W&B run in the experiment's group: never the fit's summary or history.
+                init_args.name = f"{name}/{stage}" if isinstance(name, str) else stage
+                if "job_type" in init_args:
+                    init_args.job_type = stage
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a constructor's refusal of a setting is a config error.
@@ -270,6 +312,65 @@ class ReafLightningCLI(LightningCLI):
         )
 
 
+def _protect(run: RunDir, config: Namespace, subcommand: str) -> None:
+    """Refuse a ``fit`` that would replace a run, unless it resumes it or ``--overwrite_run``.
+
+    Smoke runs (``fast_dev_run``, zero epochs or steps) may go anywhere: they
+    write nothing into the run directory.
+    """
+    overwrite = bool(config.get("overwrite_run"))
+    if subcommand != "fit":
+        if overwrite:
+            raise ConfigError(f"--overwrite_run applies to fit only, not to {subcommand}")
+        return
+    trainer = config.trainer
+    smoke = (
+        "trainer.fast_dev_run"
+        if trainer.get("fast_dev_run")
+        else "zero epochs"
+        if trainer.get("max_epochs") == 0 or trainer.get("max_steps") == 0
+        else None
+    )
+    if smoke:
+        if overwrite:
+            raise ConfigError(
+                f"--overwrite_run with a smoke run ({smoke}) would delete {run.path} "
+                "for a run that writes nothing; drop one of them"
+            )
+        _info(f"smoke run ({smoke}): nothing is written into {run.path}")
+        return
+    if overwrite:
+        if config.get("ckpt_path") is not None:
+            raise ConfigError("--overwrite_run starts anew; it cannot be combined with --ckpt_path")
+        doomed = run.run_files()
+        for path in doomed:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if doomed:
+            _info(f"--overwrite_run: deleted the run in {run.path} ({len(doomed)} files/folders)")
+        return
+    if config.get("ckpt_path") is None and run.holds_run():
+        raise ConfigError(
+            f"{run.path} already holds a run ({_describe(run)}); continue it with --ckpt_path "
+            "last, train into another --trainer.default_root_dir, or replace it with "
+            "--overwrite_run true"
+        )
+
+
+def _describe(run: RunDir) -> str:
+    """``finished, 4/4 epochs`` from the run record, else the files that are there."""
+    try:
+        record = read_record(run.metrics)
+    except RecordError:
+        names = [
+            str(p.relative_to(run.path)) if p.is_relative_to(run.path) else str(p)
+            for p in run.run_files()
+        ]
+        return "holding " + ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+    state = "finished" if record.finished else "unfinished"
+    planned = record.epochs.planned if record.epochs.planned is not None else "?"
+    return f"{state}, {record.epochs.reached}/{planned} epochs"
+
+
 def _shorten(text: str) -> str:
     if len(text) <= _MAX_MESSAGE:
         return text
@@ -311,9 +412,21 @@ def _info(message: str) -> None:
 def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> ReafLightningCLI:
     """Parse ``args``, build model, data and trainer, run the subcommand; return the CLI.
 
-    Errors propagate as exceptions (:func:`main` turns them into exit statuses);
-    tests and notebooks use the returned object (``cli.trainer``, ``cli.model``).
+    The run directory is locked for the whole call. Errors propagate as
+    exceptions (:func:`main` turns them into exit statuses); tests and notebooks
+    use the returned object (``cli.trainer``, ``cli.model``).
     """
+    locks: list[Any] = []
+    try:
+        return _build_and_run(args, checkpoint_dirs, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _build_and_run(
+    args: ArgsType, checkpoint_dirs: list[str] | None, locks: list[Any]
+) -> ReafLightningCLI:
     return ReafLightningCLI(
         ImageClassifier,
         LightningDataModule,
@@ -327,6 +440,7 @@ def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> Reaf
         load_from_checkpoint_support=False,  # no model class stored in checkpoints either
         args=args,
         checkpoint_dirs=checkpoint_dirs,
+        locks=locks,
     )
 
 

@@ -45,6 +45,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from reaf_lightning.errors import ConfigError
+from reaf_lightning.rundir import RunDir
 
 __all__ = [
     "WandbLogger",
@@ -180,7 +181,7 @@ def start_wandb_run(
 
 def recorded_run_id(save_dir: str | os.PathLike[str]) -> str | None:
     """The id of the newest W&B run recorded in ``<save_dir>/wandb``, online or offline."""
-    folders = (_RUN_FOLDER.match(p.name) for p in Path(save_dir, "wandb").glob("*run-*"))
+    folders = (_RUN_FOLDER.match(p.name) for p in RunDir(Path(save_dir)).wandb.glob("*run-*"))
     newest = max((m for m in folders if m), key=lambda m: m["time"], default=None)
     return newest["id"] if newest else None
 

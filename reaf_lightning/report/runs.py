@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,11 @@ from typing import Any
 from reaf_lightning.errors import ConfigError
 from reaf_lightning.io import shown
 from reaf_lightning.record import RecordError, RunRecord, read_record_file, record_from_dict
+from reaf_lightning.rundir import METRICS, is_seed_dir
 
 __all__ = ["FILENAME", "Run", "experiment_of", "find_runs", "read_run_record"]
 
-FILENAME = "metrics.json"
-_SEED_DIR = re.compile(r"seed\d+")
+FILENAME = METRICS
 #: Data settings that say where the data is or how fast it loads, not what the network sees.
 PLACE_AND_SPEED = frozenset({"root", "num_workers", "pin_memory", "download", "persistent_workers"})
 
@@ -113,7 +112,7 @@ def experiment_of(run_dir: Path, root: Path) -> tuple[str, Path]:
     ``logs/table3/resnet50/seed2`` under ``logs``) and the experiment directory.
     """
     experiment_dir = run_dir
-    while _SEED_DIR.fullmatch(experiment_dir.name) and experiment_dir != root:
+    while is_seed_dir(experiment_dir.name) and experiment_dir != root:
         experiment_dir = experiment_dir.parent
     try:
         name = experiment_dir.relative_to(root).as_posix()

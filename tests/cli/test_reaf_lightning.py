@@ -101,8 +101,11 @@ def test_trained_run_holds_checkpoints_config_and_an_offline_wandb_run(trained_r
     assert "optimizer" not in config and "lr_scheduler" not in config
     (run_file,) = _offline_runs(trained_run)
     contents = run_contents(run_file)
-    assert contents["config"]["config"]["model"]["arch"] == "test_reaf_resnet"
-    assert contents["config"]["config"]["trainer"]["default_root_dir"] == "logs/quickstart/seed0"
+    assert contents["config"]["resolved_config"]["model"]["arch"] == "test_reaf_resnet"
+    assert (
+        contents["config"]["resolved_config"]["trainer"]["default_root_dir"]
+        == "logs/quickstart/seed0"
+    )
     last = _ckpt(trained_run / "checkpoints" / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (0, 3)
     # the logged validation equals a fresh evaluation of the saved weights
