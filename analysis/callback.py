@@ -103,7 +103,18 @@ class SelectivityCallback(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Fail at set-up, not after an epoch: unknown layer names, an unwritable run dir."""
-        LayerCapture(self._network(pl_module), self.layers, self.reduction)
+        net = self._network(pl_module)
+        capture = LayerCapture(net, self.layers, self.reduction)
+        size = getattr(trainer.datamodule, "image_size", None)
+        if isinstance(size, int):  # one eval forward pass: a layer that runs twice fails now
+            device = next(net.parameters()).device
+            was_training = net.training
+            net.eval()
+            try:
+                with capture, torch.no_grad():
+                    net(torch.zeros(1, 3, size, size, device=device))
+            finally:
+                net.train(was_training)
         if trainer.is_global_zero:
             ensure_writable(trainer.default_root_dir, what="run directory")
 
