@@ -47,7 +47,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, NumericalError
 from .io import atomic_outputs, load_checkpoint
 from .rundir import RunDir
 
@@ -124,6 +124,12 @@ class EveryEpochLastCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._ensure_last(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lightning 2.6 writes ``last.ckpt`` here even for ``fast_dev_run``; a smoke run (or
+        a step already saved) is skipped by the parent's own check."""
+        if not self._should_skip_saving_checkpoint(trainer):
+            super().on_train_end(trainer, pl_module)
 
     def _ensure_last(self, trainer: pl.Trainer) -> None:
         if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
@@ -212,6 +218,7 @@ def check_checkpoint(
         The loaded checkpoint.
 
     Raises:
+        NumericalError: the weights or statistics hold NaN or inf (exit status 3).
         CheckpointError: not a Lightning checkpoint; weights only while resuming;
             another network than configured (both named); for ``resume``, a
             changed optimiser/schedule setting (each named, old and new value).
@@ -235,6 +242,19 @@ def check_checkpoint(
     )
     if mismatch:
         raise CheckpointError(f"{path} does not fit the configured {_network(current)}: {mismatch}")
+    bad = [
+        name
+        for name, value in content["state_dict"].items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        more = f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
+        raise NumericalError(
+            f"{path} holds non-finite values (NaN or inf) in {bad[0]}{more}; its results would "
+            "be meaningless: use an earlier checkpoint of the run"
+        )
     if resume:
         changed = [
             f"model.{k}: {saved[k]!r} -> {current[k]!r}"

@@ -64,6 +64,7 @@ from reaf_lightning.errors import (
     EXIT_PREEMPTED,
     CheckpointError,
     ConfigError,
+    OutputError,
     ReafError,
     message_of,
     one_line,
@@ -265,6 +266,13 @@ class ReafLightningCLI(LightningCLI):
         self._prepare("test")
 
     def before_predict(self) -> None:
+        if self.trainer.limit_predict_batches == 0:
+            old = RunDir(Path(self.trainer.default_root_dir)).predictions
+            kept = f"; {old} is from an earlier predict" if old.exists() else ""
+            raise ConfigError(
+                "trainer.limit_predict_batches=0 predicts nothing, so no predictions.csv is "
+                f"written{kept}; give a number of batches >= 1 or a fraction in (0, 1]"
+            )
         self._prepare("predict")
 
     def _prepare(self, subcommand: str) -> None:
@@ -283,6 +291,13 @@ class ReafLightningCLI(LightningCLI):
         for directory, what in outputs:
             if directory is not None and "://" not in str(directory):  # remote: not checkable
                 ensure_writable(directory, what)
+        run = RunDir(Path(trainer.default_root_dir))
+        for path in (run.predictions,) if subcommand == "predict" else (run.metrics,):
+            if (path.exists() or path.is_symlink()) and not path.is_file():
+                raise OutputError(
+                    f"{path} is in the way: it is not a regular file (a directory, link or "
+                    "device), so this run's output could not be written; move it away"
+                )
         config = self.config_init[subcommand]
         ckpt_path = config.get("ckpt_path")
         weights_only = config.get("weights_only") is not False

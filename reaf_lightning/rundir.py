@@ -148,7 +148,7 @@ class RunDir:
 
     def holds_run(self) -> bool:
         """Whether a run was started here: a fit's config, record or checkpoint exists."""
-        return self.config().exists() or self.metrics.exists() or bool(self.checkpoints())
+        return self.config().is_file() or self.metrics.is_file() or bool(self.checkpoints())
 
 
 # -- ownership: one process per run directory --------------------------------------------------
