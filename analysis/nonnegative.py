@@ -143,9 +143,9 @@ def check_measurable_layers(model: nn.Module, layers: Sequence[str], example: Te
         positions = [i for i, (n, _, _, _) in enumerate(calls) if n == layer]
         if len(positions) > 1:
             raise ConfigError(
-                f"layer {layer!r} ({type(model.get_submodule(layer)).__name__}) runs "
-                f"{len(positions)} times in one forward pass, so its output is ambiguous; name "
-                "a block or stage (e.g. 'layer1') instead of a shared module such as 'relu'"
+                f"layer {layer!r} ({type(model.get_submodule(layer)).__name__}) runs more than "
+                f"once ({len(positions)} times) in one forward pass, so its output is ambiguous; "
+                "name a block or stage (e.g. 'layer1') instead of a shared module such as 'relu'"
             )
         if not positions or all(calls[i][2] for i in positions):
             continue

@@ -8,6 +8,7 @@ importing ``reaf_evil_data`` would create a marker file.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -118,15 +119,25 @@ def evil_module(tmp_path, monkeypatch) -> Path:
     return marker
 
 
-def test_a_class_named_in_the_runs_config_is_never_imported(
+def test_a_class_named_in_the_runs_files_is_never_imported(
     trained_run, tmp_path, capsys, evil_module
 ):
+    """The run's metrics.json record, then (older runs) its config.yaml, name the class."""
     run = tmp_path / "run"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("wandb"))
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("wandb*"))
+    last = run / "checkpoints" / "last.ckpt"
+    content = torch.load(last, weights_only=True)
+    content.pop("reaf_run", None)  # so that the run directory's files are read
+    torch.save(content, last)
+    record = json.loads((run / "metrics.json").read_text())
+    record["data"]["class_path"] = "reaf_evil_data.Evil"
+    (run / "metrics.json").write_text(json.dumps(record))
+    message = "names the data module 'reaf_evil_data.Evil', which is not one of this package's"
+    _fails(capsys, ["--model_a.checkpoint", str(run), "--output_dir", str(tmp_path / "o")], message)
+    (run / "metrics.json").unlink()
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["data"]["class_path"] = "reaf_evil_data.Evil"
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    message = "names the data module 'reaf_evil_data.Evil', which is not one of this package's"
     _fails(capsys, ["--model_a.checkpoint", str(run), "--output_dir", str(tmp_path / "o")], message)
     assert not evil_module.exists()
 
