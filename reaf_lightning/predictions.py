@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import Subset
 
-from reaf_lightning.io import atomic_outputs, ensure_writable
+from reaf_lightning.io import atomic_outputs, check_outputs, ensure_writable
 from reaf_lightning.rundir import PREDICTIONS
 
 __all__ = ["PredictionWriter", "input_path"]
@@ -54,6 +54,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ensure_writable(trainer.default_root_dir, "run directory")
+        check_outputs([Path(trainer.default_root_dir) / self.filename])  # before any prediction
         self._rows = []
 
     def write_on_batch_end(

@@ -59,3 +59,20 @@ def test_predictions_are_never_written_through_a_link(tmp_path):
     with pytest.raises(OutputError, match="is a symbolic link"):
         PredictionWriter().write(link, [(0, 0, "a.png", 1, [1], [0.9])])
     assert target.read_text() == "keep\n" and link.is_symlink()
+
+
+def test_predict_refuses_a_fifo_predictions_file_before_predicting(tmp_path):
+    import lightning.pytorch as pl
+
+    from reaf_lightning.data import DigitsDataModule
+    from reaf_lightning.module import ImageClassifier
+
+    os.mkfifo(tmp_path / "predictions.csv")
+    trainer = pl.Trainer(
+        callbacks=[PredictionWriter()], logger=False, accelerator="cpu",
+        default_root_dir=str(tmp_path), enable_progress_bar=False, limit_predict_batches=1,
+    )  # fmt: skip
+    module = ImageClassifier(arch="test_resnet", num_classes=10)
+    with pytest.raises(OutputError, match=r"predictions.csv is a FIFO"):
+        trainer.predict(module, datamodule=DigitsDataModule(image_size=8, batch_size=8))
+    assert trainer.predict_loop.batch_progress.total.completed == 0
