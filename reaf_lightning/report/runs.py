@@ -96,6 +96,8 @@ class Run:
             parts.append(("recipe", _canonical(rec.recipe)))
         if rec.epochs.planned is not None:
             parts.append(("epochs planned", str(rec.epochs.planned)))
+        if not self.legacy:  # a fit stopped early by its own rule trained fewer epochs
+            parts.append(("epochs trained", str(rec.epochs.reached)))
         if self.legacy:
             parts.append(("record", "none (written before run records)"))
         return tuple(parts)

@@ -107,8 +107,20 @@ def test_runs_planned_for_different_epochs_are_separate_rows(tmp_path, capsys):
     code, _, stderr = report(capsys, "--log_roots", f"[{logs}]", "--csv", str(out))
     assert code == 0, stderr
     rows = rows_of(out)
-    assert rows["mine [epochs planned 3]"]["n_seeds"] == "1"
-    assert rows["mine [epochs planned 2]"]["n_seeds"] == "1"
+    assert rows["mine [epochs planned 3; epochs trained 3]"]["n_seeds"] == "1"
+    assert rows["mine [epochs planned 2; epochs trained 2]"]["n_seeds"] == "1"
+
+
+def test_finished_runs_that_trained_different_epochs_are_separate_rows(tmp_path, capsys):
+    """A fit stopped by its own rule (early stopping, max_steps) finishes with fewer epochs."""
+    logs = tmp_path / "logs"
+    write(logs, "mine", 0, record(0, 0.4, epochs=3))
+    write(logs, "mine", 1, record(1, 0.5, epochs=3, reached=2))
+    out = tmp_path / "r.csv"
+    assert report(capsys, "--log_roots", f"[{logs}]", "--csv", str(out))[0] == 0
+    rows = rows_of(out)
+    assert rows["mine [epochs trained 3]"]["n_seeds"] == "1"
+    assert rows["mine [epochs trained 2]"]["n_seeds"] == "1"
 
 
 def test_only_the_data_root_and_workers_may_differ_within_a_group(tmp_path, capsys):
