@@ -132,8 +132,9 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _main(args: list[str]) -> None:
-    from reaf_lightning.io import install_strict_yaml
+    from reaf_lightning.io import install_strict_yaml, read_config_arguments
 
+    read_config_arguments(sys.argv[1:] if args is None else args)  # bounded: no FIFO hangs
     install_strict_yaml()
     parser = build_parser()
     try:

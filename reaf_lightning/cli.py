@@ -401,7 +401,7 @@ def _config_files(args: ArgsType) -> Iterator[str]:
     for flag, value in zip(argv, [*argv[1:], ""]):
         if flag.startswith("--config="):
             flag, value = "--config", flag.split("=", 1)[1]
-        if flag in ("--config", "-c") and os.path.isfile(value):
+        if flag in ("--config", "-c") and os.path.exists(value):  # FIFOs and devices too
             yield value
 
 

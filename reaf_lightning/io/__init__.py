@@ -30,6 +30,7 @@ from .config import (
     check_seed,
     check_yaml_keys,
     install_strict_yaml,
+    read_config_arguments,
     read_yaml,
 )
 from .inputs import file_kind, read_bounded, shown
@@ -48,6 +49,7 @@ __all__ = [
     "install_strict_yaml",
     "load_checkpoint",
     "read_bounded",
+    "read_config_arguments",
     "read_yaml",
     "shown",
 ]

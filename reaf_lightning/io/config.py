@@ -7,6 +7,7 @@ for plain loaders, which would run another experiment than the file seems to say
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "check_seed",
     "check_yaml_keys",
     "install_strict_yaml",
+    "read_config_arguments",
     "read_yaml",
 ]
 
@@ -114,6 +116,30 @@ def check_seed(seed: object, option: str = "seed_everything") -> None:
             raise ConfigError(
                 f"{option} {seed} is outside numpy's seed range [{low}, {high}]; give a seed in it"
             )
+
+
+def read_config_arguments(argv: Sequence[str]) -> list[str]:
+    """Read every ``--config``/``-c`` file named in ``argv`` with :func:`read_yaml`, first.
+
+    jsonargparse opens a config file with a plain ``open``, which waits forever on a
+    FIFO and reads a device without end; each file is therefore read here, bounded
+    and strictly, before the parser sees it.
+
+    Returns:
+        The config files named (the command's inputs).
+
+    Raises:
+        ConfigError: a file that :func:`read_yaml` refuses, naming it.
+    """
+    named = []
+    argv = [str(a) for a in argv]
+    for flag, value in zip(argv, [*argv[1:], ""]):
+        if flag.startswith("--config="):
+            flag, value = "--config", flag.split("=", 1)[1]
+        if flag in ("--config", "-c"):
+            read_yaml(value)
+            named.append(value)
+    return named
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

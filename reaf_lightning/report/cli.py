@@ -78,8 +78,9 @@ def _outputs(csv: str | None, latex: str | None, figure: str | None) -> dict[str
 
 
 def _report(args: list[str] | None) -> None:
-    from reaf_lightning.io import install_strict_yaml
+    from reaf_lightning.io import install_strict_yaml, read_config_arguments
 
+    read_config_arguments(sys.argv[1:] if args is None else args)  # bounded: no FIFO hangs
     install_strict_yaml()
     parser = build_parser()
     try:

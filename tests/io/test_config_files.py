@@ -7,6 +7,7 @@ merge-key file, is stopped by ``--print_config`` before any training.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,37 @@ def test_the_largest_seed_numpy_takes_is_accepted(tmp_path, capsys, monkeypatch)
     )
     assert code == 0, err
     assert yaml.safe_load(out)["seed_everything"] == 4294967295
+
+
+@pytest.mark.parametrize("command", ["reaf-report", "reaf-analysis", "reaf-lightning"])
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_a_config_that_is_a_fifo_or_device_is_refused_without_waiting(
+    tmp_path, capsys, command, kind
+):
+    import signal
+
+    from reaf_lightning.analysis.cli import main as analysis_main
+    from reaf_lightning.report.cli import main as report_main
+
+    config = tmp_path / "config.yaml"
+    if kind == "fifo":
+        os.mkfifo(config)
+    else:
+        config.symlink_to("/dev/zero")
+    entry = {"reaf-report": report_main, "reaf-analysis": analysis_main, "reaf-lightning": main}
+    entry = entry[command]
+
+    def hung(signum, frame):
+        raise AssertionError(f"{command} waited on {kind}")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            entry((["fit"] if command == "reaf-lightning" else []) + ["--config", str(config)])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert f"{command}: error: config file {config} is" in err and "not a regular file" in err
