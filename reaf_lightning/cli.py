@@ -75,6 +75,7 @@ from reaf_lightning.io import (
     check_seed,
     ensure_writable,
     install_strict_yaml,
+    read_config_arguments,
     read_yaml,
 )
 from reaf_lightning.module import ImageClassifier
@@ -145,6 +146,7 @@ class ReafLightningCLI(LightningCLI):
         """Parse; every ``--config`` file is read strictly first, parse errors become one line."""
         for path in _config_files(args):
             read_yaml(path)  # empty, list-valued, duplicate keys, bad YAML: names the file
+        read_config_arguments(sys.argv[1:] if args is None else args)  # no FIFO/device values
         install_strict_yaml()  # nested files (--model FILE) and values: duplicate keys refused
         try:
             super().parse_arguments(parser, args)

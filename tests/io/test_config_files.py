@@ -101,3 +101,23 @@ def test_a_config_that_is_a_fifo_or_device_is_refused_without_waiting(
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1, err
     assert f"{command}: error: config file {config} is" in err and "not a regular file" in err
+
+
+def test_a_nested_model_file_that_is_a_fifo_is_refused_without_waiting(tmp_path, capsys):
+    import signal
+
+    fifo = tmp_path / "model.yaml"
+    os.mkfifo(fifo)
+
+    def hung(signum, frame):
+        raise AssertionError("reaf-lightning waited on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        code, _, err = _exit(capsys, ["fit", "--config", QUICKSTART, "--model", str(fifo)])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{fifo} is a FIFO (named pipe), not a regular file" in err
