@@ -3,7 +3,8 @@ part of the paper; they keep long runs safe, resumable and traceable.
 
 * :class:`~reaf_lightning.checkpointing.PreemptionCheckpoint` saves ``last.ckpt``
   on ``SIGTERM`` (``reaf-lightning`` exits with status 143).
-* :class:`NonFiniteLossPolicy` and :class:`FiniteCheckpointGuard`: a NaN/inf
+* :class:`NonFiniteLossPolicy` and
+  :class:`~reaf_lightning.checkpointing.FiniteCheckpointGuard`: a NaN/inf
   loss stops the run (exit 3) or skips the batch, and a checkpoint with
   non-finite weights is never written, so the last good one survives.
 * :class:`LogComplexity` and :class:`LogProvenance` record #params/MACs and
@@ -30,7 +31,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from reaf_lightning.checkpointing import PreemptionCheckpoint
+from reaf_lightning.checkpointing import (
+    NUMERICAL_ADVICE,
+    FiniteCheckpointGuard,
+    PreemptionCheckpoint,
+    kept_checkpoint,
+)
 from reaf_lightning.errors import NumericalError
 from reaf_lightning.loggers import provenance
 from reaf_lightning.models.complexity import network_complexity
@@ -49,7 +55,6 @@ from reaf_lightning.record import (
 from reaf_lightning.rundir import RunDir
 
 __all__ = [
-    "FiniteCheckpointGuard",
     "LogComplexity",
     "LogProvenance",
     "MetricsFile",
@@ -57,17 +62,6 @@ __all__ = [
     "standard_callbacks",
     "smoke_reason",
 ]
-
-_ADVICE = "lower model.lr, add warm-up or gradient clipping"
-
-
-def _kept_checkpoint(trainer: pl.Trainer) -> str:
-    """Where the last good checkpoint is, for the messages of a stopped run."""
-    callback = trainer.checkpoint_callback
-    last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
-    return (
-        f"the last good checkpoint {last} is kept" if last else "no checkpoint had been saved yet"
-    )
 
 
 class NonFiniteLossPolicy(Callback):
@@ -122,8 +116,8 @@ class NonFiniteLossPolicy(Callback):
         if self._buffers is None:
             raise NumericalError(
                 f"non-finite training loss ({value}) at {where}; training stopped "
-                f"(model.nan_policy=stop) and {_kept_checkpoint(trainer)}; {_ADVICE}, or set "
-                "model.nan_policy=skip to skip such batches"
+                f"(model.nan_policy=stop) and {kept_checkpoint(trainer)}; {NUMERICAL_ADVICE}, "
+                "or set model.nan_policy=skip to skip such batches"
             )
         self._consecutive += 1
         limit = pl_module.hparams.get("max_consecutive_skips", 10)
@@ -131,7 +125,7 @@ class NonFiniteLossPolicy(Callback):
             raise NumericalError(
                 f"{limit} consecutive non-finite training losses (last {value} at {where}): the "
                 f"model has most likely diverged; training stopped and "
-                f"{_kept_checkpoint(trainer)}; {_ADVICE}"
+                f"{kept_checkpoint(trainer)}; {NUMERICAL_ADVICE}"
             )
         self.skipped_batches += 1
         self._skipping = True
@@ -157,32 +151,6 @@ class NonFiniteLossPolicy(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped_batches = int(state_dict.get("skipped_batches", 0))
-
-
-class FiniteCheckpointGuard(Callback):
-    """Refuse to write a checkpoint whose weights or statistics are not finite.
-
-    A diverged update can leave NaN weights while the loss of that step was
-    still finite. Raising :class:`~reaf_lightning.errors.NumericalError` while
-    the checkpoint is being assembled happens before anything is written, so the
-    previous ``last.ckpt`` and the best checkpoint stay as they were.
-    """
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        bad = [
-            name
-            for name, value in checkpoint["state_dict"].items()
-            if value.is_floating_point() and not bool(torch.isfinite(value).all())
-        ]
-        if bad:
-            more = f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
-            raise NumericalError(
-                f"non-finite values in {bad[0]}{more} at epoch {trainer.current_epoch}, "
-                f"global step {trainer.global_step}: not saving this checkpoint, and "
-                f"{_kept_checkpoint(trainer)}; {_ADVICE}"
-            )
 
 
 class LogComplexity(Callback):

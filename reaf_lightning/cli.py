@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,13 +71,14 @@ from reaf_lightning.errors import (
 )
 from reaf_lightning.io import atomic_outputs, ensure_writable, read_yaml
 from reaf_lightning.module import ImageClassifier
-from reaf_lightning.record import RecordError, read_record
 from reaf_lightning.rundir import (
     BEST_FILENAME,
     DEFAULT_ROOT,
     RunDir,
     lock_run_dir,
+    protect_run,
     run_dir_for_seed,
+    seed_name,
 )
 
 __all__ = ["DEFAULT_ROOT_DIR", "PROG", "ReafLightningCLI", "main", "run"]
@@ -194,17 +194,33 @@ class ReafLightningCLI(LightningCLI):
         run = RunDir(root, Path(config.checkpoint.dirpath))
         if rank_zero_only.rank == 0:  # DDP's other ranks are this command's own processes
             self.locks.append(lock_run_dir(run, " ".join(sys.argv)))
-            _protect(run, config, str(self.subcommand))
+            trainer = config.trainer
+            smoke = (
+                "trainer.fast_dev_run"
+                if trainer.get("fast_dev_run")
+                else "zero epochs"
+                if trainer.get("max_epochs") == 0 or trainer.get("max_steps") == 0
+                else None
+            )
+            for note in protect_run(
+                run,
+                str(self.subcommand),
+                overwrite=bool(config.get("overwrite_run")),
+                resuming=config.get("ckpt_path") is not None,
+                smoke=smoke,
+            ):
+                _info(note)
         stage = str(self.subcommand)
         for logger_class, init_args in _loggers(config.trainer.logger):
             wandb = issubclass(logger_class, WandbLogger)  # other loggers' names are folders
             if "save_dir" in init_args and init_args.save_dir is None:
                 init_args.save_dir = str(run.wandb_save_dir(stage) if wandb else root)
             name = init_args.get("name")
-            if seeded and wandb and isinstance(name, str) and not name.endswith(f"/seed{seed}"):
+            suffix = f"/{seed_name(seed)}" if seeded else ""
+            if suffix and wandb and isinstance(name, str) and not name.endswith(suffix):
                 if "group" in init_args and init_args.group is None:
                     init_args.group = name  # the seeds of one experiment form one group
-                init_args.name = name = f"{name}/seed{seed}"
+                init_args.name = name = f"{name}{suffix}"
             if wandb and stage != "fit":
                 # Its own W&B run in the experiment's group: never the fit's summary or history.
                 init_args.name = f"{name}/{stage}" if isinstance(name, str) else stage
@@ -317,65 +333,6 @@ class ReafLightningCLI(LightningCLI):
             f"--ckpt_path {which}: no {which} checkpoint in {where}, so there is nothing to "
             f"{subcommand}; train first or pass a checkpoint file"
         )
-
-
-def _protect(run: RunDir, config: Namespace, subcommand: str) -> None:
-    """Refuse a ``fit`` that would replace a run, unless it resumes it or ``--overwrite_run``.
-
-    Smoke runs (``fast_dev_run``, zero epochs or steps) may go anywhere: they
-    write nothing into the run directory.
-    """
-    overwrite = bool(config.get("overwrite_run"))
-    if subcommand != "fit":
-        if overwrite:
-            raise ConfigError(f"--overwrite_run applies to fit only, not to {subcommand}")
-        return
-    trainer = config.trainer
-    smoke = (
-        "trainer.fast_dev_run"
-        if trainer.get("fast_dev_run")
-        else "zero epochs"
-        if trainer.get("max_epochs") == 0 or trainer.get("max_steps") == 0
-        else None
-    )
-    if smoke:
-        if overwrite:
-            raise ConfigError(
-                f"--overwrite_run with a smoke run ({smoke}) would delete {run.path} "
-                "for a run that writes nothing; drop one of them"
-            )
-        _info(f"smoke run ({smoke}): nothing is written into {run.path}")
-        return
-    if overwrite:
-        if config.get("ckpt_path") is not None:
-            raise ConfigError("--overwrite_run starts anew; it cannot be combined with --ckpt_path")
-        doomed = run.run_files()
-        for path in doomed:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        if doomed:
-            _info(f"--overwrite_run: deleted the run in {run.path} ({len(doomed)} files/folders)")
-        return
-    if config.get("ckpt_path") is None and run.holds_run():
-        raise ConfigError(
-            f"{run.path} already holds a run ({_describe(run)}); continue it with --ckpt_path "
-            "last, train into another --trainer.default_root_dir, or replace it with "
-            "--overwrite_run true"
-        )
-
-
-def _describe(run: RunDir) -> str:
-    """``finished, 4/4 epochs`` from the run record, else the files that are there."""
-    try:
-        record = read_record(run.metrics)
-    except RecordError:
-        names = [
-            str(p.relative_to(run.path)) if p.is_relative_to(run.path) else str(p)
-            for p in run.run_files()
-        ]
-        return "holding " + ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
-    state = "finished" if record.finished else "unfinished"
-    planned = record.epochs.planned if record.epochs.planned is not None else "?"
-    return f"{state}, {record.epochs.reached}/{planned} epochs"
 
 
 def _shorten(text: str) -> str:
