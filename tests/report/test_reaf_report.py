@@ -99,13 +99,13 @@ def test_metrics_file_holds_final_and_best_as_logged(tiny_runs):
         val = logged.dropna(subset=["val/err1"]).sort_values("epoch")
         assert len(val) == 2  # one validation per epoch
         final, best = record["fit"]["final"], record["fit"]["best"]
-        assert final["epoch"] == val["epoch"].iloc[-1] == 1
+        assert record["fit"]["epoch"] == val["epoch"].iloc[-1] == 1
         for name in ("val/acc1", "val/acc5", "val/err1", "val/err5", "val/loss"):
             assert final[name] == pytest.approx(val[name].iloc[-1], rel=1e-6)
             extreme = val[name].max() if "acc" in name else val[name].min()
             assert best[name] == pytest.approx(extreme, rel=1e-6)
         assert record["seed"] == seed
-        assert record["arch"] == "test_reaf_resnet"
+        assert record["network"]["arch"] == "test_reaf_resnet"
         net = create_model("test_reaf_resnet", num_classes=10)
         assert record["params_m"] == pytest.approx(count_parameters(net) / 1e6, rel=1e-12)
         assert record["gmacs"] == pytest.approx(count_macs(net, (3, 8, 8)) / 1e9, rel=1e-12)
