@@ -12,7 +12,7 @@ part of the paper; they keep long runs safe, resumable and traceable.
 * :class:`~reaf_lightning.predictions.PredictionWriter` writes
   ``predictions.csv`` into the run directory after ``predict``.
 * :class:`MetricsFile` writes the run record (``metrics.json``, and ``reaf_run``
-  in every checkpoint); smoke runs (:func:`smoke_reason`) write nothing.
+  in every checkpoint); smoke runs (:func:`~reaf_lightning.rundir.smoke_reason`) write nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from reaf_lightning.record import (
     read_record,
     write_record,
 )
-from reaf_lightning.rundir import RunDir
+from reaf_lightning.rundir import RunDir, trainer_smoke_reason
 
 __all__ = [
     "LogComplexity",
@@ -60,7 +60,6 @@ __all__ = [
     "MetricsFile",
     "NonFiniteLossPolicy",
     "standard_callbacks",
-    "smoke_reason",
 ]
 
 
@@ -207,20 +206,6 @@ class LogProvenance(Callback):
 
 
 # -- the run record --------------------------------------------------------------------------
-def smoke_reason(trainer: pl.Trainer) -> str | None:
-    """Why this trainer's work is not a run to record (``fast_dev_run``, zero epochs), or None.
-
-    Such runs check a config; they never write the run record, the config or checkpoints.
-    """
-    if trainer.fast_dev_run:
-        return "trainer.fast_dev_run"
-    if trainer.state.fn == TrainerFn.FITTING and (
-        trainer.max_epochs == 0 or trainer.max_steps == 0
-    ):
-        return "zero epochs" if trainer.max_epochs == 0 else "zero steps"
-    return None
-
-
 def _logged(trainer: pl.Trainer, prefix: str) -> dict[str, float]:
     """The scalar metrics logged under ``prefix`` (e.g. ``"val/"``), as Python floats."""
     out = {}
@@ -252,7 +237,7 @@ class MetricsFile(Callback):
     checkpoint (:meth:`state_dict`), so a resumed fit still knows the epochs
     before the interruption. A fit stopped by ``SIGTERM`` writes its record with
     ``finished: false``; a later stage updates only its own key and keeps the
-    fit's. Smoke runs (:func:`smoke_reason`) write nothing. ``params_m`` and
+    fit's. Smoke runs (:func:`~reaf_lightning.rundir.smoke_reason`) write nothing. ``params_m`` and
     ``gmacs`` come from :class:`LogComplexity`. Only global rank 0 writes,
     atomically.
     """
@@ -311,7 +296,7 @@ class MetricsFile(Callback):
         metrics: StageMetrics,
         finished: bool = False,
     ) -> None:
-        if not trainer.is_global_zero or smoke_reason(trainer):
+        if not trainer.is_global_zero or trainer_smoke_reason(trainer):
             return
         path = RunDir(Path(trainer.default_root_dir)).metrics
         old = None

@@ -43,14 +43,13 @@ from lightning.pytorch.cli import (
     ArgsType,
     LightningArgumentParser,
     LightningCLI,
-    SaveConfigCallback,
 )
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from reaf_lightning.callbacks import smoke_reason, standard_callbacks
+from reaf_lightning.callbacks import standard_callbacks
 from reaf_lightning.checkpointing import (
     AtomicCheckpointIO,
     EveryEpochLastCheckpoint,
@@ -69,7 +68,8 @@ from reaf_lightning.errors import (
     one_line,
     run_command,
 )
-from reaf_lightning.io import atomic_outputs, ensure_writable, read_yaml
+from reaf_lightning.io import ensure_writable, read_yaml
+from reaf_lightning.loggers import LogConfigCallback
 from reaf_lightning.module import ImageClassifier
 from reaf_lightning.rundir import (
     BEST_FILENAME,
@@ -79,6 +79,7 @@ from reaf_lightning.rundir import (
     protect_run,
     run_dir_for_seed,
     seed_name,
+    smoke_reason,
 )
 
 __all__ = ["DEFAULT_ROOT_DIR", "PROG", "ReafLightningCLI", "main", "run"]
@@ -86,29 +87,6 @@ __all__ = ["DEFAULT_ROOT_DIR", "PROG", "ReafLightningCLI", "main", "run"]
 DEFAULT_ROOT_DIR = DEFAULT_ROOT
 PROG = "reaf-lightning"
 _MAX_MESSAGE = 400  # characters of a parse error shown; REAF_DEBUG=1 shows all of it
-
-
-class LogConfigCallback(SaveConfigCallback):
-    """Write the resolved config into the run directory and log it to every logger.
-
-    ``fit`` writes ``config.yaml``; ``validate``/``test``/``predict`` of the same
-    run directory write ``config_<stage>.yaml``, so an evaluation never replaces
-    the training's record. Rank 0 only, atomically.
-    """
-
-    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        if smoke_reason(trainer):
-            return  # a smoke run checks a config; it leaves no record in the run directory
-        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
-        config = self.config.clone()
-        config.overwrite_run = False  # re-running the saved config must not replace a run
-        with atomic_outputs([RunDir(Path(trainer.default_root_dir)).config(stage)]) as (path,):
-            path.write_text(self.parser.dump(config, skip_unset=False))
-        config.pop("config", None)  # the list of --config paths: not a setting
-        config.pop("overwrite_run", None)
-        # Not "config": a W&B sweep whose parameter is named `config` locks that key.
-        for logger in trainer.loggers:
-            logger.log_hyperparams({"resolved_config": config.as_dict()})
 
 
 class ReafLightningCLI(LightningCLI):
@@ -195,12 +173,8 @@ class ReafLightningCLI(LightningCLI):
         if rank_zero_only.rank == 0:  # DDP's other ranks are this command's own processes
             self.locks.append(lock_run_dir(run, " ".join(sys.argv)))
             trainer = config.trainer
-            smoke = (
-                "trainer.fast_dev_run"
-                if trainer.get("fast_dev_run")
-                else "zero epochs"
-                if trainer.get("max_epochs") == 0 or trainer.get("max_steps") == 0
-                else None
+            smoke = smoke_reason(
+                trainer.get("fast_dev_run"), trainer.get("max_epochs"), trainer.get("max_steps")
             )
             for note in protect_run(
                 run,

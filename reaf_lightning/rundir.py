@@ -27,6 +27,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -50,6 +51,8 @@ __all__ = [
     "protect_run",
     "run_dir_for_seed",
     "seed_name",
+    "smoke_reason",
+    "trainer_smoke_reason",
 ]
 
 DEFAULT_ROOT = "logs"
@@ -211,6 +214,28 @@ def _holder(run: RunDir) -> str:
 
 
 # -- protection: finished work is never replaced by accident ------------------------------------
+def smoke_reason(
+    fast_dev_run: bool | int, max_epochs: int | None, max_steps: int | None
+) -> str | None:
+    """Why a fit with these trainer settings is a smoke run that writes nothing, or ``None``.
+
+    ``fast_dev_run`` and zero epochs or steps only check a config: such runs never write
+    the run record, the config or checkpoints, so they may point at a finished run.
+    """
+    if fast_dev_run:
+        return "trainer.fast_dev_run"
+    if max_epochs == 0:
+        return "zero epochs"
+    return "zero steps" if max_steps == 0 else None
+
+
+def trainer_smoke_reason(trainer: Any) -> str | None:
+    """:func:`smoke_reason` of a Lightning ``Trainer`` (zero epochs/steps only while fitting)."""
+    if trainer.fast_dev_run or trainer.state.fn != "fit":
+        return smoke_reason(trainer.fast_dev_run, None, None)
+    return smoke_reason(False, trainer.max_epochs, trainer.max_steps)
+
+
 def protect_run(
     run: RunDir, subcommand: str, *, overwrite: bool, resuming: bool, smoke: str | None
 ) -> list[str]:
