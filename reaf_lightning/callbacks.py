@@ -12,7 +12,8 @@ part of the paper; they keep long runs safe, resumable and traceable.
 * :class:`~reaf_lightning.predictions.PredictionWriter` writes
   ``predictions.csv`` into the run directory after ``predict``.
 * :class:`MetricsFile` writes the run record (``metrics.json``, and ``reaf_run``
-  in every checkpoint); smoke runs (:func:`~reaf_lightning.rundir.smoke_reason`) write nothing.
+  in every checkpoint); smoke runs (:func:`~reaf_lightning.rundir.smoke_reason`) write
+  nothing.
 """
 
 from __future__ import annotations
@@ -237,7 +238,8 @@ class MetricsFile(Callback):
     checkpoint (:meth:`state_dict`), so a resumed fit still knows the epochs
     before the interruption. A fit stopped by ``SIGTERM`` writes its record with
     ``finished: false``; a later stage updates only its own key and keeps the
-    fit's. Smoke runs (:func:`~reaf_lightning.rundir.smoke_reason`) write nothing. ``params_m`` and
+    fit's (a record it cannot read is left as it is, with a warning). Smoke runs
+    (:func:`~reaf_lightning.rundir.smoke_reason`) write nothing. ``params_m`` and
     ``gmacs`` come from :class:`LogComplexity`. Only global rank 0 writes,
     atomically.
     """
@@ -303,8 +305,9 @@ class MetricsFile(Callback):
         if stage != "fit" and path.exists():
             try:
                 old = read_record(path)
-            except RecordError as err:
-                rank_zero_warn(f"replacing the unreadable run record: {err}")
+            except RecordError as err:  # another program's file, or an older format: keep it
+                rank_zero_warn(f"the {stage} metrics are not recorded: {err}")
+                return
         write_record(path, self._record(trainer, pl_module, old, stage, metrics, finished))
 
     @staticmethod
