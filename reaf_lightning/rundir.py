@@ -32,7 +32,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from reaf_lightning.errors import ConfigError
-from reaf_lightning.io import atomic_outputs
+from reaf_lightning.io import atomic_outputs, ensure_writable
 from reaf_lightning.record import RecordError, read_record
 
 __all__ = [
@@ -179,8 +179,9 @@ def lock_run_dir(run: RunDir, command: str) -> FileLock:
 
     Raises:
         RunDirBusy: the lock is held by another process (or another command of this one).
+        OutputError: the run directory cannot be created or written.
     """
-    run.path.mkdir(parents=True, exist_ok=True)
+    ensure_writable(run.path, "run directory")  # a file in the way, read-only: one line
     lock = FileLock(run.lock, timeout=0, thread_local=False)
     try:
         lock.acquire()

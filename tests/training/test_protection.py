@@ -182,3 +182,14 @@ def test_validate_adds_its_own_key_and_keeps_the_fit(finished_run, capsys):
     code, lines = _main(capsys, "validate", *args, "--ckpt_path", "last")
     assert code == 0, lines
     assert run.metrics.read_text() == '{"seed": 0, "arch": "older format"}'  # left as it was
+
+
+def test_a_file_where_the_run_directory_belongs_is_one_line(tmp_path, capsys):
+    (tmp_path / "seed0").write_text("not a directory")
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(tmp_path / "seed0")]
+    code, lines = _main(capsys, "fit", *args)
+    assert code == 2
+    assert lines == [
+        f"reaf-lightning: error: run directory {tmp_path / 'seed0'} cannot be created: "
+        "a file is in the way"
+    ]
