@@ -1,7 +1,7 @@
 """From finished runs to the paper's tables: ``metrics.json`` per run, ``reaf-report`` over many.
 
-* :mod:`~reaf_lightning.report.record`: the :class:`MetricsFile` callback every
-  ``reaf-lightning`` run gets, and :func:`find_runs`, which reads the files back;
+* :mod:`~reaf_lightning.report.record`: :func:`find_runs`, which reads back the run
+  records (:mod:`reaf_lightning.record`) that every ``reaf-lightning`` run writes;
 * :mod:`~reaf_lightning.report.tables`: mean ± std over seeds per experiment,
   matched to the paper's rows;
 * :mod:`~reaf_lightning.report.figure`: Table 3's error-vs-MACs figure;
