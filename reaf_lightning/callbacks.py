@@ -3,7 +3,8 @@ part of the paper; they keep long runs safe, resumable and traceable.
 
 * :class:`~reaf_lightning.checkpointing.PreemptionCheckpoint` saves ``last.ckpt``
   on ``SIGTERM`` (``reaf-lightning`` exits with status 143).
-* :class:`NonFiniteLossPolicy` and :class:`FiniteCheckpointGuard`: a NaN/inf
+* :class:`NonFiniteLossPolicy` and
+  :class:`~reaf_lightning.checkpointing.FiniteCheckpointGuard`: a NaN/inf
   loss stops the run (exit 3) or skips the batch, and a checkpoint with
   non-finite weights is never written, so the last good one survives.
 * :class:`LogComplexity` and :class:`LogProvenance` record #params/MACs and
@@ -11,7 +12,8 @@ part of the paper; they keep long runs safe, resumable and traceable.
 * :class:`~reaf_lightning.predictions.PredictionWriter` writes
   ``predictions.csv`` into the run directory after ``predict``.
 * :class:`MetricsFile` writes the run record (``metrics.json``, and ``reaf_run``
-  in every checkpoint); smoke runs (:func:`smoke_reason`) write nothing.
+  in every checkpoint); smoke runs (:func:`~reaf_lightning.rundir.smoke_reason`) write
+  nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from reaf_lightning.checkpointing import PreemptionCheckpoint
+from reaf_lightning.checkpointing import (
+    NUMERICAL_ADVICE,
+    FiniteCheckpointGuard,
+    PreemptionCheckpoint,
+    kept_checkpoint,
+)
 from reaf_lightning.errors import NumericalError
 from reaf_lightning.loggers import provenance
 from reaf_lightning.models.complexity import network_complexity
@@ -46,28 +53,15 @@ from reaf_lightning.record import (
     read_record,
     write_record,
 )
-from reaf_lightning.rundir import RunDir
+from reaf_lightning.rundir import RunDir, trainer_smoke_reason
 
 __all__ = [
-    "FiniteCheckpointGuard",
     "LogComplexity",
     "LogProvenance",
     "MetricsFile",
     "NonFiniteLossPolicy",
     "standard_callbacks",
-    "smoke_reason",
 ]
-
-_ADVICE = "lower model.lr, add warm-up or gradient clipping"
-
-
-def _kept_checkpoint(trainer: pl.Trainer) -> str:
-    """Where the last good checkpoint is, for the messages of a stopped run."""
-    callback = trainer.checkpoint_callback
-    last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
-    return (
-        f"the last good checkpoint {last} is kept" if last else "no checkpoint had been saved yet"
-    )
 
 
 class NonFiniteLossPolicy(Callback):
@@ -122,8 +116,8 @@ class NonFiniteLossPolicy(Callback):
         if self._buffers is None:
             raise NumericalError(
                 f"non-finite training loss ({value}) at {where}; training stopped "
-                f"(model.nan_policy=stop) and {_kept_checkpoint(trainer)}; {_ADVICE}, or set "
-                "model.nan_policy=skip to skip such batches"
+                f"(model.nan_policy=stop) and {kept_checkpoint(trainer)}; {NUMERICAL_ADVICE}, "
+                "or set model.nan_policy=skip to skip such batches"
             )
         self._consecutive += 1
         limit = pl_module.hparams.get("max_consecutive_skips", 10)
@@ -131,7 +125,7 @@ class NonFiniteLossPolicy(Callback):
             raise NumericalError(
                 f"{limit} consecutive non-finite training losses (last {value} at {where}): the "
                 f"model has most likely diverged; training stopped and "
-                f"{_kept_checkpoint(trainer)}; {_ADVICE}"
+                f"{kept_checkpoint(trainer)}; {NUMERICAL_ADVICE}"
             )
         self.skipped_batches += 1
         self._skipping = True
@@ -157,32 +151,6 @@ class NonFiniteLossPolicy(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped_batches = int(state_dict.get("skipped_batches", 0))
-
-
-class FiniteCheckpointGuard(Callback):
-    """Refuse to write a checkpoint whose weights or statistics are not finite.
-
-    A diverged update can leave NaN weights while the loss of that step was
-    still finite. Raising :class:`~reaf_lightning.errors.NumericalError` while
-    the checkpoint is being assembled happens before anything is written, so the
-    previous ``last.ckpt`` and the best checkpoint stay as they were.
-    """
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        bad = [
-            name
-            for name, value in checkpoint["state_dict"].items()
-            if value.is_floating_point() and not bool(torch.isfinite(value).all())
-        ]
-        if bad:
-            more = f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
-            raise NumericalError(
-                f"non-finite values in {bad[0]}{more} at epoch {trainer.current_epoch}, "
-                f"global step {trainer.global_step}: not saving this checkpoint, and "
-                f"{_kept_checkpoint(trainer)}; {_ADVICE}"
-            )
 
 
 class LogComplexity(Callback):
@@ -239,20 +207,6 @@ class LogProvenance(Callback):
 
 
 # -- the run record --------------------------------------------------------------------------
-def smoke_reason(trainer: pl.Trainer) -> str | None:
-    """Why this trainer's work is not a run to record (``fast_dev_run``, zero epochs), or None.
-
-    Such runs check a config; they never write the run record, the config or checkpoints.
-    """
-    if trainer.fast_dev_run:
-        return "trainer.fast_dev_run"
-    if trainer.state.fn == TrainerFn.FITTING and (
-        trainer.max_epochs == 0 or trainer.max_steps == 0
-    ):
-        return "zero epochs" if trainer.max_epochs == 0 else "zero steps"
-    return None
-
-
 def _logged(trainer: pl.Trainer, prefix: str) -> dict[str, float]:
     """The scalar metrics logged under ``prefix`` (e.g. ``"val/"``), as Python floats."""
     out = {}
@@ -284,7 +238,8 @@ class MetricsFile(Callback):
     checkpoint (:meth:`state_dict`), so a resumed fit still knows the epochs
     before the interruption. A fit stopped by ``SIGTERM`` writes its record with
     ``finished: false``; a later stage updates only its own key and keeps the
-    fit's. Smoke runs (:func:`smoke_reason`) write nothing. ``params_m`` and
+    fit's (a record it cannot read is left as it is, with a warning). Smoke runs
+    (:func:`~reaf_lightning.rundir.smoke_reason`) write nothing. ``params_m`` and
     ``gmacs`` come from :class:`LogComplexity`. Only global rank 0 writes,
     atomically.
     """
@@ -343,15 +298,16 @@ class MetricsFile(Callback):
         metrics: StageMetrics,
         finished: bool = False,
     ) -> None:
-        if not trainer.is_global_zero or smoke_reason(trainer):
+        if not trainer.is_global_zero or trainer_smoke_reason(trainer):
             return
         path = RunDir(Path(trainer.default_root_dir)).metrics
         old = None
         if stage != "fit" and path.exists():
             try:
                 old = read_record(path)
-            except RecordError as err:
-                rank_zero_warn(f"replacing the unreadable run record: {err}")
+            except RecordError as err:  # another program's file, or an older format: keep it
+                rank_zero_warn(f"the {stage} metrics are not recorded: {err}")
+                return
         write_record(path, self._record(trainer, pl_module, old, stage, metrics, finished))
 
     @staticmethod

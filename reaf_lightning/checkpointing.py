@@ -52,8 +52,10 @@ from .io import atomic_outputs, load_checkpoint
 from .rundir import RunDir
 
 __all__ = [
+    "NUMERICAL_ADVICE",
     "AtomicCheckpointIO",
     "EveryEpochLastCheckpoint",
+    "FiniteCheckpointGuard",
     "PreemptionCheckpoint",
     "NETWORK_KEYS",
     "RESUME_MAY_CHANGE",
@@ -61,8 +63,11 @@ __all__ = [
     "describe_mismatch",
     "find_best_checkpoint",
     "find_last_checkpoint",
+    "kept_checkpoint",
 ]
 
+#: What to try after a numerical fault, for the messages of a stopped run.
+NUMERICAL_ADVICE = "lower model.lr, add warm-up or gradient clipping"
 #: Keys every Lightning checkpoint has (``Trainer.save_checkpoint``).
 LIGHTNING_KEYS = ("state_dict", "epoch", "global_step", "pytorch-lightning_version")
 #: The model settings that decide which network a checkpoint holds.
@@ -172,6 +177,41 @@ class PreemptionCheckpoint(Callback):
         callback = trainer.checkpoint_callback
         dirpath = callback.dirpath if isinstance(callback, ModelCheckpoint) else None
         return RunDir(Path(trainer.default_root_dir), dirpath and Path(dirpath)).last_checkpoint
+
+
+def kept_checkpoint(trainer: pl.Trainer) -> str:
+    """Where the last good checkpoint is, for the messages of a stopped run."""
+    callback = trainer.checkpoint_callback
+    last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+    return (
+        f"the last good checkpoint {last} is kept" if last else "no checkpoint had been saved yet"
+    )
+
+
+class FiniteCheckpointGuard(Callback):
+    """Refuse to write a checkpoint whose weights or statistics are not finite.
+
+    A diverged update can leave NaN weights while the loss of that step was
+    still finite. Raising :class:`~reaf_lightning.errors.NumericalError` while
+    the checkpoint is being assembled happens before anything is written, so the
+    previous ``last.ckpt`` and the best checkpoint stay as they were.
+    """
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        bad = [
+            name
+            for name, value in checkpoint["state_dict"].items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())
+        ]
+        if bad:
+            more = f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
+            raise NumericalError(
+                f"non-finite values in {bad[0]}{more} at epoch {trainer.current_epoch}, "
+                f"global step {trainer.global_step}: not saving this checkpoint, and "
+                f"{kept_checkpoint(trainer)}; {NUMERICAL_ADVICE}"
+            )
 
 
 def read_lightning_checkpoint(path: str | os.PathLike[str], weights_only: bool) -> dict[str, Any]:

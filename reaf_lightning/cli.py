@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,14 +43,13 @@ from lightning.pytorch.cli import (
     ArgsType,
     LightningArgumentParser,
     LightningCLI,
-    SaveConfigCallback,
 )
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from reaf_lightning.callbacks import smoke_reason, standard_callbacks
+from reaf_lightning.callbacks import standard_callbacks
 from reaf_lightning.checkpointing import (
     AtomicCheckpointIO,
     EveryEpochLastCheckpoint,
@@ -71,21 +69,23 @@ from reaf_lightning.errors import (
     run_command,
 )
 from reaf_lightning.io import (
-    atomic_outputs,
     check_seed,
     ensure_writable,
     install_strict_yaml,
     read_config_arguments,
     read_yaml,
 )
+from reaf_lightning.loggers import LogConfigCallback
 from reaf_lightning.module import ImageClassifier
-from reaf_lightning.record import RecordError, read_record
 from reaf_lightning.rundir import (
     BEST_FILENAME,
     DEFAULT_ROOT,
     RunDir,
     lock_run_dir,
+    protect_run,
     run_dir_for_seed,
+    seed_name,
+    smoke_reason,
 )
 
 __all__ = ["DEFAULT_ROOT_DIR", "PROG", "ReafLightningCLI", "main", "run"]
@@ -93,29 +93,6 @@ __all__ = ["DEFAULT_ROOT_DIR", "PROG", "ReafLightningCLI", "main", "run"]
 DEFAULT_ROOT_DIR = DEFAULT_ROOT
 PROG = "reaf-lightning"
 _MAX_MESSAGE = 400  # characters of a parse error shown; REAF_DEBUG=1 shows all of it
-
-
-class LogConfigCallback(SaveConfigCallback):
-    """Write the resolved config into the run directory and log it to every logger.
-
-    ``fit`` writes ``config.yaml``; ``validate``/``test``/``predict`` of the same
-    run directory write ``config_<stage>.yaml``, so an evaluation never replaces
-    the training's record. Rank 0 only, atomically.
-    """
-
-    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        if smoke_reason(trainer):
-            return  # a smoke run checks a config; it leaves no record in the run directory
-        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
-        config = self.config.clone()
-        config.overwrite_run = False  # re-running the saved config must not replace a run
-        with atomic_outputs([RunDir(Path(trainer.default_root_dir)).config(stage)]) as (path,):
-            path.write_text(self.parser.dump(config, skip_unset=False))
-        config.pop("config", None)  # the list of --config paths: not a setting
-        config.pop("overwrite_run", None)
-        # Not "config": a W&B sweep whose parameter is named `config` locks that key.
-        for logger in trainer.loggers:
-            logger.log_hyperparams({"resolved_config": config.as_dict()})
 
 
 class ReafLightningCLI(LightningCLI):
@@ -204,17 +181,29 @@ class ReafLightningCLI(LightningCLI):
         run = RunDir(root, Path(config.checkpoint.dirpath))
         if rank_zero_only.rank == 0:  # DDP's other ranks are this command's own processes
             self.locks.append(lock_run_dir(run, " ".join(sys.argv)))
-            _protect(run, config, str(self.subcommand))
+            trainer = config.trainer
+            smoke = smoke_reason(
+                trainer.get("fast_dev_run"), trainer.get("max_epochs"), trainer.get("max_steps")
+            )
+            for note in protect_run(
+                run,
+                str(self.subcommand),
+                overwrite=bool(config.get("overwrite_run")),
+                resuming=config.get("ckpt_path") is not None,
+                smoke=smoke,
+            ):
+                _info(note)
         stage = str(self.subcommand)
         for logger_class, init_args in _loggers(config.trainer.logger):
             wandb = issubclass(logger_class, WandbLogger)  # other loggers' names are folders
             if "save_dir" in init_args and init_args.save_dir is None:
                 init_args.save_dir = str(run.wandb_save_dir(stage) if wandb else root)
             name = init_args.get("name")
-            if seeded and wandb and isinstance(name, str) and not name.endswith(f"/seed{seed}"):
+            suffix = f"/{seed_name(seed)}" if seeded else ""
+            if suffix and wandb and isinstance(name, str) and not name.endswith(suffix):
                 if "group" in init_args and init_args.group is None:
                     init_args.group = name  # the seeds of one experiment form one group
-                init_args.name = name = f"{name}/seed{seed}"
+                init_args.name = name = f"{name}{suffix}"
             if wandb and stage != "fit":
                 # Its own W&B run in the experiment's group: never the fit's summary or history.
                 init_args.name = f"{name}/{stage}" if isinstance(name, str) else stage
@@ -327,65 +316,6 @@ class ReafLightningCLI(LightningCLI):
             f"--ckpt_path {which}: no {which} checkpoint in {where}, so there is nothing to "
             f"{subcommand}; train first or pass a checkpoint file"
         )
-
-
-def _protect(run: RunDir, config: Namespace, subcommand: str) -> None:
-    """Refuse a ``fit`` that would replace a run, unless it resumes it or ``--overwrite_run``.
-
-    Smoke runs (``fast_dev_run``, zero epochs or steps) may go anywhere: they
-    write nothing into the run directory.
-    """
-    overwrite = bool(config.get("overwrite_run"))
-    if subcommand != "fit":
-        if overwrite:
-            raise ConfigError(f"--overwrite_run applies to fit only, not to {subcommand}")
-        return
-    trainer = config.trainer
-    smoke = (
-        "trainer.fast_dev_run"
-        if trainer.get("fast_dev_run")
-        else "zero epochs"
-        if trainer.get("max_epochs") == 0 or trainer.get("max_steps") == 0
-        else None
-    )
-    if smoke:
-        if overwrite:
-            raise ConfigError(
-                f"--overwrite_run with a smoke run ({smoke}) would delete {run.path} "
-                "for a run that writes nothing; drop one of them"
-            )
-        _info(f"smoke run ({smoke}): nothing is written into {run.path}")
-        return
-    if overwrite:
-        if config.get("ckpt_path") is not None:
-            raise ConfigError("--overwrite_run starts anew; it cannot be combined with --ckpt_path")
-        doomed = run.run_files()
-        for path in doomed:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        if doomed:
-            _info(f"--overwrite_run: deleted the run in {run.path} ({len(doomed)} files/folders)")
-        return
-    if config.get("ckpt_path") is None and run.holds_run():
-        raise ConfigError(
-            f"{run.path} already holds a run ({_describe(run)}); continue it with --ckpt_path "
-            "last, train into another --trainer.default_root_dir, or replace it with "
-            "--overwrite_run true"
-        )
-
-
-def _describe(run: RunDir) -> str:
-    """``finished, 4/4 epochs`` from the run record, else the files that are there."""
-    try:
-        record = read_record(run.metrics)
-    except RecordError:
-        names = [
-            str(p.relative_to(run.path)) if p.is_relative_to(run.path) else str(p)
-            for p in run.run_files()
-        ]
-        return "holding " + ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
-    state = "finished" if record.finished else "unfinished"
-    planned = record.epochs.planned if record.epochs.planned is not None else "?"
-    return f"{state}, {record.epochs.reached}/{planned} epochs"
 
 
 def _shorten(text: str) -> str:

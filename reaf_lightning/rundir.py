@@ -22,15 +22,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
 from reaf_lightning.errors import ConfigError
-from reaf_lightning.io import atomic_outputs
+from reaf_lightning.io import atomic_outputs, ensure_writable
+from reaf_lightning.record import RecordError, read_record
 
 __all__ = [
     "BEST_FILENAME",
@@ -45,7 +48,11 @@ __all__ = [
     "RunDirBusy",
     "is_seed_dir",
     "lock_run_dir",
+    "protect_run",
     "run_dir_for_seed",
+    "seed_name",
+    "smoke_reason",
+    "trainer_smoke_reason",
 ]
 
 DEFAULT_ROOT = "logs"
@@ -67,12 +74,17 @@ def is_seed_dir(name: str) -> bool:
     return _SEED_DIR.fullmatch(name) is not None
 
 
+def seed_name(seed: int) -> str:
+    """``seed<N>``: the run directory of one seed, and the suffix of its W&B run name."""
+    return f"seed{seed}"
+
+
 def run_dir_for_seed(root: str | os.PathLike[str], seed: int | None) -> Path:
     """``<root>/seed<N>``; ``root`` itself when it already ends so, or without a seed."""
     path = Path(root)
-    if seed is None or path.name == f"seed{seed}":
+    if seed is None or path.name == seed_name(seed):
         return path
-    return path / f"seed{seed}"
+    return path / seed_name(seed)
 
 
 @dataclass(frozen=True)
@@ -167,8 +179,9 @@ def lock_run_dir(run: RunDir, command: str) -> FileLock:
 
     Raises:
         RunDirBusy: the lock is held by another process (or another command of this one).
+        OutputError: the run directory cannot be created or written.
     """
-    run.path.mkdir(parents=True, exist_ok=True)
+    ensure_writable(run.path, "run directory")  # a file in the way, read-only: one line
     lock = FileLock(run.lock, timeout=0, thread_local=False)
     try:
         lock.acquire()
@@ -199,3 +212,85 @@ def _holder(run: RunDir) -> str:
         )
     except (OSError, ValueError, TypeError, KeyError):
         return "another process (its pid is not recorded yet)"
+
+
+# -- protection: finished work is never replaced by accident ------------------------------------
+def smoke_reason(
+    fast_dev_run: bool | int, max_epochs: int | None, max_steps: int | None
+) -> str | None:
+    """Why a fit with these trainer settings is a smoke run that writes nothing, or ``None``.
+
+    ``fast_dev_run`` and zero epochs or steps only check a config: such runs never write
+    the run record, the config or checkpoints, so they may point at a finished run.
+    """
+    if fast_dev_run:
+        return "trainer.fast_dev_run"
+    if max_epochs == 0:
+        return "zero epochs"
+    return "zero steps" if max_steps == 0 else None
+
+
+def trainer_smoke_reason(trainer: Any) -> str | None:
+    """:func:`smoke_reason` of a Lightning ``Trainer`` (zero epochs/steps only while fitting)."""
+    if trainer.fast_dev_run or trainer.state.fn != "fit":
+        return smoke_reason(trainer.fast_dev_run, None, None)
+    return smoke_reason(False, trainer.max_epochs, trainer.max_steps)
+
+
+def protect_run(
+    run: RunDir, subcommand: str, *, overwrite: bool, resuming: bool, smoke: str | None
+) -> list[str]:
+    """Refuse a ``fit`` that would replace a run, unless it resumes it or ``overwrite`` says so.
+
+    Args:
+        run: the run directory.
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+        overwrite: ``--overwrite_run``: delete the run's files (:meth:`RunDir.run_files`) first.
+        resuming: a ``--ckpt_path`` was given.
+        smoke: why the command is a smoke run that writes nothing (``fast_dev_run``, zero
+            epochs), or ``None``. Smoke runs may go anywhere.
+
+    Returns:
+        Notes for the user (what was deleted, that a smoke run writes nothing).
+
+    Raises:
+        ConfigError: the directory holds a run and nothing says what to do with it, or
+            ``overwrite`` is combined with a stage other than fit, a smoke run or a resume.
+    """
+    if subcommand != "fit":
+        if overwrite:
+            raise ConfigError(f"--overwrite_run applies to fit only, not to {subcommand}")
+        return []
+    if smoke:
+        if overwrite:
+            raise ConfigError(
+                f"--overwrite_run with a smoke run ({smoke}) would delete {run.path} for a run "
+                "that writes nothing; drop one of them"
+            )
+        return [f"smoke run ({smoke}): nothing is written into {run.path}"]
+    if overwrite:
+        if resuming:
+            raise ConfigError("--overwrite_run starts anew; it cannot be combined with --ckpt_path")
+        doomed = run.run_files()
+        for path in doomed:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return [f"--overwrite_run: deleted the run in {run.path} ({len(doomed)} files/folders)"]
+    if not resuming and run.holds_run():
+        raise ConfigError(
+            f"{run.path} already holds a run ({_describe(run)}); continue it with --ckpt_path "
+            "last, train into another --trainer.default_root_dir, or replace it with "
+            "--overwrite_run true"
+        )
+    return []
+
+
+def _describe(run: RunDir) -> str:
+    """``finished, 4/4 epochs`` from the run record, else the files that are there."""
+    try:
+        record = read_record(run.metrics)
+    except RecordError:
+        names = [p.name for p in run.run_files()]
+        return "holding " + ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+    state = "finished" if record.finished else "unfinished"
+    planned = record.epochs.planned if record.epochs.planned is not None else "?"
+    return f"{state}, {record.epochs.reached}/{planned} epochs"

@@ -159,7 +159,8 @@ def test_ckpt_path_last_resumes_the_same_seed(trained_run, tmp_path):
             ]
         )
         assert cli.trainer.global_step == expected_step
-    # (a moved run directory gets last-v1.ckpt beside last.ckpt: Lightning's version counter)
+    # a moved run directory keeps one last.ckpt, the newest state (no version counter)
+    assert sorted(p.name for p in (root / "seed0" / "checkpoints").glob("last*")) == ["last.ckpt"]
     assert _ckpt(find_last_checkpoint([root / "seed0" / "checkpoints"]))["global_step"] == 6
     assert _ckpt(root / "seed1" / "checkpoints" / "last.ckpt")["global_step"] == 3
 

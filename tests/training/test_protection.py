@@ -165,3 +165,31 @@ def test_the_record_of_the_trained_run(trained_run):
     assert record.provenance.package_version and record.fit.final["val/acc1"] is not None
     saved = torch.load(RunDir(trained_run).last_checkpoint, weights_only=True)["reaf_run"]
     assert saved["network"] == record.to_json_dict()["network"]
+
+
+def test_validate_adds_its_own_key_and_keeps_the_fit(finished_run, capsys):
+    run = RunDir(finished_run)
+    before, config = read_record(run.metrics), run.config().read_bytes()
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(finished_run)]
+    code, lines = _main(capsys, "validate", *args, "--ckpt_path", "last")
+    assert code == 0, lines
+    after = read_record(run.metrics)
+    assert after.fit == before.fit and after.finished and after.epochs == before.epochs
+    assert after.validate_.final["val/acc1"] == pytest.approx(before.fit.final["val/acc1"])
+    assert run.config().read_bytes() == config and run.config("validate").is_file()
+
+    run.metrics.write_text('{"seed": 0, "arch": "older format"}')  # not a reaf-run/1 record
+    code, lines = _main(capsys, "validate", *args, "--ckpt_path", "last")
+    assert code == 0, lines
+    assert run.metrics.read_text() == '{"seed": 0, "arch": "older format"}'  # left as it was
+
+
+def test_a_file_where_the_run_directory_belongs_is_one_line(tmp_path, capsys):
+    (tmp_path / "seed0").write_text("not a directory")
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(tmp_path / "seed0")]
+    code, lines = _main(capsys, "fit", *args)
+    assert code == 2
+    assert lines == [
+        f"reaf-lightning: error: run directory {tmp_path / 'seed0'} cannot be created: "
+        "a file is in the way"
+    ]

@@ -151,3 +151,33 @@ def test_a_second_process_is_refused_and_a_killed_holder_never_blocks_the_resume
     assert code == 0, err[-3000:]
     record = read_record(root / "seed0" / "metrics.json")
     assert record.finished and record.epochs.reached == 2
+
+
+@pytest.mark.slow
+def test_overwrite_run_replaces_a_run_only_when_asked(tmp_path):
+    """Point 3: a second plain fit is refused; --overwrite_run trains anew (and is not saved)."""
+    root = tmp_path / "run"
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(root, 1, 2))
+    code, err = _finish(_fit(config))
+    assert code == 0, err[-3000:]
+    run = RunDir(root / "seed0")
+    first = run.last_checkpoint.read_bytes()
+    code, err = _finish(_fit(config))
+    assert code == 2 and "already holds a run (finished, 1/1 epochs)" in _messages(err)[0]
+    assert run.last_checkpoint.read_bytes() == first
+    code, err = _finish(_fit(config, "--overwrite_run", "true", "--model.lr", "0.01"))
+    assert code == 0, err[-3000:]
+    assert any("--overwrite_run: deleted the run" in line for line in _messages(err))
+    assert run.last_checkpoint.read_bytes() != first
+    assert read_record(run.metrics).recipe["lr"] == 0.01
+    assert "overwrite_run: false" in run.config().read_text()
+
+
+@pytest.mark.slow
+def test_16_mixed_on_a_cpu_records_the_precision_that_ran(tmp_path):
+    """Point 10: Lightning runs 16-mixed as bf16-mixed on a CPU; the record says bf16-mixed."""
+    root = tmp_path / "run"
+    config = write_config(tmp_path / "tiny.yaml", tiny_config(root, 1, 2))
+    code, err = _finish(_fit(config, "--trainer.precision", "16-mixed"))
+    assert code == 0, err[-3000:]
+    assert read_record(RunDir(root / "seed0").metrics).precision == "bf16-mixed"
