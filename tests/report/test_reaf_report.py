@@ -289,7 +289,7 @@ def test_resumed_fit_keeps_the_best_of_earlier_epochs(tmp_path):
     logged = pd.concat(pd.read_csv(p) for p in sorted(run_dir.rglob("metrics.csv")))
     val = logged.dropna(subset=["val/err1"])
     assert sorted(val["epoch"]) == [0, 1, 2, 3]
-    assert record["fit"]["final"]["epoch"] == 3
+    assert record["fit"]["epoch"] == 3
     for name, value in record["fit"]["best"].items():
         assert value == pytest.approx(val[name].max() if "acc" in name else val[name].min())
 
