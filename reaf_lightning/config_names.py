@@ -72,7 +72,7 @@ def find_config(value: str, groups: Sequence[str] = ()) -> str:
     Raises:
         ConfigError: neither a file nor a packaged config's name; names the close ones.
     """
-    if os.path.isfile(value) or _YAML_TEXT & set(value):
+    if os.path.lexists(value) or _YAML_TEXT & set(value):
         return value
     names = config_names()
     known = set(names)

@@ -11,7 +11,7 @@ import pytest
 
 from reaf_lightning.errors import OutputError
 from reaf_lightning.predictions import PredictionWriter
-from reaf_lightning.zoo import main as zoo_main
+from reaf_lightning.paper.zoo import main as zoo_main
 
 
 def _zoo(capsys, *args: str) -> tuple[int, str, str]:
