@@ -286,7 +286,12 @@ class ImageClassifier(pl.LightningModule):
         reference = self.hparams.lr_reference_batch_size
         if reference is None:
             return 1.0
-        per_device = getattr(self.trainer.train_dataloader, "batch_size", None)
+        loader = self.trainer.train_dataloader
+        # Under DDP Lightning rebuilds a StatefulDataLoader around its (stateful) batch
+        # sampler, so the batch size is the batch sampler's.
+        per_device = getattr(loader, "batch_size", None) or getattr(
+            getattr(loader, "batch_sampler", None), "batch_size", None
+        )
         if per_device is None:
             raise ConfigError(
                 "lr_reference_batch_size is set but the train DataLoader has no batch_size "
