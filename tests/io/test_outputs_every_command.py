@@ -10,8 +10,8 @@ import os
 import pytest
 
 from reaf_lightning.errors import OutputError
-from reaf_lightning.predictions import PredictionWriter
 from reaf_lightning.paper.zoo import main as zoo_main
+from reaf_lightning.predictions import PredictionWriter
 
 
 def _zoo(capsys, *args: str) -> tuple[int, str, str]:
