@@ -33,8 +33,10 @@ from torch import nn
 
 from reaf_lightning.errors import ConfigError, NumericalError
 from reaf_lightning.io import atomic_outputs, ensure_writable
+from reaf_lightning.rundir import SELECTIVITY
 
-from .hooks import DEFAULT_LAYERS, LayerCapture, split_batch
+from .hooks import DEFAULT_LAYERS, LayerCapture, raise_on_negative, split_batch
+from .nonnegative import check_measurable_layers
 from .streaming import ClassSums, ShardPadding, distributed_sampler
 
 __all__ = ["SelectivityCallback"]
@@ -64,7 +66,7 @@ class SelectivityCallback(Callback):
         layers: list[str] | None = None,
         max_batches: int | None = None,
         reduction: Literal["mean", "none"] = "mean",
-        filename: str = "selectivity.csv",
+        filename: str = SELECTIVITY,
         log_histograms: bool = True,
     ) -> None:
         if every_n_epochs < 1:
@@ -85,6 +87,7 @@ class SelectivityCallback(Callback):
         self._sums: ClassSums | None = None
         self._padding: ShardPadding | None = None
         self._batches = 0
+        self._checked = False
 
     # ------------------------------------------------------------------ schedule
 
@@ -101,10 +104,43 @@ class SelectivityCallback(Callback):
         return net if isinstance(net, nn.Module) else pl_module
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Fail at set-up, not after an epoch: unknown layer names, an unwritable run dir."""
+        """Fail at set-up, not after N epochs: unknown or empty layer names, a layer that runs
+        twice per forward pass or whose output can be negative, an unwritable run dir.
+
+        The last two need one forward pass of two blank images of the data module's
+        ``image_size``; without one (a data module that does not say its image size)
+        they are checked on the first validation batch instead.
+        """
         LayerCapture(self._network(pl_module), self.layers, self.reduction)
+        self._checked = False
+        size = getattr(trainer.datamodule, "image_size", None)
+        if isinstance(size, int) and size > 0:
+            self._check_layers(pl_module, torch.zeros(2, 3, size, size))
         if trainer.is_global_zero:
             ensure_writable(trainer.default_root_dir, what="run directory")
+
+    def _check_layers(self, pl_module: pl.LightningModule, example: torch.Tensor) -> None:
+        net = self._network(pl_module)
+        device = next((t.device for t in net.parameters()), torch.device("cpu"))
+        check_measurable_layers(net, self.layers, example.to(device))
+        self._checked = True
+
+    def on_validation_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._checked or self._capture is None:
+            return
+        images, _ = split_batch(batch)
+        self._capture.__exit__()  # the check's forward pass must not count
+        try:
+            self._check_layers(pl_module, images[:2])
+        finally:
+            self._capture.__enter__()
 
     # ------------------------------------------------------------------ accumulation
 
@@ -159,6 +195,7 @@ class SelectivityCallback(Callback):
                 f"non-finite activations (NaN or inf) in layer {bad[0]!r} at epoch "
                 f"{trainer.current_epoch}; class selectivity is undefined"
             )
+        raise_on_negative(stats)
         selectivity = {layer: si.float().cpu() for layer, si in stats.selectivity().items()}
         for layer, si in selectivity.items():
             # identical on every rank after the all-reduce: no further sync needed

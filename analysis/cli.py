@@ -13,11 +13,13 @@ streams the validation split through each model, prints per-layer summaries,
 a KS test per layer for two models and the layer that separates most, and
 writes the figure (PNG, PDF), the raw values and the tables atomically.
 
-Data settings: without ``--data`` the data module recorded in model_a's
-checkpoint is rebuilt with the settings it was trained with. With ``--data``
-of the same class, the checkpoint's settings fill every argument not given;
-with another class, the input settings (image size, resize, mean, std) do. A
-given input setting that differs from a checkpoint's is used, with a warning.
+Data settings: without ``--data`` the data module recorded by model_a's run
+is rebuilt with the settings it was trained with; a recorded class is only
+ever one of the package's own data modules (:mod:`.run_data`), never imported
+by the name in a file. Settings given on the command line win, with a printed
+note where they differ from the run's. Layers whose outputs can be negative
+are refused (:mod:`.nonnegative`); outputs follow the package's output rules
+(:mod:`reaf_lightning.io`), checked before anything is loaded.
 
 Errors follow :mod:`reaf_lightning.errors` (one line, exit 2 for user errors,
 3 for NaN/inf weights or activations). Only the parser is built at import, so
@@ -35,15 +37,14 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from reaf_lightning.commands import parse, run_main
 from reaf_lightning.config_names import resolve_config_names
-from reaf_lightning.errors import ConfigError, NumericalError, ReafError, one_line
+from reaf_lightning.errors import ConfigError, NumericalError
 
+from .run_data import INPUT_SETTINGS
 from .spec import ModelSpec
 
 __all__ = ["build_parser", "main"]
 
 PROG = "reaf-analysis"
-#: Data settings that change what the network sees; a differing override is warned about.
-INPUT_SETTINGS = ("image_size", "resize_size", "mean", "std")
 
 
 class DataModule(abc.ABC):  # noqa: B024 - structural check by __subclasshook__
@@ -132,7 +133,11 @@ def main(args: list[str] | None = None) -> NoReturn:
 
 
 def _main(argv: list[str]) -> None:
+    from reaf_lightning.io import install_strict_yaml, read_config_arguments
+
     argv = list(resolve_config_names(argv, groups=("analysis",)))  # --config figure2
+    read_config_arguments(argv)  # bounded: no FIFO hangs
+    install_strict_yaml()
     parser = build_parser()
     cfg = parse(parser, argv)
     explicit = parse(parser, argv, defaults=False)  # what the user set, to merge data
@@ -144,10 +149,15 @@ def _run(cfg: Namespace, explicit: Namespace) -> None:
         raise ConfigError(f"--max_batches must be >= 1, got {cfg.max_batches}")
     if not 0.0 < cfg.alpha < 1.0:
         raise ConfigError(f"--alpha must be in (0, 1), got {cfg.alpha}")
-    from reaf_lightning.io import ensure_writable
+    from reaf_lightning.io import check_outputs, check_stem, ensure_writable
 
-    ensure_writable(cfg.output_dir)
+    check_stem(cfg.stem)
     specs = [ModelSpec(**ns.as_dict()) for ns in (cfg.model_a, cfg.model_b) if ns is not None]
+    inputs = _inputs(cfg, specs)
+    ensure_writable(cfg.output_dir)
+    from .plots import output_paths
+
+    check_outputs(list(output_paths(cfg.output_dir, cfg.stem, len(specs) == 2).values()), inputs)
 
     import torch
 
@@ -158,7 +168,7 @@ def _run(cfg: Namespace, explicit: Namespace) -> None:
     device = _device(cfg.device)
     # Load everything before computing anything: a bad checkpoint fails fast.
     first = load_model(specs[0], weights_only=cfg.weights_only)
-    data = _data_module(cfg, explicit, first.data_settings)
+    data = _data_module(cfg, explicit, first.data)
     num_classes = getattr(data, "num_classes", None)
     models = [first] + [
         load_model(s, num_classes=num_classes, weights_only=cfg.weights_only) for s in specs[1:]
@@ -193,10 +203,31 @@ def _run(cfg: Namespace, explicit: Namespace) -> None:
     ks = ks_tests(frame, alpha=cfg.alpha) if len(results) == 2 else None
     print("\nClass selectivity summary (per layer and model):")
     print(format_table(summary))
-    _write(cfg, frame, summary, ks, {m.label: m.provenance() for m in models})
+    _write(cfg, frame, summary, ks, {m.label: m.provenance() for m in models}, inputs)
 
 
-def _write(cfg: Namespace, frame, summary, ks, provenance: dict[str, dict[str, Any]]) -> None:
+def _inputs(cfg: Namespace, specs: list[ModelSpec]) -> list[str]:
+    """Every file the command reads: no output may be one of them."""
+    from reaf_lightning.rundir import CHECKPOINTS, RunDir
+
+    from .loading import checkpoint_of
+
+    files = [str(c) for c in cfg.get("config") or []]
+    for spec in specs:
+        if spec.checkpoint:
+            checkpoint = checkpoint_of(Path(spec.checkpoint))
+            files.append(str(checkpoint))
+            if checkpoint.parent.name == CHECKPOINTS:
+                run = RunDir(checkpoint.parent.parent)
+                files += [str(run.config()), str(run.metrics)]
+        if spec.state_dict:
+            files.append(str(spec.state_dict))
+    return files
+
+
+def _write(
+    cfg: Namespace, frame, summary, ks, provenance: dict[str, dict[str, Any]], inputs: list[str]
+) -> None:
     from .plots import choose_panels, save_selectivity_outputs
     from .stats import format_table
 
@@ -213,7 +244,7 @@ def _write(cfg: Namespace, frame, summary, ks, provenance: dict[str, dict[str, A
         print(f"Note: {note}")
     paths = save_selectivity_outputs(
         frame, summary, cfg.output_dir, stem=cfg.stem, ks=ks, title=cfg.title,
-        layers=panels, width=cfg.width,
+        layers=panels, width=cfg.width, inputs=inputs,
     )  # fmt: skip
     print(f"Figure panels: {', '.join(panels)}")
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
@@ -225,44 +256,19 @@ def _init_settings(cfg: Namespace) -> dict[str, Any]:
     return cfg.data.init_args.as_dict() if cfg.data is not None else {}
 
 
-def _data_module(cfg: Namespace, explicit: Namespace, stored: dict[str, Any]) -> Any:
-    """The data module: the user's, completed by the checkpoint's settings (module docstring)."""
-    import importlib
-    import inspect
+def _data_module(cfg: Namespace, explicit: Namespace, recorded) -> Any:
+    """The data module: the user's, completed by model_a's run record (module docstring)."""
+    from .run_data import build_data_module
 
-    stored_class = stored.get("_class_path")
-    if cfg.data is None and not stored_class:
-        raise ConfigError(
-            "give --data.class_path: the checkpoint of model_a does not record its data module "
-            "(it was not trained with reaf-lightning), or model_a is not a checkpoint"
-        )
-    class_path = cfg.data.class_path if cfg.data is not None else stored_class
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"cannot import the data module {class_path!r}: {one_line(err)}") from err
     given = explicit.get("data")
     given_args = given.get("init_args").as_dict() if given and given.get("init_args") else {}
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    carry = accepted if class_path == stored_class else accepted & set(INPUT_SETTINGS)
-    kwargs = _init_settings(cfg)
-    for key in sorted(carry & set(stored)):
-        if key in given_args and _differs(given_args[key], stored[key]):
-            if key in INPUT_SETTINGS:
-                warnings.warn(
-                    f"data {key}={given_args[key]!r} differs from {stored[key]!r} that model_a "
-                    "was trained with; using the given value",
-                    stacklevel=1,
-                )
-        elif key not in given_args:
-            kwargs[key] = stored[key]
-    try:
-        return cls(**kwargs)
-    except ReafError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise ConfigError(one_line(err)) from err
+    return build_data_module(
+        cfg.data.class_path if cfg.data is not None else None,
+        given_args,
+        _init_settings(cfg),
+        recorded,
+        note=lambda line: print(f"[{PROG}] note: {line}"),
+    )
 
 
 def _differs(a: Any, b: Any) -> bool:
@@ -273,15 +279,11 @@ def _differs(a: Any, b: Any) -> bool:
 def _warn_other_settings(model, used: dict[str, Any]) -> None:
     """Warn when model_b was trained with other input settings than those used."""
     for key in INPUT_SETTINGS:
-        if (
-            key in model.data_settings
-            and key in used
-            and _differs(model.data_settings[key], used[key])
-        ):
-            warnings.warn(
-                f"{model.label} was trained with data {key}={model.data_settings[key]!r}, "
-                f"but is evaluated with {used[key]!r}",
-                stacklevel=1,
+        trained = model.data.settings
+        if key in trained and key in used and _differs(trained[key], used[key]):
+            print(
+                f"[{PROG}] note: {model.label} was trained with data {key}={trained[key]!r}, "
+                f"but is evaluated with {used[key]!r}"
             )
 
 

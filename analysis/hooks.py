@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from reaf_lightning.errors import ConfigError, DataError, NumericalError
 
+from .nonnegative import check_measurable_layers
 from .selectivity import ClassActivationStats
 from .streaming import ClassSums, ShardPadding, distributed_sampler, should_sync
 
@@ -37,6 +38,7 @@ __all__ = [
     "LayerCapture",
     "compute_class_means",
     "compute_selectivity",
+    "raise_on_negative",
     "resolve_layers",
     "split_batch",
 ]
@@ -58,6 +60,12 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dic
     names = list(DEFAULT_LAYERS if layers is None else layers)
     if not names:
         raise ConfigError("layers must name at least one module, got an empty list")
+    blank = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if blank:
+        raise ConfigError(
+            f"layers {names} holds an empty name; name a module such as 'layer1' (an empty "
+            "name would mean the whole network, whose output is the logits)"
+        )
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"layers contains duplicates: {duplicates}")
@@ -229,7 +237,11 @@ def compute_class_means(
             for step, batch in enumerate(_progress(dataloader, progress, max_batches)):
                 images, labels = split_batch(batch)
                 real = padding.real(int(labels.shape[0]))
-                net(images.to(device, non_blocking=True))
+                images = images.to(device, non_blocking=True)
+                if step == 0:  # refuse layers whose outputs can be negative, before any sum
+                    check_measurable_layers(net, capture.layers, images[:2])
+                    capture.outputs.clear()
+                net(images)
                 outputs = capture.take()
                 if real > 0:
                     sums.add({n: t[:real] for n, t in outputs.items()}, labels[:real])
@@ -251,6 +263,7 @@ def compute_class_means(
             f"non-finite activations (NaN or inf) in layer {bad[0]!r} of {type(net).__name__}; "
             "class selectivity is undefined"
         )
+    raise_on_negative(stats)
     if sampler is not None and do_sync and max_batches is None:
         expected = len(sampler.dataset)  # type: ignore[arg-type]
         if counted != expected:
@@ -260,6 +273,24 @@ def compute_class_means(
                 stacklevel=2,
             )
     return stats
+
+
+def raise_on_negative(stats: ClassActivationStats) -> None:
+    """Refuse sums holding negative activations: no index outside [0, 1] is ever returned.
+
+    :func:`~reaf_lightning.analysis.nonnegative.check_measurable_layers` refuses such
+    layers by structure first; this catches what a structure cannot show (a custom module).
+
+    Raises:
+        ConfigError: naming the layer.
+    """
+    negative = stats.negative_layers()
+    if negative:
+        raise ConfigError(
+            f"layer {negative[0]!r} produced negative activations, for which class selectivity "
+            "is undefined (the paper measures ReLU outputs); choose a layer whose output is a "
+            "ReLU's"
+        )
 
 
 def compute_selectivity(

@@ -2,10 +2,12 @@
 
 Three sources, one :class:`reaf_lightning.analysis.spec.ModelSpec` each:
 
-* a Lightning checkpoint of :class:`reaf_lightning.module.ImageClassifier`
-  (``checkpoint``): the network is rebuilt from the saved hyperparameters, and
-  the checkpoint's data settings (``datamodule_hyper_parameters``) are kept so
-  that the analysis can evaluate it as it was trained;
+* a Lightning checkpoint of :class:`reaf_lightning.module.ImageClassifier`, or a
+  run directory (its ``checkpoints/last.ckpt``) (``checkpoint``): the network is
+  rebuilt from the saved hyperparameters (a registry name, never a class named in
+  the file), and what the run recorded about its data is kept
+  (:func:`reaf_lightning.analysis.run_data.recorded_data`) so that the analysis
+  can evaluate it as it was trained;
 * a registry name plus a ``state_dict`` file (``arch`` + ``state_dict``), for
   weights saved with ``torch.save(model.state_dict())`` (a Lightning
   checkpoint is accepted too; its ``net.``/``model.`` prefix is stripped);
@@ -34,12 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from reaf_lightning.errors import CheckpointError, ConfigError, NumericalError, one_line
 
+from .run_data import RecordedData, recorded_data
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-__all__ = ["LoadedModel", "load_model", "torchvision_weights_path"]
+__all__ = ["LoadedModel", "checkpoint_of", "load_model", "torchvision_weights_path"]
 
 
 @dataclass
@@ -51,8 +54,8 @@ class LoadedModel:
         net: The network on the CPU, in eval mode.
         source: What was loaded: a file's absolute path, or the torchvision weights.
         arch: Registry name of the network, when known.
-        data_settings: The data module's init arguments saved in the checkpoint
-            (with ``_class_path`` when trained by ``reaf-lightning``); ``{}`` if none.
+        data: What the run recorded about its data (class path, never imported
+            here, and settings); empty when the source is not a checkpoint.
         epoch: Training epoch stored in the checkpoint, when there is one.
         global_step: Optimiser step stored in the checkpoint, when there is one.
     """
@@ -61,7 +64,7 @@ class LoadedModel:
     net: nn.Module
     source: str
     arch: str | None = None
-    data_settings: dict[str, Any] = field(default_factory=dict)
+    data: RecordedData = field(default_factory=RecordedData)
     epoch: int | None = None
     global_step: int | None = None
 
@@ -190,7 +193,7 @@ def _from_lightning_checkpoint(spec: ModelSpec, weights_only: bool) -> LoadedMod
 
     from reaf_lightning.checkpointing import read_lightning_checkpoint
 
-    path = Path(str(spec.checkpoint))
+    path = checkpoint_of(Path(str(spec.checkpoint)))
     content = read_lightning_checkpoint(path, weights_only=weights_only)
     hparams = content.get("hyper_parameters")
     if not isinstance(hparams, Mapping):
@@ -215,16 +218,33 @@ def _from_lightning_checkpoint(spec: ModelSpec, weights_only: bool) -> LoadedMod
             f"incompatible checkpoint {path}: {spec.module_class} has no 'net' or 'model' network"
         )
     arch = hparams.get("arch")
-    data = content.get("datamodule_hyper_parameters")
     return LoadedModel(
         label=spec.label or str(arch or path.stem),
         net=net,
         source=str(path.resolve()),
         arch=arch,
-        data_settings=dict(data) if isinstance(data, Mapping) else {},
+        data=recorded_data(path, content),
         epoch=content.get("epoch"),
         global_step=content.get("global_step"),
     )
+
+
+def checkpoint_of(path: Path) -> Path:
+    """``path`` itself, or for a run directory its newest state, ``checkpoints/last.ckpt``.
+
+    Raises:
+        CheckpointError: a run directory without that file.
+    """
+    from reaf_lightning.rundir import RunDir
+
+    if not path.is_dir():
+        return path
+    last = RunDir(path).last_checkpoint
+    if not last.is_file():
+        raise CheckpointError(
+            f"run directory {path} has no checkpoints/last.ckpt; give the checkpoint file itself"
+        )
+    return last
 
 
 def _state_dict_of(content: Any, path: Path) -> dict[str, Tensor]:

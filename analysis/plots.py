@@ -3,9 +3,10 @@
 The paper draws, per figure, the layer where the two networks' distributions
 separate most (§IV-E: layer1 for Figures 2-3, layer4 for Figure 4). We draw
 one chosen layer at IEEE column width (3.5 in) or several layers side by side
-at page width (7.16 in), 8-pt text, shared axes, each model's median as a
-dashed line and the two-sample KS result written in every panel. PDFs embed
-TrueType fonts (``pdf.fonttype: 42``), not Type 3, as IEEE's PDF checks ask.
+at page width (7.16 in), in the package's one figure style
+(:mod:`reaf_lightning.figure_style`: 8-pt text, TrueType fonts in PDFs, the
+colour-blind-safe palette), shared axes, each model's median as a dashed line
+and the two-sample KS result written in every panel.
 
 A layer whose values equal an earlier layer's is not drawn twice unless it is
 asked for by name: with the spatial mean, ``avgpool``'s output *is* the
@@ -29,37 +30,23 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from reaf_lightning.errors import ConfigError  # noqa: E402
-from reaf_lightning.io import atomic_outputs  # noqa: E402
+from reaf_lightning.figure_style import (  # noqa: E402
+    COLUMN_WIDTH_IN,
+    PAGE_WIDTH_IN,
+    figure_style,
+    palette,
+    save_figure,
+)
+from reaf_lightning.io import atomic_outputs, check_stem  # noqa: E402
 
 __all__ = [
-    "COLUMN_WIDTH_IN",
-    "PAGE_WIDTH_IN",
     "choose_panels",
     "duplicate_layers",
+    "output_paths",
     "plot_selectivity",
     "save_selectivity_outputs",
 ]
 
-#: IEEE two-column layout: one column and the full text width, in inches.
-COLUMN_WIDTH_IN, PAGE_WIDTH_IN = 3.5, 7.16
-#: Print style: every text 8 pt (IEEE's minimum for figures), TrueType fonts in PDF/PS.
-PRINT_STYLE = {
-    "font.size": 8,
-    "axes.titlesize": 8,
-    "axes.labelsize": 8,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "legend.fontsize": 8,
-    "figure.titlesize": 8,
-    "pdf.fonttype": 42,
-    "ps.fonttype": 42,
-    "axes.linewidth": 0.6,
-    "lines.linewidth": 0.9,
-    "xtick.major.width": 0.6,
-    "ytick.major.width": 0.6,
-    "xtick.major.size": 2.5,
-    "ytick.major.size": 2.5,
-}
 PANEL_HEIGHT_IN = 1.9
 HEADROOM = 1.6  # y range over the tallest bar, leaving the top third for the annotations
 MAX_COLUMNS = 4
@@ -157,7 +144,7 @@ def plot_selectivity(
     """
     layers = list(frame["layer"].cat.categories) if layers is None else list(layers)
     models = list(frame["model"].cat.categories)
-    palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
+    colours = dict(zip(models, palette(len(models))))
     data = frame[np.isfinite(frame["si"])]
     # SI lies in [0, 1] for non-negative activations; widen only if needed.
     lo = min(0.0, float(data["si"].min())) if len(data) else 0.0
@@ -169,7 +156,7 @@ def plot_selectivity(
         width = "column" if ncols == 1 else "page"
     fig_width = {"column": COLUMN_WIDTH_IN, "page": PAGE_WIDTH_IN}[width]
     height = PANEL_HEIGHT_IN * nrows + (0.35 if title else 0.0) + 0.25
-    with plt.rc_context(PRINT_STYLE):
+    with figure_style():
         fig, axes = plt.subplots(
             nrows, ncols, figsize=(fig_width, height), sharex=True, sharey=True,
             squeeze=False, layout="constrained",
@@ -179,11 +166,11 @@ def plot_selectivity(
         for ax, layer in zip(axes.flat, layers):
             panel = data[data["layer"] == layer]
             sns.histplot(
-                data=panel, x="si", hue="model", hue_order=models, palette=palette,
+                data=panel, x="si", hue="model", hue_order=models, palette=colours,
                 stat="density", common_norm=False, bins=edges, element="step",
                 alpha=0.3, linewidth=0.8, ax=ax, legend=False,
             )  # fmt: skip
-            _annotate(ax, panel, models, palette, _ks_row(ks, layer))
+            _annotate(ax, panel, models, colours, _ks_row(ks, layer))
             ax.set_title(layer, pad=2)
             ax.set_xlim(lo, hi)
             ax.set_xlabel("class selectivity index" if ax in axes[-1] else "")
@@ -193,7 +180,7 @@ def plot_selectivity(
         if (lo, hi) == (0.0, 1.0):
             axes.flat[0].set_xticks([0, 0.5, 1] if ncols > 1 else [0, 0.25, 0.5, 0.75, 1])
         handles = [
-            matplotlib.patches.Patch(facecolor=palette[m], edgecolor=palette[m], alpha=0.6,
+            matplotlib.patches.Patch(facecolor=colours[m], edgecolor=colours[m], alpha=0.6,
                                      label=m)
             for m in models
         ]  # fmt: skip
@@ -210,15 +197,15 @@ def _ks_row(ks: pd.DataFrame | None, layer: str) -> pd.Series | None:
     return rows.iloc[0] if len(rows) else None
 
 
-def _annotate(ax, panel: pd.DataFrame, models: list[str], palette, ks_row) -> None:
+def _annotate(ax, panel: pd.DataFrame, models: list[str], colours, ks_row) -> None:
     """Each model's median as a dashed line and as text, plus the KS result (D, p)."""
     lines = []
     for model in models:
         si = panel.loc[panel["model"] == model, "si"].to_numpy()
         if si.size:
             median = float(np.median(si))
-            ax.axvline(median, color=palette[model], linestyle="--", linewidth=0.8)
-            lines.append((f"median {median:.3f}", palette[model]))
+            ax.axvline(median, color=colours[model], linestyle="--", linewidth=0.8)
+            lines.append((f"median {median:.3f}", colours[model]))
     if ks_row is not None and not math.isnan(ks_row["ks_statistic"]):
         p = max(float(ks_row["p_value"]), 1e-99)
         lines.append((f"KS D={ks_row['ks_statistic']:.2f}, p={p:.2g}", "black"))
@@ -226,6 +213,25 @@ def _annotate(ax, panel: pd.DataFrame, models: list[str], palette, ks_row) -> No
         ax.text(0.97, 0.96 - 0.12 * i, text, transform=ax.transAxes, ha="right", va="top",
                 color=color, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5,
                                    "alpha": 0.8})  # fmt: skip
+
+
+def output_paths(output_dir: str | Path, stem: str, with_ks: bool) -> dict[str, Path]:
+    """The files :func:`save_selectivity_outputs` writes (``stem`` checked to stay in the dir).
+
+    Raises:
+        ConfigError: ``stem`` is not a plain file-name prefix.
+    """
+    out = Path(output_dir)
+    check_stem(stem)
+    paths = {
+        "png": out / f"{stem}.png",
+        "pdf": out / f"{stem}.pdf",
+        "csv": out / f"{stem}.csv",
+        "summary": out / f"{stem}_summary.csv",
+    }
+    if with_ks:
+        paths["ks"] = out / f"{stem}_ks.csv"
+    return paths
 
 
 def save_selectivity_outputs(
@@ -237,7 +243,7 @@ def save_selectivity_outputs(
     title: str | None = None,
     layers: Sequence[str] | None = None,
     width: str = "auto",
-    dpi: int = 300,
+    inputs: Sequence[str | Path] = (),
 ) -> dict[str, Path]:
     """Write the figure (PNG, PDF), raw SI values and summaries, all or nothing.
 
@@ -250,27 +256,21 @@ def save_selectivity_outputs(
         title: Optional figure title.
         layers: Panels to draw (see :func:`plot_selectivity`).
         width: Figure width (see :func:`plot_selectivity`).
-        dpi: Resolution of the PNG.
+        inputs: The files the analysis read; no output may be one of them.
 
     Returns:
         ``{"png", "pdf", "csv", "summary", ["ks"]}`` -> final paths.
+
+    Raises:
+        ConfigError: a ``stem`` that would leave ``output_dir``.
+        OutputError: an output breaks a rule of :func:`reaf_lightning.io.check_outputs`.
     """
-    out = Path(output_dir)
-    paths = {
-        "png": out / f"{stem}.png",
-        "pdf": out / f"{stem}.pdf",
-        "csv": out / f"{stem}.csv",
-        "summary": out / f"{stem}_summary.csv",
-    }
-    if ks is not None:
-        paths["ks"] = out / f"{stem}_ks.csv"
+    paths = output_paths(output_dir, stem, with_ks=ks is not None)
     fig = plot_selectivity(frame, layers=layers, ks=ks, width=width, title=title)
     try:
-        with atomic_outputs(list(paths.values())) as temps:
+        with atomic_outputs(list(paths.values()), inputs=inputs) as temps:
             tmp = dict(zip(paths, temps))
-            with plt.rc_context(PRINT_STYLE):
-                fig.savefig(tmp["png"], format="png", dpi=dpi)
-                fig.savefig(tmp["pdf"], format="pdf")
+            save_figure(fig, {"png": tmp["png"], "pdf": tmp["pdf"]})
             frame[["layer", "unit", "model", "si"]].to_csv(
                 tmp["csv"], index=False, float_format="%.8g"
             )

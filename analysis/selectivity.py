@@ -36,8 +36,8 @@ def class_selectivity(class_means: Tensor, eps: float = EPS) -> Tensor:
 
     Args:
         class_means: ``(num_classes, units)`` mean activations ``u_c`` per class
-            (rows) and unit (columns); ``num_classes >= 2``. The index is meant
-            for non-negative (post-ReLU) activations.
+            (rows) and unit (columns); ``num_classes >= 2``, every mean ``>= 0``
+            (post-ReLU activations: only then does the index lie in [0, 1]).
         eps: Added to the denominator so that a unit that never fires (all
             ``u_c = 0``) gets SI 0 instead of 0/0.
 
@@ -47,7 +47,8 @@ def class_selectivity(class_means: Tensor, eps: float = EPS) -> Tensor:
         for a single class only.
 
     Raises:
-        ValueError: if ``class_means`` is not 2-D or has fewer than 2 classes.
+        ValueError: if ``class_means`` is not 2-D, has fewer than 2 classes or a
+            negative mean (the index would leave [0, 1]).
     """
     if class_means.ndim != 2:
         raise ValueError(
@@ -58,6 +59,11 @@ def class_selectivity(class_means: Tensor, eps: float = EPS) -> Tensor:
     if num_classes < 2:
         raise ValueError(
             f"class selectivity needs at least 2 classes, got num_classes={num_classes}"
+        )
+    if class_means.numel() and bool((class_means < 0).any()):
+        raise ValueError(
+            f"class selectivity is defined for non-negative activations; a class mean is "
+            f"{float(class_means.min()):.4g}"
         )
     u_max = class_means.max(dim=0).values
     # Mean over the other classes: (sum - max) / (K - 1). With ties the "other"
@@ -98,6 +104,10 @@ class ClassActivationStats:
         a single NaN or inf activation makes its class's sum non-finite.
         """
         return [name for name, sums in self.sums.items() if not bool(torch.isfinite(sums).all())]
+
+    def negative_layers(self) -> list[str]:
+        """Layers with a negative class sum: some activation was negative, the index undefined."""
+        return [name for name, sums in self.sums.items() if bool((sums < 0).any())]
 
     def class_means(self, drop_empty: bool = True) -> dict[str, Tensor]:
         """Class-conditional means ``u_c`` per layer.

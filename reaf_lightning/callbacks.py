@@ -1,144 +1,67 @@
 """The callbacks every ``reaf-lightning`` run gets (:func:`standard_callbacks`). None is
 part of the paper; they keep long runs safe, resumable and traceable.
 
-* :class:`EveryEpochLastCheckpoint` restores what ``save_last=True`` meant
-  before Lightning 2.6: ``last.ckpt`` is rewritten at *every* checkpointing
-  point. Since 2.6, ``ModelCheckpoint`` writes ``last.ckpt`` only when a top-k
-  checkpoint is written at the same step, so with ``monitor="val/acc1",
-  save_top_k=1`` an epoch that does not improve the accuracy would leave
-  ``last.ckpt`` behind and ``--ckpt_path last`` would silently redo every epoch
-  since the best one.
-* :class:`PreemptionCheckpoint`: cluster schedulers stop jobs with ``SIGTERM``.
-  Lightning turns it into a ``SIGTERMException`` at the next batch boundary
-  but saves nothing; this callback saves ``last.ckpt`` there, and
-  ``reaf-lightning`` exits with status 143.
-* :class:`NonFiniteLossPolicy` and :class:`FiniteCheckpointGuard`: a NaN/inf
+* :class:`~reaf_lightning.checkpointing.PreemptionCheckpoint` saves ``last.ckpt``
+  on ``SIGTERM`` (``reaf-lightning`` exits with status 143).
+* :class:`NonFiniteLossPolicy` and
+  :class:`~reaf_lightning.checkpointing.FiniteCheckpointGuard`: a NaN/inf
   loss stops the run (exit 3) or skips the batch, and a checkpoint with
   non-finite weights is never written, so the last good one survives.
 * :class:`LogComplexity` and :class:`LogProvenance` record #params/MACs and
   what produced the run (package version, git commit, command line).
 * :class:`~reaf_lightning.predictions.PredictionWriter` writes
   ``predictions.csv`` into the run directory after ``predict``.
+* :class:`MetricsFile` writes the run record (``metrics.json``, and ``reaf_run``
+  in every checkpoint); smoke runs (:func:`~reaf_lightning.rundir.smoke_reason`) write
+  nothing.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
+from reaf_lightning.checkpointing import (
+    NUMERICAL_ADVICE,
+    FiniteCheckpointGuard,
+    PreemptionCheckpoint,
+    kept_checkpoint,
+)
 from reaf_lightning.errors import NumericalError
 from reaf_lightning.loggers import provenance
 from reaf_lightning.models.complexity import network_complexity
 from reaf_lightning.predictions import PredictionWriter
+from reaf_lightning.record import (
+    DataSpec,
+    EpochCount,
+    NetworkSpec,
+    Provenance,
+    RecordError,
+    RunRecord,
+    StageMetrics,
+    read_record,
+    write_record,
+)
+from reaf_lightning.rundir import RunDir, trainer_smoke_reason
 
 __all__ = [
-    "EveryEpochLastCheckpoint",
-    "FiniteCheckpointGuard",
     "LogComplexity",
     "LogProvenance",
+    "MetricsFile",
     "NonFiniteLossPolicy",
-    "PreemptionCheckpoint",
-    "PredictionWriter",
     "standard_callbacks",
 ]
-
-_ADVICE = "lower model.lr, add warm-up or gradient clipping"
-
-
-class EveryEpochLastCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` follows every epoch, improved or not.
-
-    Same arguments as Lightning's ``ModelCheckpoint``. After the parent's own
-    logic at the end of validation (or of the training epoch, whichever the
-    parent checkpoints at), ``last.ckpt`` is written unless the parent already
-    wrote a checkpoint at this global step. ``save_last="link"`` is left to the
-    parent.
-
-    Private API that remains, and why: Lightning has no public way to write
-    ``last.ckpt`` outside its top-k logic, so this subclass calls
-    ``ModelCheckpoint._save_last_checkpoint`` with the parent's own checks
-    (``_should_skip_saving_checkpoint``, ``_should_save_on_train_epoch_end``,
-    ``_monitor_candidates``). The alternative, a second ``ModelCheckpoint``
-    without monitor, would write every epoch's weights twice and give
-    ``--ckpt_path last`` two candidates. The CLI's tests on resuming catch a
-    change of these methods.
-    """
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._ensure_last(trainer)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._ensure_last(trainer)
-
-    def _ensure_last(self, trainer: pl.Trainer) -> None:
-        if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
-            return  # skipped: disabled, not fitting, sanity check, or already saved at this step
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-
-class PreemptionCheckpoint(Callback):
-    """On ``SIGTERM`` during ``fit``, save ``<checkpoint dir>/last.ckpt`` before the process exits.
-
-    The file goes where ``--ckpt_path last`` looks: the directory of the
-    trainer's ``ModelCheckpoint`` (``<default_root_dir>/checkpoints`` in the
-    CLI), name ``last.ckpt``. It is written by the trainer's checkpoint IO, so
-    atomically with :class:`~reaf_lightning.checkpointing.AtomicCheckpointIO`.
-    Every rank takes part (saving is collective under DDP; Lightning
-    broadcasts the signal so all ranks stop at the same batch).
-
-    The path and the progress are attached to the exception
-    (``reaf_checkpoint``, ``reaf_progress``) for the CLI's exit message.
-    """
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
-            return
-        if trainer.sanity_checking:  # nothing trained yet in this process
-            return
-        path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
-        progress = (trainer.current_epoch, trainer.global_step)
-        rank_zero_info(f"SIGTERM: saved {path} at epoch {progress[0]}, global step {progress[1]}")
-        exception.reaf_checkpoint = str(path)  # type: ignore[attr-defined]
-        exception.reaf_progress = progress  # type: ignore[attr-defined]
-
-    @staticmethod
-    def checkpoint_path(trainer: pl.Trainer) -> Path:
-        """The run's ``last`` checkpoint: the file its ``ModelCheckpoint`` keeps up to date
-        (``last.ckpt``, or ``last-v1.ckpt`` when an older run's file was in the way), else
-        ``<ModelCheckpoint dirpath or <default_root_dir>/checkpoints>/last.ckpt``."""
-        callback = trainer.checkpoint_callback
-        if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
-            return Path(callback.last_model_path)
-        dirpath = callback.dirpath if isinstance(callback, ModelCheckpoint) else None
-        if not dirpath:
-            dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
-        name = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
-        return Path(dirpath) / name
-
-
-def _kept_checkpoint(trainer: pl.Trainer) -> str:
-    """Where the last good checkpoint is, for the messages of a stopped run."""
-    callback = trainer.checkpoint_callback
-    last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
-    return (
-        f"the last good checkpoint {last} is kept" if last else "no checkpoint had been saved yet"
-    )
 
 
 class NonFiniteLossPolicy(Callback):
@@ -193,8 +116,8 @@ class NonFiniteLossPolicy(Callback):
         if self._buffers is None:
             raise NumericalError(
                 f"non-finite training loss ({value}) at {where}; training stopped "
-                f"(model.nan_policy=stop) and {_kept_checkpoint(trainer)}; {_ADVICE}, or set "
-                "model.nan_policy=skip to skip such batches"
+                f"(model.nan_policy=stop) and {kept_checkpoint(trainer)}; {NUMERICAL_ADVICE}, "
+                "or set model.nan_policy=skip to skip such batches"
             )
         self._consecutive += 1
         limit = pl_module.hparams.get("max_consecutive_skips", 10)
@@ -202,7 +125,7 @@ class NonFiniteLossPolicy(Callback):
             raise NumericalError(
                 f"{limit} consecutive non-finite training losses (last {value} at {where}): the "
                 f"model has most likely diverged; training stopped and "
-                f"{_kept_checkpoint(trainer)}; {_ADVICE}"
+                f"{kept_checkpoint(trainer)}; {NUMERICAL_ADVICE}"
             )
         self.skipped_batches += 1
         self._skipping = True
@@ -228,32 +151,6 @@ class NonFiniteLossPolicy(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped_batches = int(state_dict.get("skipped_batches", 0))
-
-
-class FiniteCheckpointGuard(Callback):
-    """Refuse to write a checkpoint whose weights or statistics are not finite.
-
-    A diverged update can leave NaN weights while the loss of that step was
-    still finite. Raising :class:`~reaf_lightning.errors.NumericalError` while
-    the checkpoint is being assembled happens before anything is written, so the
-    previous ``last.ckpt`` and the best checkpoint stay as they were.
-    """
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        bad = [
-            name
-            for name, value in checkpoint["state_dict"].items()
-            if value.is_floating_point() and not bool(torch.isfinite(value).all())
-        ]
-        if bad:
-            more = f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
-            raise NumericalError(
-                f"non-finite values in {bad[0]}{more} at epoch {trainer.current_epoch}, "
-                f"global step {trainer.global_step}: not saving this checkpoint, and "
-                f"{_kept_checkpoint(trainer)}; {_ADVICE}"
-            )
 
 
 class LogComplexity(Callback):
@@ -309,14 +206,173 @@ class LogProvenance(Callback):
                 logger.log_hyperparams(record)
 
 
+# -- the run record --------------------------------------------------------------------------
+def _logged(trainer: pl.Trainer, prefix: str) -> dict[str, float]:
+    """The scalar metrics logged under ``prefix`` (e.g. ``"val/"``), as Python floats."""
+    out = {}
+    for name, value in trainer.callback_metrics.items():
+        if name.startswith(prefix) and getattr(value, "numel", lambda: 1)() == 1:
+            out[name] = float(value)
+    return dict(sorted(out.items()))
+
+
+def _better(name: str, new: float, old: float | None) -> bool:
+    """Accuracies improve upwards, errors and losses downwards; NaN never improves."""
+    if math.isnan(new):
+        return False
+    higher = name.rsplit("/", 1)[-1].startswith("acc")
+    return old is None or math.isnan(old) or (new > old if higher else new < old)
+
+
+def _json_plain(value: Any) -> Any:
+    """Settings as JSON types (tuples as lists, paths and other objects as strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+class MetricsFile(Callback):
+    """Write the run record (:class:`~reaf_lightning.record.RunRecord`) to ``metrics.json``
+    after every finished fit/validate/test, and into every checkpoint as ``reaf_run``.
+
+    ``fit.best`` is the best value of every ``val/`` metric over the fit's
+    validation epochs (each metric on its own). Best and final are kept in the
+    checkpoint (:meth:`state_dict`), so a resumed fit still knows the epochs
+    before the interruption. A fit stopped by ``SIGTERM`` writes its record with
+    ``finished: false``; a later stage updates only its own key and keeps the
+    fit's (a record it cannot read is left as it is, with a warning). Smoke runs
+    (:func:`~reaf_lightning.rundir.smoke_reason`) write nothing. ``params_m`` and
+    ``gmacs`` come from :class:`LogComplexity`. Only global rank 0 writes,
+    atomically.
+    """
+
+    def __init__(self) -> None:
+        self._best: dict[str, float] = {}
+        self._final: dict[str, float] = {}
+        self._epoch: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self._best), "final": dict(self._final), "epoch": self._epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._best = dict(state_dict.get("best", {}))
+        self._final = dict(state_dict.get("final", {}))
+        self._epoch = state_dict.get("epoch")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = _logged(trainer, "val/")
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._epoch, self._final = trainer.current_epoch, metrics
+            for name, value in metrics.items():
+                if _better(name, value, self._best.get(name)):
+                    self._best[name] = value
+        elif trainer.state.fn == TrainerFn.VALIDATING:
+            self._write(trainer, pl_module, "validate", StageMetrics(final=metrics))
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        record = self._record(trainer, pl_module, None, "fit", self._fit_metrics(), False)
+        checkpoint["reaf_run"] = record.to_json_dict()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, pl_module, "fit", self._fit_metrics(), finished=True)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
+            self._write(trainer, pl_module, "fit", self._fit_metrics(), finished=False)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, pl_module, "test", StageMetrics(final=_logged(trainer, "test/")))
+
+    def _fit_metrics(self) -> StageMetrics:
+        return StageMetrics(epoch=self._epoch, final=self._final, best=self._best)
+
+    def _write(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        stage: str,
+        metrics: StageMetrics,
+        finished: bool = False,
+    ) -> None:
+        if not trainer.is_global_zero or trainer_smoke_reason(trainer):
+            return
+        path = RunDir(Path(trainer.default_root_dir)).metrics
+        old = None
+        if stage != "fit" and path.exists():
+            try:
+                old = read_record(path)
+            except RecordError as err:  # another program's file, or an older format: keep it
+                rank_zero_warn(f"the {stage} metrics are not recorded: {err}")
+                return
+        write_record(path, self._record(trainer, pl_module, old, stage, metrics, finished))
+
+    @staticmethod
+    def _record(
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        old: RunRecord | None,
+        stage: str,
+        metrics: StageMetrics,
+        finished: bool,
+    ) -> RunRecord:
+        """The fit's record (or ``old`` with ``stage`` replaced), from the trainer's state."""
+        if old is not None:
+            return old.model_copy(update={{"validate": "validate_"}.get(stage, stage): metrics})
+        hp = dict(getattr(pl_module, "hparams", {}))
+        network = None
+        if "arch" in hp:
+            kwargs = _json_plain(hp.get("arch_kwargs") or {})
+            network = NetworkSpec(arch=hp["arch"], kwargs=kwargs, num_classes=hp["num_classes"])
+        datamodule = getattr(trainer, "datamodule", None)
+        data = None
+        if datamodule is not None:
+            kind = type(datamodule)
+            data = DataSpec(
+                class_path=f"{kind.__module__}.{kind.__qualname__}",
+                init_args=_json_plain(dict(getattr(datamodule, "hparams", {}))),
+            )
+        recipe = {k: v for k, v in hp.items() if k not in ("arch", "arch_kwargs", "num_classes")}
+        batch = getattr(datamodule, "batch_size", None)
+        recipe.update(
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            world_size=trainer.world_size,
+            global_batch=batch * trainer.world_size * trainer.accumulate_grad_batches
+            if isinstance(batch, int)
+            else None,
+        )
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        counted = next(
+            (c.values for c in trainer.callbacks if isinstance(c, LogComplexity) and c.values),
+            None,
+        )
+        planned = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        return RunRecord(
+            seed=int(seed) if seed is not None else None,
+            finished=finished,
+            network=network,
+            data=data,
+            recipe=_json_plain(recipe),
+            epochs=EpochCount(
+                planned=planned, reached=trainer.fit_loop.epoch_progress.current.completed
+            ),
+            precision=str(trainer.precision),
+            provenance=Provenance(**provenance()),
+            params_m=counted["complexity/params"] / 1e6 if counted else None,
+            gmacs=counted["complexity/macs"] / 1e9 if counted else None,
+            **{{"validate": "validate_"}.get(stage, stage): metrics},
+        )
+
+
 def standard_callbacks() -> list[Callback]:
     """The callbacks every ``reaf-lightning`` run gets, in addition to those of its config.
 
     ``reaf-lightning`` passes them as LightningCLI ``trainer_defaults``, which
     Lightning appends to the configured ``trainer.callbacks``.
     """
-    from reaf_lightning.report.record import MetricsFile  # it reads LogComplexity's counts
-
     return [
         PreemptionCheckpoint(),
         NonFiniteLossPolicy(),

@@ -45,7 +45,6 @@ from lightning.pytorch.cli import (
     ArgsType,
     LightningArgumentParser,
     LightningCLI,
-    SaveConfigCallback,
 )
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import Strategy
@@ -55,9 +54,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 # Imported so that jsonargparse knows the package's data modules: --help lists them and
 # --data accepts their bare class names (--data DigitsDataModule).
 from reaf_lightning import data as _data_modules  # noqa: F401
-from reaf_lightning.callbacks import EveryEpochLastCheckpoint, standard_callbacks
+from reaf_lightning.callbacks import standard_callbacks
 from reaf_lightning.checkpointing import (
     AtomicCheckpointIO,
+    EveryEpochLastCheckpoint,
     check_checkpoint,
     find_best_checkpoint,
     find_last_checkpoint,
@@ -69,11 +69,29 @@ from reaf_lightning.errors import (
     EXIT_PREEMPTED,
     CheckpointError,
     ConfigError,
+    OutputError,
     ReafError,
     message_of,
 )
-from reaf_lightning.io import atomic_outputs, ensure_writable, read_yaml
+from reaf_lightning.io import (
+    check_seed,
+    ensure_writable,
+    install_strict_yaml,
+    read_config_arguments,
+    read_yaml,
+)
+from reaf_lightning.loggers import LogConfigCallback
 from reaf_lightning.module import ImageClassifier
+from reaf_lightning.rundir import (
+    BEST_FILENAME,
+    DEFAULT_ROOT,
+    RunDir,
+    lock_run_dir,
+    protect_run,
+    run_dir_for_seed,
+    seed_name,
+    smoke_reason,
+)
 
 __all__ = [
     "DEFAULT_ROOT_DIR",
@@ -85,7 +103,7 @@ __all__ = [
     "run",
 ]
 
-DEFAULT_ROOT_DIR = "logs"
+DEFAULT_ROOT_DIR = DEFAULT_ROOT
 PROG = "reaf-lightning"
 DESCRIPTION = (
     "Train (fit) and evaluate (validate, test, predict) the REAF paper's networks, e.g. "
@@ -105,25 +123,6 @@ EPILOG = (
 )
 
 
-class LogConfigCallback(SaveConfigCallback):
-    """Write the resolved config into the run directory and log it to every logger.
-
-    ``fit`` writes ``config.yaml``; ``validate``/``test``/``predict`` of the same
-    run directory write ``config_<stage>.yaml``, so an evaluation never replaces
-    the training's record. Rank 0 only, atomically.
-    """
-
-    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
-        name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
-        with atomic_outputs([Path(trainer.default_root_dir) / name]) as (path,):
-            path.write_text(self.parser.dump(self.config, skip_unset=False))
-        config = self.config.clone()
-        config.pop("config", None)  # the list of --config paths: not a setting
-        for logger in trainer.loggers:
-            logger.log_hyperparams({"config": config.as_dict()})
-
-
 class ReafLightningCLI(LightningCLI):
     """LightningCLI with the project's run directories, checkpoint policy and failure handling.
 
@@ -131,12 +130,21 @@ class ReafLightningCLI(LightningCLI):
         checkpoint_dirs: filled with the run's checkpoint directories once they
             are known, so that the caller can say where the last checkpoint is
             when the run is interrupted.
+        locks: receives the run directory's lock (:func:`~reaf_lightning.rundir.lock_run_dir`),
+            which the caller releases when the command ends.
         *args: as ``LightningCLI``.
         **kwargs: as ``LightningCLI``.
     """
 
-    def __init__(self, *args: Any, checkpoint_dirs: list[str] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        checkpoint_dirs: list[str] | None = None,
+        locks: list[Any] | None = None,
+        **kwargs: Any,
+    ):
         self.checkpoint_dirs = checkpoint_dirs if checkpoint_dirs is not None else []
+        self.locks = locks if locks is not None else []
         self.ckpt_path_given: str | None = None
         super().__init__(*args, **kwargs)
 
@@ -152,8 +160,11 @@ class ReafLightningCLI(LightningCLI):
             argv = command_line(args)
             for path in _config_files(argv):
                 read_yaml(path)  # empty, list-valued, duplicate keys, bad YAML: names the file
+            read_config_arguments(argv)  # no FIFO/device values
+            install_strict_yaml()  # nested files (--model FILE) and values: duplicate keys refused
             self.config = parse(parser, argv)
         config = self._of_subcommand(self.config, self.config.get("subcommand"))
+        check_seed(config.get("seed_everything"))
         # Held back until before_instantiate_classes: between the two hooks LightningCLI
         # would torch.load the file and replace the configured model by the checkpoint's
         # hyperparameters (no switch turns that off); here the config decides.
@@ -174,8 +185,17 @@ class ReafLightningCLI(LightningCLI):
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
                 "checkpoint.save_top_k": 1,
-                "checkpoint.filename": "best-{epoch:03d}",
+                "checkpoint.filename": BEST_FILENAME,
+                # overwrite instead of last-v1.ckpt: last.ckpt is always the newest state
+                "checkpoint.enable_version_counter": False,
             }
+        )
+        parser.add_argument(
+            "--overwrite_run",
+            type=bool,
+            default=False,
+            help="fit only: delete the run already in the run directory (its config, "
+            "checkpoints, metrics.json, predictions, selectivity and W&B files) and train anew",
         )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
@@ -184,23 +204,45 @@ class ReafLightningCLI(LightningCLI):
         config = self._of_subcommand(self.config)
         if self.ckpt_path_given is not None:
             config.ckpt_path = self.ckpt_path_given
-        root = Path(config.trainer.default_root_dir or DEFAULT_ROOT_DIR)
         seed = config.seed_everything  # `true` was replaced by the seed Lightning chose
         seeded = seed is not False and seed is not None
-        if seeded and root.name != f"seed{seed}":
-            root = root / f"seed{seed}"
+        root = run_dir_for_seed(
+            config.trainer.default_root_dir or DEFAULT_ROOT_DIR, seed if seeded else None
+        )
         config.trainer.default_root_dir = str(root)
         if config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = str(root / "checkpoints")
+            config.checkpoint.dirpath = str(RunDir(root).checkpoint_dir)
+        run = RunDir(root, Path(config.checkpoint.dirpath))
+        if rank_zero_only.rank == 0:  # DDP's other ranks are this command's own processes
+            self.locks.append(lock_run_dir(run, " ".join(sys.argv)))
+            trainer = config.trainer
+            smoke = smoke_reason(
+                trainer.get("fast_dev_run"), trainer.get("max_epochs"), trainer.get("max_steps")
+            )
+            for note in protect_run(
+                run,
+                str(self.subcommand),
+                overwrite=bool(config.get("overwrite_run")),
+                resuming=config.get("ckpt_path") is not None,
+                smoke=smoke,
+            ):
+                _info(note)
+        stage = str(self.subcommand)
         for logger_class, init_args in _loggers(config.trainer.logger):
-            if "save_dir" in init_args and init_args.save_dir is None:
-                init_args.save_dir = str(root)
-            name = init_args.get("name")
             wandb = issubclass(logger_class, WandbLogger)  # other loggers' names are folders
-            if seeded and wandb and isinstance(name, str) and not name.endswith(f"/seed{seed}"):
+            if "save_dir" in init_args and init_args.save_dir is None:
+                init_args.save_dir = str(run.wandb_save_dir(stage) if wandb else root)
+            name = init_args.get("name")
+            suffix = f"/{seed_name(seed)}" if seeded else ""
+            if suffix and wandb and isinstance(name, str) and not name.endswith(suffix):
                 if "group" in init_args and init_args.group is None:
                     init_args.group = name  # the seeds of one experiment form one group
-                init_args.name = f"{name}/seed{seed}"
+                init_args.name = name = f"{name}{suffix}"
+            if wandb and stage != "fit":
+                # Its own W&B run in the experiment's group: never the fit's summary or history.
+                init_args.name = f"{name}/{stage}" if isinstance(name, str) else stage
+                if "job_type" in init_args:
+                    init_args.job_type = stage
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a constructor's refusal of a setting is a config error.
@@ -249,6 +291,13 @@ class ReafLightningCLI(LightningCLI):
         self._prepare("test")
 
     def before_predict(self) -> None:
+        if self.trainer.limit_predict_batches == 0:
+            old = RunDir(Path(self.trainer.default_root_dir)).predictions
+            kept = f"; {old} is from an earlier predict" if old.exists() else ""
+            raise ConfigError(
+                "trainer.limit_predict_batches=0 predicts nothing, so no predictions.csv is "
+                f"written{kept}; give a number of batches >= 1 or a fraction in (0, 1]"
+            )
         self._prepare("predict")
 
     def _prepare(self, subcommand: str) -> None:
@@ -267,6 +316,13 @@ class ReafLightningCLI(LightningCLI):
         for directory, what in outputs:
             if directory is not None and "://" not in str(directory):  # remote: not checkable
                 ensure_writable(directory, what)
+        run = RunDir(Path(trainer.default_root_dir))
+        for path in (run.predictions,) if subcommand == "predict" else (run.metrics,):
+            if (path.exists() or path.is_symlink()) and not path.is_file():
+                raise OutputError(
+                    f"{path} is in the way: it is not a regular file (a directory, link or "
+                    "device), so this run's output could not be written; move it away"
+                )
         config = self.config_init[subcommand]
         ckpt_path = config.get("ckpt_path")
         weights_only = config.get("weights_only") is not False
@@ -301,7 +357,7 @@ def _config_files(argv: list[str]) -> Iterator[str]:
     for flag, value in zip(argv, [*argv[1:], ""]):
         if flag.startswith("--config="):
             flag, value = "--config", flag.split("=", 1)[1]
-        if flag in ("--config", "-c") and os.path.isfile(value):
+        if flag in ("--config", "-c") and os.path.exists(value):  # FIFOs and devices too
             yield value
 
 
@@ -327,12 +383,23 @@ def _info(message: str) -> None:
 def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> ReafLightningCLI:
     """Parse ``args``, build model, data and trainer, run the subcommand; return the CLI.
 
-    Errors propagate as exceptions (:func:`main` turns them into exit statuses);
-    tests and notebooks use the returned object (``cli.trainer``, ``cli.model``).
-    ``args``: the command line without the program name (``None``: ``sys.argv[1:]``),
-    or a dict of the config.
+    The run directory is locked for the whole call. Errors propagate as
+    exceptions (:func:`main` turns them into exit statuses); tests and notebooks
+    use the returned object (``cli.trainer``, ``cli.model``). ``args``: the command
+    line without the program name (``None``: ``sys.argv[1:]``), or a dict of the config.
     """
     quiet_lightning()
+    locks: list[Any] = []
+    try:
+        return _build_and_run(args, checkpoint_dirs, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _build_and_run(
+    args: ArgsType, checkpoint_dirs: list[str] | None, locks: list[Any]
+) -> ReafLightningCLI:
     return ReafLightningCLI(
         ImageClassifier,
         LightningDataModule,
@@ -358,6 +425,7 @@ def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> Reaf
         if isinstance(args, (dict, Namespace))
         else list(resolve_config_names(command_line(args))),
         checkpoint_dirs=checkpoint_dirs,
+        locks=locks,
     )
 
 

@@ -39,14 +39,19 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from reaf_lightning.errors import ConfigError
+from reaf_lightning.io import atomic_outputs
+from reaf_lightning.rundir import RunDir, trainer_smoke_reason
 
 __all__ = [
+    "LogConfigCallback",
     "WandbLogger",
     "provenance",
     "recorded_run_id",
@@ -184,7 +189,7 @@ def start_wandb_run(
 
 def recorded_run_id(save_dir: str | os.PathLike[str]) -> str | None:
     """The id of the newest W&B run recorded in ``<save_dir>/wandb``, online or offline."""
-    folders = (_RUN_FOLDER.match(p.name) for p in Path(save_dir, "wandb").glob("*run-*"))
+    folders = (_RUN_FOLDER.match(p.name) for p in RunDir(Path(save_dir)).wandb.glob("*run-*"))
     newest = max((m for m in folders if m), key=lambda m: m["time"], default=None)
     return newest["id"] if newest else None
 
@@ -344,3 +349,26 @@ class WandbLogger(LightningWandbLogger):
         score = checkpoint_callback.best_model_score
         if score is not None and checkpoint_callback.monitor:
             self.experiment.summary[f"best/{checkpoint_callback.monitor}"] = float(score)
+
+
+class LogConfigCallback(SaveConfigCallback):
+    """Write the resolved config into the run directory and log it to every logger.
+
+    ``fit`` writes ``config.yaml``; ``validate``/``test``/``predict`` of the same
+    run directory write ``config_<stage>.yaml``, so an evaluation never replaces
+    the training's record. Rank 0 only, atomically.
+    """
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if trainer_smoke_reason(trainer):
+            return  # a smoke run checks a config; it leaves no record in the run directory
+        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
+        config = self.config.clone()
+        config.overwrite_run = False  # re-running the saved config must not replace a run
+        with atomic_outputs([RunDir(Path(trainer.default_root_dir)).config(stage)]) as (path,):
+            path.write_text(self.parser.dump(config, skip_unset=False))
+        config.pop("config", None)  # the list of --config paths: not a setting
+        config.pop("overwrite_run", None)
+        # Not "config": a W&B sweep whose parameter is named `config` locks that key.
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"resolved_config": config.as_dict()})

@@ -20,7 +20,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import Subset
 
-from reaf_lightning.io import atomic_outputs, ensure_writable
+from reaf_lightning.io import atomic_outputs, check_outputs, ensure_writable
+from reaf_lightning.rundir import PREDICTIONS
 
 __all__ = ["PredictionWriter", "input_path"]
 
@@ -46,13 +47,14 @@ class PredictionWriter(BasePredictionWriter):
         top_k: classes kept per input (at most the number of classes).
     """
 
-    def __init__(self, filename: str = "predictions.csv", top_k: int = 5) -> None:
+    def __init__(self, filename: str = PREDICTIONS, top_k: int = 5) -> None:
         super().__init__(write_interval="batch")
         self.filename, self.top_k = filename, top_k
         self._rows: list[tuple] = []
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ensure_writable(trainer.default_root_dir, "run directory")
+        check_outputs([Path(trainer.default_root_dir) / self.filename])  # before any prediction
         self._rows = []
 
     def write_on_batch_end(

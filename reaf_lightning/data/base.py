@@ -24,13 +24,15 @@ the machine's total.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities import suggested_max_num_workers
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from reaf_lightning.errors import ConfigError
 
@@ -127,30 +129,34 @@ class BaseDataModule(pl.LightningDataModule):
         processes = self.trainer.num_devices if self.trainer is not None else 1
         return default_num_workers(self.max_auto_workers, processes)
 
-    def _dataloader(self, dataset: Dataset | None, split: str) -> DataLoader:
+    def _dataloader(self, dataset: Dataset | None, split: str) -> StatefulDataLoader:
+        """A ``DataLoader`` whose position Lightning saves in every checkpoint and restores,
+        so a fit resumed mid-epoch sees the rest of that epoch's order, not a new one."""
         if dataset is None:
             raise RuntimeError(f"call setup() before asking for the {split} loader")
         train = split == "train"
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            drop_last=self.drop_last and train,
-            persistent_workers=self.num_workers > 0,
-        )
+        with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch telemetry hook
+            warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+            return StatefulDataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                shuffle=train,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                drop_last=self.drop_last and train,
+                persistent_workers=self.num_workers > 0,
+            )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._dataloader(self.train_dataset, "train")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._dataloader(self.val_dataset, "val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> StatefulDataLoader:
         return self._dataloader(self.test_dataset, "test")
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> StatefulDataLoader:
         """In file order, without augmentation (``predict_dataset``; see the subclass)."""
         return self._dataloader(self.predict_dataset, "predict")
 

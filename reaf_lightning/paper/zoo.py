@@ -262,8 +262,9 @@ def _solve(cfg: Any) -> None:
 
 def _table(cfg: Any) -> None:
     if cfg.csv is not None:
-        from reaf_lightning.io import ensure_writable
+        from reaf_lightning.io import check_outputs, ensure_writable
 
+        check_outputs([cfg.csv])  # a regular file or nothing: no link, FIFO or device
         ensure_writable(cfg.csv.parent or Path("."), "--csv directory")
     try:
         rows = zoo_table(cfg.table, solver=cfg.solver)

@@ -7,10 +7,12 @@
         --csv outputs/report/table3.csv --latex outputs/report/table3.tex \\
         --figure outputs/report/table3
 
-Reads only the ``metrics.json`` files that training leaves in every run
-directory (no W&B needed), so it also works for runs trained with
-``--trainer.logger false``. Output locations are checked before anything is
-read; every file is written atomically. Exit statuses as every command of the
+Reads only the run records (``metrics.json``) that training leaves in every
+run directory (no W&B needed), each as untrusted input
+(:mod:`reaf_lightning.report.runs`), and averages only runs that trained the
+same thing (:mod:`reaf_lightning.report.tables`). Outputs follow the package's
+output rules (:mod:`reaf_lightning.io`), checked before anything is read, and
+are replaced together or not at all. Exit statuses as every command of the
 package (:mod:`reaf_lightning.errors`).
 """
 
@@ -24,7 +26,7 @@ from typing import NoReturn
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from reaf_lightning.commands import parse, run_main
-from reaf_lightning.errors import ConfigError, DataError
+from reaf_lightning.errors import DataError
 
 __all__ = ["build_parser", "main"]
 
@@ -62,54 +64,80 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _outputs(csv: str | None, latex: str | None, figure: str | None) -> list[Path]:
-    """The requested output files; their directories are checked writable before any work."""
-    from reaf_lightning.io import ensure_writable
+def _outputs(csv: str | None, latex: str | None, figure: str | None) -> dict[str, Path]:
+    """The requested output files, checked (:func:`reaf_lightning.io.check_outputs`) and
+    their directories writable, before anything is read."""
+    from reaf_lightning.io import check_outputs, ensure_writable
+    from reaf_lightning.report.figure import table3_figure_paths
 
-    paths = [Path(p) for p in (csv, latex) if p]
+    paths = {name: Path(p) for name, p in (("csv", csv), ("latex", latex)) if p}
     if figure:
-        stem = Path(figure)
-        stem = stem.with_suffix("") if stem.suffix in (".png", ".pdf") else stem
-        paths += [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for path in paths:
-        if path.is_dir():
-            raise ConfigError(f"output {path} is a directory; give a file name")
+        paths.update(table3_figure_paths(Path(figure)))
+    check_outputs(list(paths.values()))
+    for path in paths.values():
         ensure_writable(path.parent, what=f"directory of {path}")
     return paths
 
 
 def _report(argv: list[str]) -> None:
+    from reaf_lightning.io import install_strict_yaml, read_config_arguments
+
+    read_config_arguments(argv)  # bounded: no FIFO hangs
+    install_strict_yaml()
     cfg = parse(build_parser(), argv)
     outputs = _outputs(cfg.csv, cfg.latex, cfg.figure)
 
-    from reaf_lightning.io import atomic_outputs
-    from reaf_lightning.report.record import find_runs
-    from reaf_lightning.report.tables import format_latex, format_markdown, report_frame
+    from reaf_lightning.io import check_outputs
+    from reaf_lightning.report.runs import find_runs
+    from reaf_lightning.report.tables import (
+        format_markdown,
+        format_unfinished,
+        report_frame,
+        unfinished_frame,
+    )
 
-    runs, skipped = find_runs(cfg.log_roots)
+    runs, skipped, read = find_runs(cfg.log_roots)
+    inputs = [*read, *(str(c) for c in cfg.get("config") or [])]
+    check_outputs(list(outputs.values()), inputs=inputs)  # before anything is printed
     for line in skipped:
         print(f"{PROG}: skipped {line}", file=sys.stderr)
-    if not runs and not cfg.tables:
+    finished = [run for run in runs if run.finished]
+    if not finished and not cfg.tables:
         roots = ", ".join(cfg.log_roots)
         raise DataError(f"no finished runs (metrics.json with a finished fit) under {roots}")
-    twice = Counter((run.experiment, run.seed) for run in runs)
-    for (experiment, seed), count in sorted(twice.items(), key=str):
+    twice = Counter((run.experiment, run.identity, run.seed) for run in finished)
+    for (experiment, _, seed), count in sorted(twice.items(), key=str):
         if count > 1:
             print(f"{PROG}: note: {experiment} has {count} runs with seed {seed}", file=sys.stderr)
-    frame = report_frame(runs, cfg.tables)
+    frame, notes = report_frame(runs, cfg.tables)
+    for note in notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     print(format_markdown(frame), end="")
-    if cfg.csv:
-        with atomic_outputs([cfg.csv]) as (temp,):
-            frame.to_csv(temp, index=False)
-    if cfg.latex:
-        with atomic_outputs([cfg.latex]) as (temp,):
-            temp.write_text(format_latex(frame))
-    if cfg.figure:
-        from reaf_lightning.report.figure import table3_figure
-
-        table3_figure(report_frame(runs, ["table3"]), outputs[-1].with_suffix(""))
-    for path in outputs:
+    unfinished = format_unfinished(unfinished_frame(runs))
+    if unfinished:
+        print("\n" + unfinished, end="")
+    if outputs:
+        _write(outputs, frame, runs, inputs=inputs)
+    for path in outputs.values():
         print(f"{PROG}: wrote {path}", file=sys.stderr)
+
+
+def _write(outputs: dict[str, Path], frame, runs, inputs: list) -> None:
+    """Every output of the command, replaced together or not at all."""
+    from reaf_lightning.io import atomic_outputs
+    from reaf_lightning.report.tables import format_latex, report_frame
+
+    with atomic_outputs(list(outputs.values()), inputs=inputs) as temps:
+        temp = dict(zip(outputs, temps))
+        if "csv" in temp:
+            frame.to_csv(temp["csv"], index=False)
+        if "latex" in temp:
+            temp["latex"].write_text(format_latex(frame), encoding="utf-8")
+        if "png" in temp:
+            from reaf_lightning.report.figure import save_table3_figure
+
+            table3, _ = report_frame(runs, ["table3"])
+            save_table3_figure(table3, {"png": temp["png"], "pdf": temp["pdf"]})
 
 
 def main(args: list[str] | None = None) -> NoReturn:

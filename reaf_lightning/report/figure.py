@@ -5,8 +5,9 @@ Every row sits at *our* MAC count of its network on CIFAR-100 (32x32, as
 about 0.94x our MACs, so plotting each at its own count would separate the two
 points of one row (our choice; the axis label says so). The paper's point is
 shifted right and ours left by a small fixed amount so that neither hides the
-other. Sized for one IEEE column (3.5 in wide), fonts embedded as TrueType
-(``pdf.fonttype 42``) as IEEE's PDF checker asks.
+other. Drawn in the package's one figure style (:mod:`reaf_lightning.figure_style`:
+one IEEE column, 3.5 in wide, 8-pt text, TrueType fonts, the colour-blind-safe
+palette).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from reaf_lightning.io import atomic_outputs
+from reaf_lightning.figure_style import COLUMN_WIDTH_IN, figure_style, palette, save_figure
 from reaf_lightning.paper.compare import row_gmacs
 
-__all__ = ["COLUMN_WIDTH_IN", "table3_figure"]
+__all__ = ["draw_table3_figure", "save_table3_figure", "table3_figure_paths"]
 
-COLUMN_WIDTH_IN = 3.5
 _DODGE = 0.15  # fraction of the median gap between neighbouring rows' MACs
 
 
@@ -31,18 +31,15 @@ def _label(row_id: str) -> str:
     return last if last.count("-") == 2 else row_id
 
 
-def table3_figure(frame: pd.DataFrame, stem: Path) -> list[Path]:
+def draw_table3_figure(frame: pd.DataFrame):
     """Draw Table 3's rows of ``frame`` (:func:`~reaf_lightning.report.tables.report_frame`).
 
-    Writes ``<stem>.png`` (300 dpi) and ``<stem>.pdf`` together, atomically,
-    and returns their paths. Rows without our runs show only the paper's point;
-    rows without a paper number only ours.
+    Returns the matplotlib figure (save it with
+    :func:`reaf_lightning.figure_style.save_figure`, close it with ``plt.close``).
+    Rows without our runs show only the paper's point; rows without a paper
+    number only ours.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     rows = frame[frame["table"] == "table3"]
     rows = rows[(rows["n_seeds"] > 0) | rows["paper_top1_err"].notna()].copy()
@@ -52,54 +49,49 @@ def table3_figure(frame: pd.DataFrame, stem: Path) -> list[Path]:
     dodge = _DODGE * (sorted(gaps)[len(gaps) // 2] if gaps else 0.01)
     ours = rows[rows["n_seeds"] > 0]
     paper = rows.dropna(subset=["paper_top1_err"])
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    style = {"pdf.fonttype": 42, "ps.fonttype": 42}
-    with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=0.8):
-        with matplotlib.rc_context(style):
-            fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.6), layout="constrained")
-            palette = sns.color_palette("colorblind")
-            sns.scatterplot(
-                x=paper["x"] + dodge,
-                y=paper["paper_top1_err"],
-                ax=ax,
-                marker="s",
-                s=18,
-                color=palette[1],
-                label="paper",
-            )
-            ax.errorbar(
-                ours["x"] - dodge,
-                ours["top1_err_mean"],
-                yerr=ours["top1_err_std"].fillna(0.0),
-                fmt="o",
-                markersize=3.5,
-                capsize=2,
-                elinewidth=0.8,
-                color=palette[0],
-                label="ours (mean ± std over seeds)",
-            )
-            # Thirty labels do not fit a 3.5 in column: name the rows with runs (and the
-            # baseline), which are the ones a reader compares with the paper.
-            named = ours if len(ours) else paper
-            baseline = paper[paper["row"] == "resnet50"]
-            labelled = pd.concat([named, baseline]).drop_duplicates("row").sort_values("x")
-            for i, row in enumerate(labelled.to_dict("records")):
-                y = row["paper_top1_err"]
-                y = row["top1_err_mean"] if y is None or math.isnan(y) else y
-                ax.annotate(  # above and below in turn, so that neighbours do not overlap
-                    _label(row["row"]),
-                    (row["x"], y),
-                    xytext=(0, 4 if i % 2 == 0 else -9),
-                    textcoords="offset points",
-                    ha="center",
-                    fontsize=5,
-                )
-            ax.set_xlabel("GMACs per image (our count; paper GFLOPs ≈ 0.94x)")
-            ax.set_ylabel("top-1 error (%)")
-            ax.set_title("Table 3: REAF-ResNet50 on CIFAR-100", fontsize=7)
-            ax.legend(fontsize=6, loc="best")
-            with atomic_outputs(paths) as (png, pdf):
-                fig.savefig(png, dpi=300)
-                fig.savefig(pdf)
-            plt.close(fig)
-    return paths
+    ours_colour, paper_colour = palette(2)
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 2.6), layout="constrained")
+        ax.scatter(
+            paper["x"] + dodge, paper["paper_top1_err"], marker="s", s=14,
+            color=paper_colour, label="paper", zorder=3,
+        )  # fmt: skip
+        ax.errorbar(
+            ours["x"] - dodge, ours["top1_err_mean"], yerr=ours["top1_err_std"].fillna(0.0),
+            fmt="o", capsize=2, elinewidth=0.8, color=ours_colour,
+            label="ours (mean ± std over seeds)", zorder=3,
+        )  # fmt: skip
+        # Thirty labels do not fit a 3.5 in column: name the rows with runs (and the
+        # baseline), which are the ones a reader compares with the paper.
+        named = ours if len(ours) else paper
+        baseline = paper[paper["row"] == "resnet50"]
+        labelled = pd.concat([named, baseline]).drop_duplicates("row").sort_values("x")
+        for i, row in enumerate(labelled.to_dict("records")):
+            y = row["paper_top1_err"]
+            y = row["top1_err_mean"] if y is None or math.isnan(y) else y
+            ax.annotate(  # above and below in turn, so that neighbours do not overlap
+                _label(row["row"]), (row["x"], y), xytext=(0, 4 if i % 2 == 0 else -10),
+                textcoords="offset points", ha="center",
+            )  # fmt: skip
+        ax.set_xlabel("GMACs per image (our count; paper GFLOPs ≈ 0.94x)")
+        ax.set_ylabel("top-1 error (%)")
+        ax.set_title("Table 3: REAF-ResNet50 on CIFAR-100")
+        fig.legend(loc="outside lower center", ncols=2)  # never over a point
+    return fig
+
+
+def table3_figure_paths(stem: Path) -> dict[str, Path]:
+    """``<stem>.png`` and ``<stem>.pdf`` (a ``.png`` or ``.pdf`` suffix of ``stem`` is dropped)."""
+    stem = stem.with_suffix("") if stem.suffix in (".png", ".pdf") else stem
+    return {"png": stem.with_name(stem.name + ".png"), "pdf": stem.with_name(stem.name + ".pdf")}
+
+
+def save_table3_figure(frame: pd.DataFrame, temporaries: dict[str, Path]) -> None:
+    """Draw and save the figure to ``{"png": ..., "pdf": ...}`` (the command's temporaries)."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_table3_figure(frame)
+    try:
+        save_figure(fig, temporaries)
+    finally:
+        plt.close(fig)

@@ -1,9 +1,9 @@
 """End-to-end tests of ``reaf-analysis`` (the Figures 2-4 pipeline) on scikit-learn digits.
 
 One tiny REAF network is trained once per session through Lightning's own
-``LightningCLI`` (so its checkpoint records the data module's class and
-settings exactly as ``reaf-lightning`` runs do); every test compares the
-command's outputs with the library run by hand or with scipy.
+``LightningCLI``, which leaves the run's ``config.yaml`` (the data module's class
+and settings) beside ``checkpoints/`` as ``reaf-lightning`` runs do; every test
+compares the command's outputs with the library run by hand or with scipy.
 """
 
 from __future__ import annotations
@@ -52,10 +52,8 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu",
         "--trainer.default_root_dir", str(root),
     ]  # fmt: skip
-    cli = LightningCLI(
-        ImageClassifier, LightningDataModule, subclass_mode_data=True, args=args,
-        save_config_callback=None,
-    )  # fmt: skip
+    cli = LightningCLI(ImageClassifier, LightningDataModule, subclass_mode_data=True, args=args)
+    assert (root / "config.yaml").is_file()
     checkpoint = root / "checkpoints" / "last.ckpt"
     cli.trainer.save_checkpoint(checkpoint)
     torch.manual_seed(1)
@@ -70,9 +68,9 @@ def _models(trained: dict[str, Path]) -> list[str]:
             "--model_b.arch", "test_resnet", "--model_b.state_dict", plain]  # fmt: skip
 
 
-def _digits_loader(image_size: int = IMAGE_SIZE):
-    """The validation loader the checkpoint's data settings describe (batch size 64)."""
-    dm = DigitsDataModule(image_size=image_size, batch_size=64)
+def _digits_loader(image_size: int = IMAGE_SIZE, batch_size: int = 64):
+    """The validation loader the run's data settings describe (batch size 64)."""
+    dm = DigitsDataModule(image_size=image_size, batch_size=batch_size)
     dm.setup("validate")
     return dm.val_dataloader()
 
@@ -160,19 +158,21 @@ def test_most_separated_panel_at_column_width(trained, tmp_path, capsys):
         assert png.width == round(3.5 * 300)
 
 
-def test_given_data_settings_override_the_checkpoint_with_a_warning(trained, tmp_path):
+def test_given_data_settings_override_the_run_with_a_note(trained, tmp_path, capsys):
     out = tmp_path / "override"
     args = [*_models(trained)[:2], "--output_dir", str(out), "--layers", "[layer4]",
             "--data.class_path", "reaf_lightning.data.DigitsDataModule",
-            "--data.init_args.image_size", "24", "--data.init_args.batch_size", "64",
+            "--data.init_args.image_size", "24", "--data.init_args.batch_size", "32",
             "--max_batches", "1", "--progress", "false"]  # fmt: skip
-    with pytest.warns(UserWarning, match="image_size=24 differs from 16"):
-        with pytest.raises(SystemExit):
-            main(args)
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "note: data image_size=24 from the command line; the run used 16" in printed
+    assert "note: data batch_size=32 from the command line; the run used 64" in printed
     net = load_model(ModelSpec(checkpoint=str(trained["reaf"]))).net
-    expected = compute_selectivity(
-        net, _digits_loader(24), layers=["layer4"], num_classes=10, max_batches=1
-    )
+    loader = _digits_loader(24, batch_size=32)
+    expected = compute_selectivity(net, loader, layers=["layer4"], num_classes=10, max_batches=1)
     got = pd.read_csv(out / "selectivity.csv").sort_values("unit").si.to_numpy()
     np.testing.assert_allclose(got, expected["layer4"].numpy(), rtol=1e-5, atol=1e-6)
 

@@ -219,8 +219,9 @@ def test_mobilenet_style_names():
     model = create_model("mobilenet_v2", num_classes=NUM_CLASSES, stem="cifar")
     data = _dataset(n=8)
     last = f"features.{len(model.features) - 1}"
-    got = compute_selectivity(model, DataLoader(data, batch_size=4), layers=["features.2", last])
-    assert set(got) == {"features.2", last}
+    layers = ["features.2.conv.0", last]  # a block's expansion ReLU6, the last ReLU6 block
+    got = compute_selectivity(model, DataLoader(data, batch_size=4), layers=layers)
+    assert set(got) == set(layers)
     with pytest.raises(ValueError, match="features"):
         compute_selectivity(model, DataLoader(data, batch_size=4))  # no layer1 in MobileNetV2
 
@@ -278,3 +279,97 @@ def test_cuda_matches_cpu():
     gpu = compute_selectivity(_model().cuda(), DataLoader(data, batch_size=5))
     for layer in cpu:
         torch.testing.assert_close(gpu[layer], cpu[layer], rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- defined layers
+
+
+def _outputs_over(model: nn.Module, layer: str, loader: DataLoader) -> torch.Tensor:
+    """Every output value of ``layer`` over ``loader``, by a plain hook (the independent check)."""
+    seen = []
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda m, i, o: seen.append(o.detach().flatten().clone())  # before in-place ReLUs
+    )
+    model.eval()
+    with torch.no_grad():
+        for images, _ in loader:
+            model(images)
+    handle.remove()
+    return torch.cat(seen)
+
+
+@pytest.mark.parametrize(
+    "arch,layer",
+    [
+        ("test_resnet", "fc"),  # logits
+        ("test_resnet", "bn1"),  # a BatchNorm output
+        ("test_resnet", "layer1.0.bn2"),
+        ("mobilenet_v2", "features.3"),  # the README's old example: linear bottlenecks
+        ("mobilenet_v2", "features.17"),
+        ("mobilenet_v2", "classifier.1"),
+    ],
+)
+def test_layer_with_negative_outputs_is_refused_naming_a_relu_output(arch, layer):
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=NUM_CLASSES, stem="cifar")
+    loader = DataLoader(_dataset(n=8), batch_size=4)
+    assert float(_outputs_over(model, layer, loader).min()) < 0  # the layer does go negative
+    with pytest.raises(ValueError, match=rf"layer '{layer}' .* can output negative values") as e:
+        compute_selectivity(model, loader, layers=[layer])
+    assert len(str(e.value).splitlines()) == 1
+    nearest = str(e.value).rsplit("is '", 1)[1].rstrip("'")
+    assert float(_outputs_over(model, nearest, loader).min()) >= 0  # the suggestion is defined
+    si = compute_selectivity(model, loader, layers=[nearest])[nearest]
+    assert bool(((si >= 0) & (si <= 1)).all())
+
+
+def test_readme_mobilenet_layers_that_are_relu_outputs_are_measured():
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", num_classes=NUM_CLASSES, stem="cifar")
+    layers = ["features.0", "features.3.conv.1", "features.18"]
+    loader = DataLoader(_dataset(n=8), batch_size=4)
+    got = compute_selectivity(model, loader, layers=layers)
+    for layer in layers:
+        assert float(_outputs_over(model, layer, loader).min()) >= 0
+        assert bool(((got[layer] >= 0) & (got[layer] <= 1)).all())
+
+
+@pytest.mark.parametrize("names", [[""], ["layer1", " "]])
+def test_an_empty_layer_name_is_refused(names):
+    model, data = _model(), _dataset()
+    with pytest.raises(ValueError, match="holds an empty name"):
+        compute_selectivity(model, DataLoader(data, batch_size=5), layers=names)
+
+
+def test_class_selectivity_refuses_negative_means():
+    # u = (-1, 1): (1 - (-1)) / (1 + (-1) + eps) = 2 / eps, far outside [0, 1]
+    with pytest.raises(ValueError, match="non-negative activations; a class mean is -1"):
+        class_selectivity(torch.tensor([[-1.0], [1.0]]))
+
+
+def test_a_relu_output_changed_in_place_is_refused():
+    """Subtracting in place after the ReLU makes the output negative: not a ReLU output."""
+
+    class Shifted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(x).sub_(1.0)  # in place after the ReLU: no longer non-negative
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Shifted(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match="layer '1' .* can output negative values"):
+        compute_selectivity(model, DataLoader(_dataset(), batch_size=5), layers=["1"])
+
+
+def test_layers_are_checked_inside_inference_mode_too():
+    """Lightning's validation loop runs under ``torch.inference_mode``; the check still works."""
+    from reaf_lightning.analysis.nonnegative import check_measurable_layers
+
+    model = _model()
+    with torch.inference_mode():
+        example = torch.randn(2, 3, 8, 8)
+        check_measurable_layers(model, ["layer1", "avgpool"], example)
+        with pytest.raises(ValueError, match="layer 'fc' .* can output negative values"):
+            check_measurable_layers(model, ["fc"], example)

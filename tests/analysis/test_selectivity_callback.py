@@ -126,6 +126,29 @@ def test_unknown_layer_fails_at_setup_before_training(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "layers, match",
+    [
+        (["fc"], r"layer 'fc' \(Linear\) can output negative values.* is 'avgpool'"),
+        (["layer1.0.bn1"], r"layer 'layer1.0.bn1' \(BatchNorm2d\) can output negative"),
+        (
+            ["layer1", "layer1.0.relu"],
+            r"layer 'layer1.0.relu' \(ReLU\) runs more than once \(2 times\)",
+        ),
+        ([""], "holds an empty name"),
+    ],
+)
+def test_undefined_or_ambiguous_layer_fails_at_setup_before_training(tmp_path, layers, match):
+    """Refused at set-up (one forward pass of blank images), not after every_n_epochs epochs."""
+    module = ImageClassifier(arch="test_resnet", num_classes=10)
+    callback = SelectivityCallback(layers=layers, every_n_epochs=5)
+    trainer = _trainer(tmp_path, callback, num_sanity_val_steps=0)
+    with pytest.raises(ConfigError, match=match):
+        trainer.fit(module, datamodule=_data())
+    assert trainer.global_step == 0
+    assert not (tmp_path / "selectivity.csv").exists()
+
+
+@pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"every_n_epochs": 0}, "every_n_epochs"),

@@ -114,8 +114,11 @@ def test_trained_run_holds_checkpoints_config_and_an_offline_wandb_run(trained_r
     assert "optimizer" not in config and "lr_scheduler" not in config
     (run_file,) = _offline_runs(trained_run)
     contents = run_contents(run_file)
-    assert contents["config"]["config"]["model"]["arch"] == "test_reaf_resnet"
-    assert contents["config"]["config"]["trainer"]["default_root_dir"] == "logs/quickstart/seed0"
+    assert contents["config"]["resolved_config"]["model"]["arch"] == "test_reaf_resnet"
+    assert (
+        contents["config"]["resolved_config"]["trainer"]["default_root_dir"]
+        == "logs/quickstart/seed0"
+    )
     last = _ckpt(trained_run / "checkpoints" / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (0, 3)
     # the logged validation equals a fresh evaluation of the saved weights
@@ -169,7 +172,8 @@ def test_ckpt_path_last_resumes_the_same_seed(trained_run, tmp_path):
             ]
         )
         assert cli.trainer.global_step == expected_step
-    # (a moved run directory gets last-v1.ckpt beside last.ckpt: Lightning's version counter)
+    # a moved run directory keeps one last.ckpt, the newest state (no version counter)
+    assert sorted(p.name for p in (root / "seed0" / "checkpoints").glob("last*")) == ["last.ckpt"]
     assert _ckpt(find_last_checkpoint([root / "seed0" / "checkpoints"]))["global_step"] == 6
     assert _ckpt(root / "seed1" / "checkpoints" / "last.ckpt")["global_step"] == 3
 

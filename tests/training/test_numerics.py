@@ -1,7 +1,7 @@
 """A NaN/inf loss or weight stops the run (exit 3) and never replaces a good checkpoint.
 
 The policy lives in :class:`reaf_lightning.callbacks.NonFiniteLossPolicy` and
-:class:`~reaf_lightning.callbacks.FiniteCheckpointGuard`. Faults are injected
+:class:`~reaf_lightning.checkpointing.FiniteCheckpointGuard`. Faults are injected
 into real ``reaf-lightning fit`` runs (tiny config, 4 steps per epoch) at a
 known epoch and batch by the callbacks of ``reliability_helpers``: NaN images
 (a non-finite loss) or a NaN weight after an optimizer step (a diverged update

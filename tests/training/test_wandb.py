@@ -2,7 +2,8 @@
 
 The fast tests run ``reaf-lightning`` in this process with ``WANDB_MODE=offline``
 and read the offline run files back (``wandb_records``): a fit, its resumed
-continuation and a ``validate`` of the trained run are one W&B run, and each
+continuation are one W&B run, a ``validate`` of the trained run is a W&B run of its own in
+the experiment's group (so it never replaces the fit's summary or history), and each
 records the package version, the git commit of the package's source and the
 command line, also when started outside the repository.
 
@@ -54,7 +55,7 @@ def _launch(monkeypatch, *args: str) -> None:
         assert exit_.code in (0, None), f"reaf-lightning {shlex.join(args)} exited {exit_.code}"
 
 
-def test_fit_resume_and_validate_are_one_wandb_run(tmp_path, monkeypatch):
+def test_fit_and_resume_are_one_wandb_run_and_validate_its_own(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("REAF_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)  # outside the repository: the commit comes from the package
@@ -81,20 +82,35 @@ def test_fit_resume_and_validate_are_one_wandb_run(tmp_path, monkeypatch):
     wandb.finish()  # the last run is still open in this process; a CLI process would exit,
     wandb.teardown()  # and this waits until W&B's service has written everything
 
-    files = sorted(  # in start order: the folders begin with the time; W&B adds -1, -2 ... to a
-        glob.glob(str(_run_dir(root) / "wandb" / "offline-run-*" / "run-*.wandb")),  # name taken
-        key=lambda f: (Path(f).parent.name[:27], len(Path(f).parent.name), Path(f).parent.name),
-    )
-    runs = [run_contents(f) for f in files]
-    assert len(runs) == 3
-    assert len({r["run"]["id"] for r in runs}) == 1  # one W&B run, resumed twice
-    first = runs[0]["run"]
+    def runs_in(folder: Path) -> list[dict]:
+        files = sorted(  # in start order: the folders begin with the time; W&B adds -1, -2 ...
+            glob.glob(str(folder / "wandb" / "offline-run-*" / "run-*.wandb")),  # to a name taken
+            key=lambda f: (Path(f).parent.name[:27], len(Path(f).parent.name), Path(f).parent.name),
+        )
+        return [run_contents(f) for f in files]
+
+    fits = runs_in(_run_dir(root))
+    (validation,) = runs_in(_run_dir(root) / "wandb_validate")
+    runs = [*fits, validation]
+    assert len(fits) == 2
+    assert len({r["run"]["id"] for r in fits}) == 1  # one W&B run, resumed once
+    first = fits[0]["run"]
     assert (first["name"], first["group"], first["job_type"]) == ("tiny/seed0", "tables", "train")
     assert (first["tags"], first["notes"]) == (["a", "b"], "one experiment")
+    own = validation["run"]
+    assert own["id"] != first["id"]
+    assert (own["name"], own["group"], own["job_type"]) == (
+        "tiny/seed0/validate",
+        "tables",
+        "validate",
+    )
 
     steps = [[h["trainer/global_step"] for h in r["history"] if "val/acc1" in h] for r in runs]
     assert steps[:2] == [[1], [3]]  # the resumed fit continues at epoch 1 (2 steps per epoch)
     assert len(steps[2]) == 1
+    # the fit's last summary is the one its last epoch logged, untouched by validate
+    last_val = [h for h in fits[1]["history"] if "val/acc1" in h][-1]
+    assert fits[1]["summary"]["val/acc1"] == last_val["val/acc1"]
 
     pyproject = (REPO / "pyproject.toml").read_text()  # (tomllib needs Python 3.11)
     version = re.search(r'^version = "(.+)"$', pyproject, re.MULTILINE)[1]

@@ -1,0 +1,55 @@
+"""The package's file helpers, shared by training, analysis, the zoo and the report.
+
+One home per job: :mod:`.inputs` (bounded reads of untrusted files), :mod:`.outputs`
+(the output rules and all-or-nothing writes), :mod:`.config` (strict YAML, seeds) and
+:mod:`.checkpoint` (the safe checkpoint loader); everything is importable from here.
+
+* Reading untrusted files: :func:`read_bounded` (a regular file of bounded size, never a
+  FIFO or device that could hang or never end), :func:`read_yaml` and
+  :func:`check_yaml_keys` (duplicate keys refused, merge keys ``<<:`` accepted), and
+  :func:`load_checkpoint` (the safe unpickler).
+* Writing outputs: :func:`check_outputs` (the rules every command's outputs follow) and
+  :func:`atomic_outputs` (all of a command's files replaced together or none).
+
+Output rules (ours; one place, every command): an output is written only over a regular
+file or over nothing (a directory, FIFO, socket or device node is refused); a symbolic
+link is refused, never followed or replaced (following it would write somewhere the
+user did not name, replacing it would silently break the user's link); an output is
+never one of the command's inputs; two outputs of one command never share a path (also
+through links); a file-name prefix (``--stem``) is a plain name that cannot leave its
+directory.
+
+Not part of the paper: these keep long runs from losing work and keep every
+command's failures to one line (see :mod:`reaf_lightning.errors`).
+"""
+
+from .checkpoint import load_checkpoint
+from .config import (
+    CONFIG_MAX_BYTES,
+    SEED_RANGE,
+    check_seed,
+    check_yaml_keys,
+    install_strict_yaml,
+    read_config_arguments,
+    read_yaml,
+)
+from .inputs import file_kind, read_bounded, shown
+from .outputs import atomic_outputs, check_outputs, check_stem, ensure_writable
+
+__all__ = [
+    "CONFIG_MAX_BYTES",
+    "SEED_RANGE",
+    "atomic_outputs",
+    "check_outputs",
+    "check_seed",
+    "check_stem",
+    "check_yaml_keys",
+    "ensure_writable",
+    "file_kind",
+    "install_strict_yaml",
+    "load_checkpoint",
+    "read_bounded",
+    "read_config_arguments",
+    "read_yaml",
+    "shown",
+]

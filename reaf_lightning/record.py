@@ -1,0 +1,274 @@
+"""The run record: what a run is and what it reached, in ``metrics.json`` and in its checkpoints.
+
+Not part of the paper. A reproduction compares many runs (several seeds per
+row of the paper's tables, whose gaps are 0.2-0.5 points of top-1 error), so
+each run says what it is instead of leaving readers to guess from folder names:
+the network and its arguments, the data module and its settings, the recipe,
+epochs planned and reached, the seed, whether it finished, the precision that
+actually ran and what produced it (package version and commit), beside the
+metrics. :class:`RunRecord` is its schema (pydantic), :func:`write_record`
+writes it atomically and :func:`read_record` reads one back as untrusted input:
+bounded in size and depth, regular files only, every failure one line naming
+the file (:class:`RecordError`, exit status 2).
+
+An example (``fit.final`` and ``fit.best`` as logged, fractions in [0, 1], a
+metric that was not finite is ``null``; ``fit.epoch`` is the last validated epoch)::
+
+    {"format": "reaf-run/1", "seed": 0, "finished": true,
+     "network": {"arch": "reaf_resnet18", "kwargs": {"reaf": "4-3-4"}, "num_classes": 10},
+     "data": {"class_path": "reaf_lightning.data.DigitsDataModule",
+              "init_args": {"batch_size": 64, "image_size": 16}},
+     "recipe": {"lr": 0.1, "schedule": "cosine", "accumulate_grad_batches": 1, ...},
+     "epochs": {"planned": 4, "reached": 4}, "precision": "32-true",
+     "provenance": {"package_version": "0.1.0", "git_commit": "...", "git_dirty": false,
+                    "command": "reaf-lightning fit --config ..."},
+     "params_m": 0.17, "gmacs": 0.012,
+     "fit": {"epoch": 3, "final": {"val/acc1": 0.96, ...}, "best": {"val/acc1": 0.97, ...}},
+     "validate": {"final": {...}}, "test": {"final": {"test/err1": ...}}}
+
+The data module is recorded by the class path of its class and the init
+settings it saved; readers must only ever import the package's own data modules
+(or a class the user names), never a class named in a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from reaf_lightning.errors import ConfigError, one_line
+from reaf_lightning.io import atomic_outputs
+
+__all__ = [
+    "FORMAT",
+    "MAX_DEPTH",
+    "MAX_RECORD_BYTES",
+    "DataSpec",
+    "EpochCount",
+    "NetworkSpec",
+    "Provenance",
+    "RecordError",
+    "RunRecord",
+    "StageMetrics",
+    "read_record",
+    "read_record_file",
+    "record_from_dict",
+    "write_record",
+]
+
+#: Schema name and version, written into every record.
+FORMAT = "reaf-run/1"
+#: A record is a few kilobytes; anything over this is not one (and is never read into memory).
+MAX_RECORD_BYTES = 1 << 20
+#: Deepest nesting of lists/objects accepted (a record needs about 5).
+MAX_DEPTH = 32
+
+Metric = float | None  # None: the value was not finite (NaN/inf), or not logged
+
+
+class RecordError(ConfigError):
+    """A run record that cannot be read or does not follow the schema (exit status 2)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, ser_json_inf_nan="null")
+
+
+class NetworkSpec(_Strict):
+    """The network: registry name, keyword arguments and classes (rebuilds it)."""
+
+    arch: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    num_classes: int
+
+
+class DataSpec(_Strict):
+    """The data module: its class path and the init settings it saved."""
+
+    class_path: str
+    init_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class EpochCount(_Strict):
+    """Epochs asked for (``trainer.max_epochs``; ``None`` when only steps bound it) and trained."""
+
+    planned: int | None = None
+    reached: int = 0
+
+
+class Provenance(_Strict):
+    """What produced the run (see :func:`reaf_lightning.loggers.provenance`)."""
+
+    package_version: str | None = None
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    command: str | None = None
+
+
+class StageMetrics(_Strict):
+    """The metrics of one stage: ``final`` as last logged (in ``epoch``), ``best`` over a
+    fit's validation epochs (each metric on its own: max for accuracies, min otherwise)."""
+
+    epoch: int | None = None
+    final: dict[str, Metric] = Field(default_factory=dict)
+    best: dict[str, Metric] = Field(default_factory=dict)
+
+    @field_validator("final", "best", mode="after")
+    @classmethod
+    def _finite_or_none(cls, value: dict[str, Metric]) -> dict[str, Metric]:
+        return {k: (v if v is None or math.isfinite(v) else None) for k, v in value.items()}
+
+
+class RunRecord(_Strict):
+    """The schema of ``metrics.json`` and of the ``reaf_run`` entry of every checkpoint.
+
+    ``finished`` is true once ``fit`` reached its planned end (``epochs.reached ==
+    epochs.planned``, or the trainer's own stop, e.g. ``max_steps``); a record
+    written by a preempted or interrupted fit has it false. ``recipe`` holds the
+    training settings that change the result: the module's optimizer, schedule
+    and loss settings plus the trainer's ``accumulate_grad_batches``, world size
+    and global batch.
+    """
+
+    format: Literal["reaf-run/1"] = FORMAT
+    seed: int | None = None
+    finished: bool = False
+    network: NetworkSpec | None = None
+    data: DataSpec | None = None
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    epochs: EpochCount = Field(default_factory=EpochCount)
+    precision: str | None = None
+    provenance: Provenance = Field(default_factory=Provenance)
+    params_m: float | None = None
+    gmacs: float | None = None
+    fit: StageMetrics | None = None
+    validate_: StageMetrics | None = Field(default=None, alias="validate")
+    test: StageMetrics | None = None
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, ser_json_inf_nan="null", populate_by_name=True
+    )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (also what a ``weights_only`` checkpoint can hold)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of lists/dicts, counted without recursion, stopping past ``limit``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def record_from_dict(content: Any, source: str) -> RunRecord:
+    """Validate an already-loaded record (e.g. a checkpoint's ``reaf_run``).
+
+    Raises:
+        RecordError: not an object, too deeply nested, or off the schema (one line naming
+            ``source``).
+    """
+    if not isinstance(content, dict):
+        raise RecordError(f"{source}: a run record must be a JSON object, not {_kind(content)}")
+    if _depth(content, MAX_DEPTH) > MAX_DEPTH:
+        raise RecordError(f"{source}: nested deeper than {MAX_DEPTH} levels; not a run record")
+    try:
+        return RunRecord.model_validate(content)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise RecordError(
+            f"{source}: not a {FORMAT} run record: {where}: {first['msg']}{more}"
+        ) from None
+
+
+def read_record_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object of a record file, read as untrusted input (no schema check yet).
+
+    Opens without following into devices or FIFOs (``O_NONBLOCK``, then a
+    regular-file check on the open descriptor, so a link to ``/dev/zero`` or a
+    FIFO can neither hang nor fill memory), reads at most
+    :data:`MAX_RECORD_BYTES`, decodes strict UTF-8 JSON and bounds the nesting.
+
+    Raises:
+        RecordError: one line naming the file and what is wrong with it.
+    """
+    file = Path(path)
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as err:
+        raise _unreadable(file, err) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RecordError(f"run record {file} is not a regular file; refusing to read it")
+        if info.st_size > MAX_RECORD_BYTES:
+            raise RecordError(
+                f"run record {file} is {info.st_size} bytes, over the {MAX_RECORD_BYTES}-byte "
+                "limit of a record; refusing to read it"
+            )
+        chunks, size = [], 0
+        while size <= MAX_RECORD_BYTES and (chunk := os.read(fd, MAX_RECORD_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
+    except OSError as err:
+        raise _unreadable(file, err) from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise RecordError(f"run record {file} grew past {MAX_RECORD_BYTES} bytes while read")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecordError(f"run record {file} is not UTF-8 text (byte {err.start})") from None
+    try:
+        content = json.loads(text)
+    except RecursionError:
+        raise RecordError(f"{file}: nested deeper than {MAX_DEPTH} levels; not a record") from None
+    except ValueError as err:
+        raise RecordError(f"run record {file} is not valid JSON: {one_line(err)}") from None
+    if isinstance(content, (dict, list)) and _depth(content, MAX_DEPTH) > MAX_DEPTH:
+        raise RecordError(f"{file}: nested deeper than {MAX_DEPTH} levels; not a run record")
+    if not isinstance(content, dict):
+        raise RecordError(f"{file}: a run record must be a JSON object, not {_kind(content)}")
+    return content
+
+
+def read_record(path: str | os.PathLike[str]) -> RunRecord:
+    """Read and validate the run record at ``path`` (a ``metrics.json``).
+
+    Raises:
+        RecordError: unreadable, not a regular file, over :data:`MAX_RECORD_BYTES`,
+            not UTF-8 JSON, nested deeper than :data:`MAX_DEPTH`, or off the schema.
+    """
+    return record_from_dict(read_record_file(path), str(path))
+
+
+def write_record(path: str | os.PathLike[str], record: RunRecord) -> None:
+    """Write ``record`` to ``path`` atomically (complete or not at all)."""
+    with atomic_outputs([path]) as (temp,):
+        temp.write_text(json.dumps(record.to_json_dict(), indent=1) + "\n", encoding="utf-8")
+
+
+def _unreadable(file: Path, err: OSError) -> RecordError:
+    return RecordError(f"cannot read run record {file}: {err.strerror or one_line(err)}")
+
+
+def _kind(value: Any) -> str:
+    names = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else "a value")

@@ -1,0 +1,212 @@
+"""Runs, read back from their ``metrics.json`` run records, trusting nothing in them.
+
+Every file under the log roots named ``metrics.json`` is untrusted input: it is
+read by :func:`reaf_lightning.record.read_record_file` (a regular file of bounded
+size and nesting, so a FIFO, a link to ``/dev/zero``, a huge or deeply nested
+file is refused without waiting or filling memory) and validated by the run
+record's pydantic schema (:class:`reaf_lightning.record.RunRecord`). A file that
+fails gives one line naming it; the other runs are still reported. Files written
+before run records existed (no ``format`` key) are read through the same schema
+with what they hold (seed, complexity, fit metrics); they record neither network
+arguments, data nor recipe, so they are never compared with the paper.
+
+Each run's *experiment* is its run directory with the trailing ``seed<N>`` part
+removed (``logs/table3/resnet50/seed2`` -> ``table3/resnet50``), and its
+:attr:`Run.identity` says what was trained (network and its arguments, data
+module and the settings that change what the network sees, recipe, epochs
+planned), so that :mod:`reaf_lightning.report.tables` never averages across a
+difference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reaf_lightning.errors import ConfigError
+from reaf_lightning.io import shown
+from reaf_lightning.record import RecordError, RunRecord, read_record_file, record_from_dict
+from reaf_lightning.rundir import METRICS, is_seed_dir
+
+__all__ = ["FILENAME", "Run", "experiment_of", "find_runs", "read_run_record"]
+
+FILENAME = METRICS
+#: Data settings that say where the data is or how fast it loads, not what the network sees.
+PLACE_AND_SPEED = frozenset({"root", "num_workers", "pin_memory", "download", "persistent_workers"})
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory's validated record and the experiment it belongs to.
+
+    Attributes:
+        legacy: the file predates run records (``arch`` is then all that is known
+            of the network).
+    """
+
+    run_dir: Path
+    experiment: str
+    experiment_dir: Path
+    record: RunRecord
+    path: Path = field(compare=False)
+    legacy: bool = False
+    arch: str | None = None
+
+    @property
+    def seed(self) -> int | None:
+        return self.record.seed
+
+    def fit(self, kind: str) -> dict[str, float | None]:
+        """``fit.final`` or ``fit.best`` (empty when the run has no fit metrics)."""
+        return dict(getattr(self.record.fit, kind, None) or {})
+
+    @property
+    def finished(self) -> bool:
+        return self.record.finished
+
+    @property
+    def epochs(self) -> tuple[int | None, int | None]:
+        """(epochs reached, epochs planned)."""
+        return self.record.epochs.reached, self.record.epochs.planned
+
+    @property
+    def network_arch(self) -> str | None:
+        return self.record.network.arch if self.record.network else self.arch
+
+    @property
+    def data_class(self) -> str | None:
+        return self.record.data.class_path.rsplit(".", 1)[-1] if self.record.data else None
+
+    @property
+    def identity(self) -> tuple[tuple[str, str], ...]:
+        """What was trained, as ``(aspect, value)`` pairs: runs differing here are not averaged."""
+        rec = self.record
+        parts = [("network", str(self.network_arch))]
+        if rec.network:
+            arguments = {**rec.network.kwargs, "num_classes": rec.network.num_classes}
+            parts.append(("network arguments", _canonical(arguments)))
+        if rec.data:
+            seen = {k: v for k, v in rec.data.init_args.items() if k not in PLACE_AND_SPEED}
+            parts.append(("data", f"{self.data_class} {_canonical(seen)}"))
+        if rec.recipe:
+            parts.append(("recipe", _canonical(rec.recipe)))
+        if rec.epochs.planned is not None:
+            parts.append(("epochs planned", str(rec.epochs.planned)))
+        if not self.legacy:  # a fit stopped early by its own rule trained fewer epochs
+            parts.append(("epochs trained", str(rec.epochs.reached)))
+        if self.legacy:
+            parts.append(("record", "none (written before run records)"))
+        return tuple(parts)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def experiment_of(run_dir: Path, root: Path) -> tuple[str, Path]:
+    """The experiment of a run dir: its path with the trailing ``seed<N>`` part(s) removed.
+
+    Returns the name relative to ``root`` (``table3/resnet50`` for
+    ``logs/table3/resnet50/seed2`` under ``logs``) and the experiment directory.
+    """
+    experiment_dir = run_dir
+    while is_seed_dir(experiment_dir.name) and experiment_dir != root:
+        experiment_dir = experiment_dir.parent
+    try:
+        name = experiment_dir.relative_to(root).as_posix()
+    except ValueError:
+        name = experiment_dir.name
+    return shown(name if name not in ("", ".") else experiment_dir.name), experiment_dir
+
+
+def _from_legacy(content: dict[str, Any], source: str) -> RunRecord:
+    """A ``metrics.json`` written before run records, through the record's schema.
+
+    Such a file holds ``seed``, ``arch``, ``params_m``, ``gmacs`` and
+    ``fit.final`` (with the last ``epoch`` inside) / ``fit.best``; a fit was
+    written only when it ended, so its presence means the run finished.
+    """
+    fit = content.get("fit")
+    stage = None
+    if isinstance(fit, dict):
+        final = fit.get("final")
+        final = dict(final) if isinstance(final, dict) else {}
+        epoch = final.pop("epoch", None)
+        stage = {"epoch": epoch, "final": final, "best": fit.get("best", {})}
+    epoch = stage["epoch"] if stage else None
+    reached = epoch + 1 if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+    converted = {
+        "seed": content.get("seed"),
+        "params_m": content.get("params_m"),
+        "gmacs": content.get("gmacs"),
+        "fit": stage,
+        "finished": bool(stage and stage["final"]),
+        "epochs": {"planned": None, "reached": reached},
+    }
+    return record_from_dict(converted, source)
+
+
+def read_run_record(path: Path) -> tuple[RunRecord, bool, str | None]:
+    """One ``metrics.json``, validated: ``(record, written before records, legacy arch)``.
+
+    Raises:
+        RecordError: one line naming the file and what is wrong with it.
+    """
+    source = shown(path)
+    content = read_record_file(path)
+    if "format" in content:
+        return record_from_dict(content, source), False, None
+    arch = content.get("arch")
+    return _from_legacy(content, source), True, arch if isinstance(arch, str) else None
+
+
+def find_runs(
+    roots: Sequence[str | os.PathLike[str]],
+) -> tuple[list[Run], list[str], list[Path]]:
+    """Every ``metrics.json`` under ``roots``, each run dir once, and the files left out.
+
+    Returns the runs (finished or not; :attr:`Run.finished` says), one line per
+    file that could not be used, and every metrics file found (the command's inputs).
+    Directories are walked without following links (a link loop cannot trap the
+    walk); unreadable directories give a line too.
+
+    Raises:
+        ConfigError: a root does not exist or is not a directory.
+    """
+    runs: list[Run] = []
+    skipped: list[str] = []
+    inputs: list[Path] = []
+    seen: set[Path] = set()
+    for root_arg in roots:
+        root = Path(root_arg)
+        if not root.is_dir():
+            what = "does not exist" if not root.exists() else "is not a directory"
+            raise ConfigError(
+                f"log root {shown(root)} {what}; give the directories runs were written to"
+            )
+        found: list[Path] = []
+
+        def unreadable(err: OSError) -> None:
+            skipped.append(f"{shown(err.filename)}: not searched ({err.strerror})")
+
+        for directory, _, files in os.walk(root, onerror=unreadable):
+            if FILENAME in files:
+                found.append(Path(directory) / FILENAME)
+        inputs += found
+        for path in sorted(found):
+            run_dir = path.parent
+            if run_dir.resolve() in seen:
+                continue
+            seen.add(run_dir.resolve())
+            try:
+                record, legacy, arch = read_run_record(path)
+            except RecordError as err:
+                skipped.append(shown(str(err)))
+                continue
+            name, experiment_dir = experiment_of(run_dir, root)
+            runs.append(Run(run_dir, name, experiment_dir, record, path, legacy, arch))
+    return runs, skipped, inputs

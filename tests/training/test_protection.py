@@ -1,0 +1,195 @@
+"""A finished run is never overwritten, and a command's problems are found before the work.
+
+In-process ``reaf-lightning`` calls (:func:`reaf_lightning.cli.main`, exit status as
+a shell sees it) on a copy of the session's ``trained_run``; files are compared byte
+for byte before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_ARGS
+
+from reaf_lightning.cli import main
+from reaf_lightning.record import read_record
+from reaf_lightning.rundir import RunDir, RunDirBusy, lock_run_dir, run_dir_for_seed
+
+NO_LOGGER = ["--trainer.logger", "false"]
+
+
+def _main(capsys, *args: str) -> tuple[int, list[str]]:
+    """``reaf-lightning ARGS``: the exit status and the package's own stderr lines."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 0
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("reaf-lightning:")]
+
+
+def _snapshot(run_dir: Path) -> dict[str, str]:
+    """Every file under the run directory (W&B's and the lock's aside) and its hash."""
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and "wandb" not in p.parts and not p.name.startswith(".lock")
+    }
+
+
+@pytest.fixture
+def finished_run(trained_run, tmp_path, monkeypatch) -> Path:
+    monkeypatch.delenv("REAF_DEBUG", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    copy = tmp_path / "exp" / "seed0"
+    shutil.copytree(trained_run, copy)
+    return copy
+
+
+def test_the_layout_is_spelled_once():
+    run = RunDir(Path("logs/x/seed3"))
+    assert run_dir_for_seed("logs/x", 3) == run.path == run_dir_for_seed("logs/x/seed3", 3)
+    assert run.last_checkpoint == Path("logs/x/seed3/checkpoints/last.ckpt")
+    assert (run.metrics.name, run.config().name, run.config("test").name) == (
+        "metrics.json",
+        "config.yaml",
+        "config_test.yaml",
+    )
+    assert run.wandb_save_dir("fit") == run.path != run.wandb_save_dir("validate")
+
+
+def test_fit_into_a_finished_run_is_refused_naming_it(finished_run, capsys):
+    before = _snapshot(finished_run)
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(finished_run)]
+    code, lines = _main(capsys, "fit", *args)
+    assert code == 2
+    assert lines == [
+        f"reaf-lightning: error: {finished_run} already holds a run (finished, 1/1 epochs); "
+        "continue it with --ckpt_path last, train into another --trainer.default_root_dir, or "
+        "replace it with --overwrite_run true"
+    ]
+    assert _snapshot(finished_run) == before
+
+
+@pytest.mark.parametrize(
+    "smoke", [["--trainer.fast_dev_run", "true"], ["--trainer.max_epochs", "0"]], ids=str
+)
+def test_smoke_and_zero_epoch_runs_leave_a_run_untouched(finished_run, capsys, smoke):
+    before = _snapshot(finished_run)
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(finished_run), *smoke]
+    code, lines = _main(capsys, "fit", *args)
+    assert code == 0, lines
+    assert any("smoke run" in line and "nothing is written" in line for line in lines)
+    assert _snapshot(finished_run) == before  # record, config and checkpoints as they were
+    assert not list((finished_run / "checkpoints").glob("last-v*"))
+
+
+def test_the_lock_refuses_a_second_holder_naming_the_first(tmp_path):
+    run = RunDir(tmp_path / "seed0")
+    lock = lock_run_dir(run, "reaf-lightning fit --config a.yaml")
+    try:
+        with pytest.raises(RunDirBusy) as err:
+            lock_run_dir(run, "reaf-lightning fit --config b.yaml")
+        message = str(err.value)
+        assert f"in use by process {os.getpid()} on " in message
+        assert "reaf-lightning fit --config a.yaml" in message and str(run.path) in message
+    finally:
+        lock.release()
+    lock_run_dir(run, "again").release()  # released: the next command takes it
+
+
+def test_an_output_path_that_is_a_directory_is_found_before_training(tmp_path, capsys):
+    run = RunDir(tmp_path / "fresh" / "seed0")
+    run.metrics.mkdir(parents=True)
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(run.path)]
+    code, lines = _main(capsys, "fit", *args)
+    assert code == 2
+    assert len(lines) == 1 and f"{run.metrics} is in the way" in lines[0]
+    assert run.checkpoints() == []  # no training happened
+
+
+def test_predict_with_zero_batches_says_so_and_leaves_no_new_file(finished_run, capsys):
+    stale = RunDir(finished_run).predictions
+    stale.write_text("index,path,target\n0,old.png,1\n")
+    ckpt = RunDir(finished_run).last_checkpoint
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(finished_run)]
+    code, lines = _main(
+        capsys, "predict", *args, "--ckpt_path", str(ckpt), "--trainer.limit_predict_batches", "0"
+    )
+    assert code == 2
+    assert len(lines) == 1 and "limit_predict_batches=0 predicts nothing" in lines[0]
+    assert f"{stale} is from an earlier predict" in lines[0]
+    assert stale.read_text() == "index,path,target\n0,old.png,1\n"
+
+
+def test_validate_of_a_checkpoint_with_non_finite_weights_exits_3(finished_run, capsys):
+    content = torch.load(RunDir(finished_run).last_checkpoint, weights_only=True)
+    name = next(k for k, v in content["state_dict"].items() if v.is_floating_point())
+    content["state_dict"][name].view(-1)[0] = float("nan")
+    bad = finished_run.parent / "nan.ckpt"
+    torch.save(content, bad)
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(finished_run)]
+    code, lines = _main(capsys, "validate", *args, "--ckpt_path", str(bad))
+    assert code == 3
+    assert len(lines) == 1 and f"{bad} holds non-finite values" in lines[0] and name in lines[0]
+
+
+def test_a_selectivity_layer_that_runs_twice_is_refused_at_set_up(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("REAF_DEBUG", raising=False)
+    run = RunDir(tmp_path / "fresh" / "seed0")
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(run.path)]
+    callback = [
+        "--trainer.callbacks+=reaf_lightning.analysis.callback.SelectivityCallback",
+        "--trainer.callbacks.init_args.layers=[layer1.0.relu]",
+    ]
+    code, lines = _main(capsys, "fit", *args, *callback)
+    assert code == 2
+    assert len(lines) == 1 and "'layer1.0.relu'" in lines[0] and "more than once" in lines[0]
+    assert run.checkpoints() == [] and not run.metrics.exists()
+
+
+def test_the_record_of_the_trained_run(trained_run):
+    record = read_record(RunDir(trained_run).metrics)
+    assert record.finished and (record.epochs.planned, record.epochs.reached) == (1, 1)
+    assert record.seed == 0 and record.precision == "32-true"
+    assert record.network.arch == "test_reaf_resnet" and record.network.num_classes == 10
+    assert record.data.class_path == "reaf_lightning.data.digits.DigitsDataModule"
+    assert record.data.init_args["batch_size"] == 16
+    assert record.recipe["schedule"] == "cosine" and record.recipe["global_batch"] == 16
+    assert record.provenance.package_version and record.fit.final["val/acc1"] is not None
+    saved = torch.load(RunDir(trained_run).last_checkpoint, weights_only=True)["reaf_run"]
+    assert saved["network"] == record.to_json_dict()["network"]
+
+
+def test_validate_adds_its_own_key_and_keeps_the_fit(finished_run, capsys):
+    run = RunDir(finished_run)
+    before, config = read_record(run.metrics), run.config().read_bytes()
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(finished_run)]
+    code, lines = _main(capsys, "validate", *args, "--ckpt_path", "last")
+    assert code == 0, lines
+    after = read_record(run.metrics)
+    assert after.fit == before.fit and after.finished and after.epochs == before.epochs
+    assert after.validate_.final["val/acc1"] == pytest.approx(before.fit.final["val/acc1"])
+    assert run.config().read_bytes() == config and run.config("validate").is_file()
+
+    run.metrics.write_text('{"seed": 0, "arch": "older format"}')  # not a reaf-run/1 record
+    code, lines = _main(capsys, "validate", *args, "--ckpt_path", "last")
+    assert code == 0, lines
+    assert run.metrics.read_text() == '{"seed": 0, "arch": "older format"}'  # left as it was
+
+
+def test_a_file_where_the_run_directory_belongs_is_one_line(tmp_path, capsys):
+    (tmp_path / "seed0").write_text("not a directory")
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(tmp_path / "seed0")]
+    code, lines = _main(capsys, "fit", *args)
+    assert code == 2
+    assert lines == [
+        f"reaf-lightning: error: run directory {tmp_path / 'seed0'} cannot be created: "
+        "a file is in the way"
+    ]
