@@ -45,6 +45,7 @@ __all__ = [
     "SELECTIVITY",
     "WANDB",
     "RunDir",
+    "RunLock",
     "RunDirBusy",
     "is_seed_dir",
     "lock_run_dir",
@@ -168,7 +169,58 @@ class RunDirBusy(ConfigError):
     """Another process holds the run directory (exit status 2)."""
 
 
-def lock_run_dir(run: RunDir, command: str) -> FileLock:
+@dataclass
+class RunLock:
+    """The run directory's lock, held by this process until :meth:`release`.
+
+    Attributes:
+        file_lock: the OS file lock on ``.lock``.
+        run: the run directory it guards.
+        created: the outermost directory that taking the lock had to create
+            (``None``: the run directory existed already).
+    """
+
+    file_lock: FileLock
+    run: RunDir
+    created: Path | None
+
+    def release(self) -> None:
+        """Release the lock; a command that created the run directory and then wrote
+        nothing into it (a configuration refused before any work) leaves no trace."""
+        lock_files = {self.run.lock.name, self.run.lock_holder.name}
+        untouched = False
+        if self.created is not None:
+            try:
+                untouched = {p.name for p in self.run.path.iterdir()} <= lock_files
+                if untouched:  # removed while still held: no other process can take it now
+                    self.run.lock_holder.unlink(missing_ok=True)
+                    self.run.lock.unlink(missing_ok=True)
+            except OSError:
+                untouched = False
+        self.file_lock.release()
+        if untouched:
+            path = self.run.path
+            while True:
+                try:
+                    path.rmdir()  # only ever an empty directory this command made
+                except OSError:
+                    break
+                if path == self.created:
+                    break
+                path = path.parent
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost ancestor of ``path`` (or ``path`` itself) that does not exist yet."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def lock_run_dir(run: RunDir, command: str) -> RunLock:
     """Take the run directory's lock for this process, or refuse naming the holder.
 
     The lock is an OS file lock (``flock`` through filelock) on ``.lock``: the
@@ -181,6 +233,7 @@ def lock_run_dir(run: RunDir, command: str) -> FileLock:
         RunDirBusy: the lock is held by another process (or another command of this one).
         OutputError: the run directory cannot be created or written.
     """
+    created = _first_missing(run.path)
     ensure_writable(run.path, "run directory")  # a file in the way, read-only: one line
     lock = FileLock(run.lock, timeout=0, thread_local=False)
     try:
@@ -198,7 +251,7 @@ def lock_run_dir(run: RunDir, command: str) -> FileLock:
     }
     with atomic_outputs([run.lock_holder]) as (temp,):
         temp.write_text(json.dumps(holder) + "\n", encoding="utf-8")
-    return lock
+    return RunLock(lock, run, created)
 
 
 def _holder(run: RunDir) -> str:

@@ -101,8 +101,9 @@ class CIFARDataset(Dataset):
 class _CIFARDataModule(BaseDataModule):
     """A CIFAR dataset (32x32) with the training recipe of the module doc; subclasses say which.
 
-    Validation is the official test set by default (``val_split="test"``), as
-    the paper reports test error; ``val_split=0.1`` holds out a stratified 10%
+    Validation is the official test set by default (``val_split="test"``; the
+    paper does not name the split it reports, the test set is our choice, as is
+    usual for CIFAR); ``val_split=0.1`` holds out a stratified 10%
     of the training images instead (fixed by ``seed``) and keeps the test set
     for ``trainer.test``. ``predict`` runs on the test set, in file order.
 

@@ -64,7 +64,9 @@ def reaf_conv2d(
             are output group ``l``.
         bias: optional ``(C_out,)`` bias.
         spec: the ``G_I-G_M-G_O`` setting.
-        stride, padding, dilation: as in ``F.conv2d``.
+        stride: as in ``F.conv2d``.
+        padding: as in ``F.conv2d``.
+        dilation: as in ``F.conv2d``.
     """
     input_groups = x.chunk(spec.g_i, dim=1)  # I as G_I groups of A_in channels
     b_out = weight.shape[0] // spec.g_o

@@ -240,3 +240,25 @@ def test_the_run_record_in_the_checkpoint_is_used_and_validated(trained_run, tmp
     torch.save(content, alone)
     _fails(capsys, ["--model_a.checkpoint", str(alone), "--output_dir", str(out), *FAST],
            "alone.ckpt (reaf_run): not a reaf-run/1 run record: data")  # fmt: skip
+
+
+def test_the_allow_list_is_every_data_module_the_package_exports():
+    """A run of any of the package's data modules can be analysed: the light allow-list
+    (no import at --help) names exactly the LightningDataModule classes of reaf_lightning.data."""
+    import lightning.pytorch as pl
+
+    import reaf_lightning.data as data
+    from reaf_lightning.analysis.run_data import DATA_MODULES
+    from reaf_lightning.data import BaseDataModule
+
+    exported = {
+        name
+        for name in data.__all__
+        if isinstance(getattr(data, name), type)
+        and issubclass(getattr(data, name), pl.LightningDataModule)
+        and getattr(data, name) is not BaseDataModule
+    }
+    assert set(DATA_MODULES) == exported
+    for name, path in DATA_MODULES.items():
+        module, _, attr = path.rpartition(".")
+        assert getattr(__import__(module, fromlist=[attr]), attr) is getattr(data, name)
