@@ -2,8 +2,9 @@
 
 Every file under the log roots named ``metrics.json`` is untrusted input: it is
 read by :func:`reaf_lightning.record.read_record_file` (a regular file of bounded
-size and nesting, so a FIFO, a link to ``/dev/zero``, a huge or deeply nested
-file is refused without waiting or filling memory) and validated by the run
+size, through :func:`reaf_lightning.io.read_bounded`, and bounded nesting, so a
+FIFO, a link to ``/dev/zero``, a huge or deeply nested file is refused without
+waiting or filling memory) and validated by the run
 record's pydantic schema (:class:`reaf_lightning.record.RunRecord`). A file that
 fails gives one line naming it; the other runs are still reported. Files written
 before run records existed (no ``format`` key) are read through the same schema
