@@ -325,7 +325,9 @@ def test_reaf_zoo_cli_errors(tmp_path, capsys) -> None:
     blocker.write_text("x")
     assert _exit_status(["--table", "table4", "--csv", str(blocker / "out.csv")]) == 2
     err = capsys.readouterr()
-    assert "reaf-zoo: error: --csv directory" in err.err and err.out == ""  # before any work
+    # refused by the output rules (check_outputs) before any work, naming the file
+    assert f"reaf-zoo: error: cannot write {blocker / 'out.csv'}: Not a directory" in err.err
+    assert err.out == "" and not (blocker / "out.csv").exists()
 
 
 def test_reaf_zoo_help_builds_no_model() -> None:
