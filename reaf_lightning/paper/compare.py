@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import PurePath
 from typing import Any, Protocol
 
 from reaf_lightning.errors import ConfigError
@@ -26,6 +27,7 @@ __all__ = [
     "PAPER_RECIPE",
     "TrainedRun",
     "compare_with_paper",
+    "experiment_key",
     "paper_diff_note",
     "row_gmacs",
     "row_key",
@@ -67,6 +69,11 @@ class TrainedRun(Protocol):
 def row_key(row: PaperRow) -> str:
     """``"<table>/<row id>"``: how an experiment directory names the row it ran."""
     return f"{row.table}/{row.id}"
+
+
+def experiment_key(experiment_dir: PurePath) -> str:
+    """The :func:`row_key` an experiment directory would match: its last two parts."""
+    return f"{experiment_dir.parent.name}/{experiment_dir.name}"
 
 
 def table_titles() -> dict[str, str]:
@@ -112,7 +119,7 @@ def compare_with_paper(
     Args:
         summary: one entry per experiment (and variant), with at least ``experiment``,
             ``variant`` (``""`` or what differs from the experiment's other groups),
-            ``key`` (``"<table>/<row id>"`` from its directory), ``top1_err_mean`` and
+            ``key`` (:func:`experiment_key` of its directory), ``top1_err_mean`` and
             ``runs`` (its :class:`TrainedRun` members).
         tables: paper tables to show (``"table3"``...); default: those with experiments.
             Rows of a shown table without experiments are kept with ``n_seeds = 0``.

@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from reaf_lightning.io import shown
-from reaf_lightning.paper.compare import compare_with_paper, table_titles
+from reaf_lightning.paper.compare import compare_with_paper, experiment_key, table_titles
 from reaf_lightning.report.runs import Run
 
 __all__ = [
@@ -144,7 +144,7 @@ def _summary(experiment: str, variant: str, members: list[Run]) -> dict[str, Any
     row: dict[str, Any] = {
         "experiment": f"{experiment} [{variant}]" if variant else experiment,
         "variant": variant,
-        "key": f"{first.experiment_dir.parent.name}/{first.experiment_dir.name}",
+        "key": experiment_key(first.experiment_dir),
         "n_seeds": len(counted),
         "seeds": " ".join(sorted((_seed(r) for r in counted), key=str)),
         "missing": "; ".join(missing),
