@@ -36,14 +36,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reaf_lightning.errors import ConfigError, one_line
-from reaf_lightning.io import atomic_outputs
+from reaf_lightning.io import atomic_outputs, read_bounded
 
 __all__ = [
     "FORMAT",
@@ -199,39 +198,16 @@ def record_from_dict(content: Any, source: str) -> RunRecord:
 def read_record_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON object of a record file, read as untrusted input (no schema check yet).
 
-    Opens without following into devices or FIFOs (``O_NONBLOCK``, then a
-    regular-file check on the open descriptor, so a link to ``/dev/zero`` or a
-    FIFO can neither hang nor fill memory), reads at most
-    :data:`MAX_RECORD_BYTES`, decodes strict UTF-8 JSON and bounds the nesting.
+    Read by :func:`reaf_lightning.io.read_bounded` (a regular file of at most
+    :data:`MAX_RECORD_BYTES`, checked on the open descriptor, so a link to
+    ``/dev/zero`` or a FIFO can neither hang nor fill memory), then decoded as
+    strict UTF-8 JSON with the nesting bounded.
 
     Raises:
         RecordError: one line naming the file and what is wrong with it.
     """
     file = Path(path)
-    try:
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except OSError as err:
-        raise _unreadable(file, err) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise RecordError(f"run record {file} is not a regular file; refusing to read it")
-        if info.st_size > MAX_RECORD_BYTES:
-            raise RecordError(
-                f"run record {file} is {info.st_size} bytes, over the {MAX_RECORD_BYTES}-byte "
-                "limit of a record; refusing to read it"
-            )
-        chunks, size = [], 0
-        while size <= MAX_RECORD_BYTES and (chunk := os.read(fd, MAX_RECORD_BYTES + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-        raw = b"".join(chunks)
-    except OSError as err:
-        raise _unreadable(file, err) from None
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_RECORD_BYTES:
-        raise RecordError(f"run record {file} grew past {MAX_RECORD_BYTES} bytes while read")
+    raw = read_bounded(file, MAX_RECORD_BYTES, what="run record", error=RecordError)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -263,10 +239,6 @@ def write_record(path: str | os.PathLike[str], record: RunRecord) -> None:
     """Write ``record`` to ``path`` atomically (complete or not at all)."""
     with atomic_outputs([path]) as (temp,):
         temp.write_text(json.dumps(record.to_json_dict(), indent=1) + "\n", encoding="utf-8")
-
-
-def _unreadable(file: Path, err: OSError) -> RecordError:
-    return RecordError(f"cannot read run record {file}: {err.strerror or one_line(err)}")
 
 
 def _kind(value: Any) -> str:

@@ -6,7 +6,8 @@
 * :mod:`~reaf_lightning.paper.configs`: one training config per experiment row
   (``configs/<table>/<row>.yaml``).
 * :mod:`~reaf_lightning.paper.sweeps`: the W&B sweep files (``configs/sweeps/``).
-* :mod:`~reaf_lightning.paper.compare`: finished experiments matched to the paper's rows.
+* :mod:`~reaf_lightning.paper.compare`: experiments matched to the paper's rows, and
+  whether they trained the paper's recipe (``reaf-report``'s comparison with the paper).
 
 ``python -m reaf_lightning.paper --help`` regenerates the configs and sweeps and
 answers the SLURM script's queries. Nothing is imported here, so that

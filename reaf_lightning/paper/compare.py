@@ -1,29 +1,79 @@
-"""Finished experiments matched to the paper's rows, with the paper's numbers beside ours.
+"""Our experiments beside the paper's rows: which row each ran, and whether they may be compared.
 
 An experiment belongs to a paper row when its directory ends in
-``<table>/<row id>`` (the layout the paper configs write: ``logs/table3/resnet50``).
-``reaf-report`` summarises runs (mean ± std over seeds) and hands the summary
-here; this module knows the paper, not how runs are stored.
+``<table>/<row id>`` (the layout of the paper configs: ``logs/table3/resnet50``).
+``reaf-report`` reads and summarises runs (mean ± std over seeds,
+:mod:`reaf_lightning.report.tables`) and hands the summary here; this module
+knows the paper, not how runs are stored.
+
+The difference to the paper is given only where the runs trained the paper's
+recipe for that row: its network and arguments, its data set and all its epochs
+(the paper trains 200 epochs on CIFAR-100, §IV-A, and 100 on ImageNet, §IV-B);
+otherwise :func:`paper_diff_note` says why it is blank.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any
-
-import pandas as pd
+from pathlib import PurePath
+from typing import Any, Protocol
 
 from reaf_lightning.errors import ConfigError
 from reaf_lightning.paper.tables import PaperRow, paper_rows, paper_tables
 
-__all__ = ["OTHER", "compare_with_paper", "row_gmacs", "row_key", "table_titles"]
+__all__ = [
+    "OTHER",
+    "PAPER_RECIPE",
+    "TrainedRun",
+    "compare_with_paper",
+    "experiment_key",
+    "paper_diff_note",
+    "row_gmacs",
+    "row_key",
+    "table_titles",
+]
 
 OTHER = "other"  # the group of experiments that match no paper row
+#: The paper's training per data set: our data module and the epochs (§IV-A: "We train 200
+#: epochs in total" on CIFAR-100; §IV-B: "We train 100 epochs in total" on ImageNet).
+PAPER_RECIPE: dict[str, tuple[str, int]] = {
+    "cifar100": ("CIFAR100DataModule", 200),
+    "imagenet": ("ImageNetDataModule", 100),
+}
+
+
+class TrainedRun(Protocol):
+    """What a run trained, as far as the comparison needs it (``reaf-report``'s runs have it)."""
+
+    @property
+    def legacy(self) -> bool:
+        """Written before run records: network, data and epochs unknown."""
+
+    @property
+    def network_arch(self) -> str | None: ...
+
+    @property
+    def network_arguments(self) -> dict[str, Any] | None:
+        """The network's keyword arguments with ``num_classes`` (``None``: not recorded)."""
+
+    @property
+    def data_class(self) -> str | None:
+        """The data module's class name (``CIFAR100DataModule``), ``None``: not recorded."""
+
+    @property
+    def epochs(self) -> tuple[int | None, int | None]:
+        """(epochs reached, epochs planned)."""
 
 
 def row_key(row: PaperRow) -> str:
     """``"<table>/<row id>"``: how an experiment directory names the row it ran."""
     return f"{row.table}/{row.id}"
+
+
+def experiment_key(experiment_dir: PurePath) -> str:
+    """The :func:`row_key` an experiment directory would match: its last two parts."""
+    return f"{experiment_dir.parent.name}/{experiment_dir.name}"
 
 
 def table_titles() -> dict[str, str]:
@@ -33,26 +83,59 @@ def table_titles() -> dict[str, str]:
     return titles
 
 
-def compare_with_paper(summary: pd.DataFrame, tables: Sequence[str] | None = None) -> pd.DataFrame:
+def paper_diff_note(row: PaperRow, members: Sequence[TrainedRun]) -> str | None:
+    """Why our mean may not be compared with ``row``'s number (``None``: it may)."""
+    data_class, epochs = PAPER_RECIPE.get(row.dataset, (None, None))
+    if data_class is None:
+        return f"no paper recipe known for {row.dataset}"
+    expected = row.model_kwargs()
+    for run in members:
+        if run.legacy:
+            return "written before run records: network, data and epochs unknown"
+        if run.network_arch != row.model:
+            return f"network {run.network_arch}, the row's is {row.model}"
+        given = run.network_arguments or {}
+        differing = sorted(k for k in expected if k in given and given[k] != expected[k])
+        if differing:
+            key = differing[0]
+            return f"network argument {key}={given[key]!r}, the row's is {expected[key]!r}"
+        if run.data_class is None:
+            return "the runs do not record their data and epochs"
+        if run.data_class != data_class:
+            return f"trained on {run.data_class}, the paper on {row.dataset}"
+        reached, planned = run.epochs
+        if planned is not None and planned != epochs:
+            return f"{planned} epochs planned, the paper trains {epochs}"
+        if reached != epochs:
+            return f"{reached} of the paper's {epochs} epochs trained"
+    return None
+
+
+def compare_with_paper(
+    summary: Sequence[dict[str, Any]], tables: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """Every row of the chosen paper tables beside its experiments, then the unmatched ones.
 
     Args:
-        summary: one row per experiment, with at least ``experiment``, ``key``
-            (``"<table>/<row id>"`` from its directory) and ``top1_err_mean`` when runs exist.
+        summary: one entry per experiment (and variant), with at least ``experiment``,
+            ``variant`` (``""`` or what differs from the experiment's other groups),
+            ``key`` (:func:`experiment_key` of its directory), ``top1_err_mean`` and
+            ``runs`` (its :class:`TrainedRun` members).
         tables: paper tables to show (``"table3"``...); default: those with experiments.
             Rows of a shown table without experiments are kept with ``n_seeds = 0``.
 
     Returns:
-        One record per (row, experiment): ``table``, ``row``, the summary's columns,
-        ``paper_<number>`` for each of the paper's numbers, and ``top1_err_diff``
-        (ours minus the paper's, in points).
+        One record per (row, experiment): ``table``, ``row``, the summary's entries,
+        ``paper_<number>`` for each of the paper's numbers, ``top1_err_diff`` (ours
+        minus the paper's, in points; NaN where ``diff_note`` says why not); then one
+        per unmatched experiment with ``table`` :data:`OTHER`.
 
     Raises:
         ConfigError: an unknown table name.
     """
     rows = paper_rows()
     known = list(dict.fromkeys(row.table for row in rows))
-    matched = set(summary["key"]) & {row_key(row) for row in rows}
+    matched = {s["key"] for s in summary} & {row_key(row) for row in rows}
     chosen = (
         list(tables)
         if tables
@@ -64,21 +147,21 @@ def compare_with_paper(summary: pd.DataFrame, tables: Sequence[str] | None = Non
     out: list[dict[str, Any]] = []
     for row in (r for r in rows if r.table in chosen):
         paper = {f"paper_{k}": v for k, v in row.paper.items()}
-        hits = summary[summary["key"] == row_key(row)]
-        if hits.empty:
-            hits = pd.DataFrame([{"experiment": row_key(row), "n_seeds": 0}])
-        for hit in hits.to_dict("records"):
-            out.append({"table": row.table, "row": row.id, **hit, **paper})
+        hits = [s for s in summary if s["key"] == row_key(row)]
+        if not hits:
+            out.append({"table": row.table, "row": row.id, "n_seeds": 0, **paper,
+                        "experiment": row_key(row)})  # fmt: skip
+        for hit in hits:
+            note = paper_diff_note(row, hit["runs"])
+            diff = hit["top1_err_mean"] - (row.paper.get("top1_err") or math.nan)
+            diff = math.nan if note else diff
+            label = f"{row.id} [{hit['variant']}]" if hit["variant"] else row.id
+            out.append({"table": row.table, **hit, "row": label, **paper,
+                        "top1_err_diff": diff, "diff_note": note})  # fmt: skip
     placed = {row_key(row) for row in rows if row.table in chosen}
-    for hit in summary[~summary["key"].isin(placed)].to_dict("records"):
+    for hit in (s for s in summary if s["key"] not in placed):
         out.append({"table": OTHER, "row": hit["experiment"], **hit})
-    frame = pd.DataFrame.from_records(out)
-    for column in ("n_seeds", "top1_err_mean", "paper_top1_err"):
-        if column not in frame:
-            frame[column] = float("nan")
-    frame["n_seeds"] = frame["n_seeds"].fillna(0).astype(int)
-    frame["top1_err_diff"] = frame["top1_err_mean"] - frame["paper_top1_err"]
-    return frame
+    return out
 
 
 def row_gmacs(table: str, ids: set[str]) -> dict[str, float]:

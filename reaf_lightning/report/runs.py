@@ -2,8 +2,9 @@
 
 Every file under the log roots named ``metrics.json`` is untrusted input: it is
 read by :func:`reaf_lightning.record.read_record_file` (a regular file of bounded
-size and nesting, so a FIFO, a link to ``/dev/zero``, a huge or deeply nested
-file is refused without waiting or filling memory) and validated by the run
+size, through :func:`reaf_lightning.io.read_bounded`, and bounded nesting, so a
+FIFO, a link to ``/dev/zero``, a huge or deeply nested file is refused without
+waiting or filling memory) and validated by the run
 record's pydantic schema (:class:`reaf_lightning.record.RunRecord`). A file that
 fails gives one line naming it; the other runs are still reported. Files written
 before run records existed (no ``format`` key) are read through the same schema
@@ -15,7 +16,8 @@ removed (``logs/table3/resnet50/seed2`` -> ``table3/resnet50``), and its
 :attr:`Run.identity` says what was trained (network and its arguments, data
 module and the settings that change what the network sees, recipe, epochs
 planned), so that :mod:`reaf_lightning.report.tables` never averages across a
-difference.
+difference; a :class:`Run` is what :mod:`reaf_lightning.paper.compare` checks against
+the paper's recipe (:class:`~reaf_lightning.paper.compare.TrainedRun`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ class Run:
         return self.record.network.arch if self.record.network else self.arch
 
     @property
+    def network_arguments(self) -> dict[str, Any] | None:
+        """The network's keyword arguments with ``num_classes`` (``None``: not recorded)."""
+        network = self.record.network
+        return {**network.kwargs, "num_classes": network.num_classes} if network else None
+
+    @property
     def data_class(self) -> str | None:
         return self.record.data.class_path.rsplit(".", 1)[-1] if self.record.data else None
 
@@ -86,9 +94,8 @@ class Run:
         """What was trained, as ``(aspect, value)`` pairs: runs differing here are not averaged."""
         rec = self.record
         parts = [("network", str(self.network_arch))]
-        if rec.network:
-            arguments = {**rec.network.kwargs, "num_classes": rec.network.num_classes}
-            parts.append(("network arguments", _canonical(arguments)))
+        if self.network_arguments is not None:
+            parts.append(("network arguments", _canonical(self.network_arguments)))
         if rec.data:
             seen = {k: v for k, v in rec.data.init_args.items() if k not in PLACE_AND_SPEED}
             parts.append(("data", f"{self.data_class} {_canonical(seen)}"))

@@ -15,13 +15,9 @@ data module and what it feeds the network, recipe, epochs planned); runs that
 differ form separate rows, labelled by what differs. ``n`` counts the seeds
 with a final top-1 error; a finished seed without one (no validation, NaN, a
 missing key) or with one outside [0, 100] % is listed in ``missing`` instead.
-Unfinished runs are listed apart, never averaged. The difference to the paper
-is given only where the runs trained the paper's recipe for that row: its
-data set and all its epochs (the paper trains 200 epochs on CIFAR-100, §IV-A,
-and 100 on ImageNet, §IV-B); otherwise ``diff_note`` says why it is blank.
-
-An experiment belongs to a paper row when its directory ends in
-``<table>/<row id>`` (the layout of the paper configs: ``logs/table3/resnet50``).
+Unfinished runs are listed apart, never averaged. Which paper row an experiment
+ran, and whether its mean may be compared with the paper's number, is the paper's
+knowledge: :mod:`reaf_lightning.paper.compare`.
 """
 
 from __future__ import annotations
@@ -32,14 +28,12 @@ from typing import Any
 
 import pandas as pd
 
-from reaf_lightning.errors import ConfigError
 from reaf_lightning.io import shown
-from reaf_lightning.paper.tables import PaperRow, paper_rows, paper_tables
+from reaf_lightning.paper.compare import compare_with_paper, experiment_key, table_titles
 from reaf_lightning.report.runs import Run
 
 __all__ = [
     "COLUMNS",
-    "PAPER_RECIPE",
     "format_latex",
     "format_markdown",
     "format_unfinished",
@@ -54,12 +48,6 @@ _ERRORS = {
     "top5_err": ("final", "val/err5"),
     "best_top1_err": ("best", "val/err1"),
     "best_top5_err": ("best", "val/err5"),
-}
-#: The paper's training per data set: our data module and the epochs (§IV-A: "We train 200
-#: epochs in total" on CIFAR-100; §IV-B: "We train 100 epochs in total" on ImageNet).
-PAPER_RECIPE: dict[str, tuple[str, int]] = {
-    "cifar100": ("CIFAR100DataModule", 200),
-    "imagenet": ("ImageNetDataModule", 100),
 }
 COLUMNS = [
     "table",
@@ -78,7 +66,6 @@ COLUMNS = [
     "top1_err_diff",
     "diff_note",
 ]
-OTHER = "other"  # the group of experiments that match no paper row
 
 
 def _percent(value: Any) -> float:
@@ -157,7 +144,7 @@ def _summary(experiment: str, variant: str, members: list[Run]) -> dict[str, Any
     row: dict[str, Any] = {
         "experiment": f"{experiment} [{variant}]" if variant else experiment,
         "variant": variant,
-        "key": f"{first.experiment_dir.parent.name}/{first.experiment_dir.name}",
+        "key": experiment_key(first.experiment_dir),
         "n_seeds": len(counted),
         "seeds": " ".join(sorted((_seed(r) for r in counted), key=str)),
         "missing": "; ".join(missing),
@@ -183,35 +170,6 @@ def summarize_runs(runs: Sequence[Run]) -> tuple[list[dict[str, Any]], list[str]
     return [_summary(*group) for group in groups], notes
 
 
-def paper_diff_note(row: PaperRow, members: list[Run]) -> str | None:
-    """Why our mean may not be compared with ``row``'s number (``None``: it may)."""
-    data_class, epochs = PAPER_RECIPE.get(row.dataset, (None, None))
-    if data_class is None:
-        return f"no paper recipe known for {row.dataset}"
-    expected = row.model_kwargs()
-    for run in members:
-        if run.legacy:
-            return "written before run records: network, data and epochs unknown"
-        if run.network_arch != row.model:
-            return f"network {run.network_arch}, the row's is {row.model}"
-        network = run.record.network
-        given = {**network.kwargs, "num_classes": network.num_classes} if network else {}
-        differing = sorted(k for k in expected if k in given and given[k] != expected[k])
-        if differing:
-            key = differing[0]
-            return f"network argument {key}={given[key]!r}, the row's is {expected[key]!r}"
-        if run.data_class is None:
-            return "the runs do not record their data and epochs"
-        if run.data_class != data_class:
-            return f"trained on {run.data_class}, the paper on {row.dataset}"
-        reached, planned = run.epochs
-        if planned is not None and planned != epochs:
-            return f"{planned} epochs planned, the paper trains {epochs}"
-        if reached != epochs:
-            return f"{reached} of the paper's {epochs} epochs trained"
-    return None
-
-
 def report_frame(
     runs: Sequence[Run], tables: Sequence[str] | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -230,35 +188,7 @@ def report_frame(
         ConfigError: an unknown table name.
     """
     summary, notes = summarize_runs(runs)
-    rows = paper_rows()
-    known = list(dict.fromkeys(row.table for row in rows))
-    keys = {s["key"] for s in summary}
-    matched = keys & {f"{row.table}/{row.id}" for row in rows}
-    chosen = (
-        list(tables)
-        if tables
-        else [t for t in known if any(k.startswith(f"{t}/") for k in matched)]
-    )
-    for table in chosen:
-        if table not in known:
-            raise ConfigError(f"--tables: unknown table {table!r}; valid: {', '.join(known)}")
-    out: list[dict[str, Any]] = []
-    for row in (r for r in rows if r.table in chosen):
-        paper = {f"paper_{k}": v for k, v in row.paper.items()}
-        hits = [s for s in summary if s["key"] == f"{row.table}/{row.id}"]
-        if not hits:
-            out.append({"table": row.table, "row": row.id, "n_seeds": 0, **paper,
-                        "experiment": f"{row.table}/{row.id}"})  # fmt: skip
-        for hit in hits:
-            note = paper_diff_note(row, hit["runs"])
-            diff = hit["top1_err_mean"] - (row.paper.get("top1_err") or math.nan)
-            diff = math.nan if note else diff
-            label = f"{row.id} [{hit['variant']}]" if hit["variant"] else row.id
-            out.append({"table": row.table, **hit, "row": label, **paper,
-                        "top1_err_diff": diff, "diff_note": note})  # fmt: skip
-    placed = {f"{row.table}/{row.id}" for row in rows if row.table in chosen}
-    for hit in (s for s in summary if s["key"] not in placed):
-        out.append({"table": OTHER, "row": hit["experiment"], **hit})
+    out = compare_with_paper(summary, tables)
     frame = pd.DataFrame.from_records(out).reindex(columns=COLUMNS)
     frame["n_seeds"] = frame["n_seeds"].fillna(0).astype(int)
     return frame, notes
@@ -335,8 +265,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 def _groups(frame: pd.DataFrame) -> list[tuple[str, list[list[str]], list[str]]]:
     """(title, cell rows, notes) per paper table shown, then the other experiments."""
-    titles = {k: v["title"] for k, v in paper_tables().items() if not k.startswith("_")}
-    titles[OTHER] = "Other runs (no row of the tables shown)"
+    titles = table_titles()
     groups = []
     for table in dict.fromkeys(frame["table"]):
         part = frame[frame["table"] == table]

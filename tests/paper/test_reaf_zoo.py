@@ -325,9 +325,10 @@ def test_reaf_zoo_cli_errors(tmp_path, capsys) -> None:
     blocker.write_text("x")
     assert _exit_status(["--table", "table4", "--csv", str(blocker / "out.csv")]) == 2
     err = capsys.readouterr()
-    # one line naming the output, before any work
-    assert err.err.startswith(f"reaf-zoo: error: cannot write {blocker / 'out.csv'}")
-    assert err.err.count("\n") == 1 and not err.out
+    # refused by the output rules (check_outputs) before any work: one line naming the file
+    assert err.err == f"reaf-zoo: error: cannot write {blocker / 'out.csv'}: Not a directory
+"
+    assert err.out == "" and not (blocker / "out.csv").exists()
 
 
 def test_reaf_zoo_help_builds_no_model() -> None:

@@ -30,6 +30,7 @@ from reaf_lightning.models.complexity import count_macs, count_parameters
 from reaf_lightning.paper.tables import paper_rows
 from reaf_lightning.report.cli import main as report_main
 from reaf_lightning.report.runs import experiment_of
+from reaf_lightning.rundir import LOCK, LOCK_HOLDER
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
@@ -315,7 +316,8 @@ def test_metrics_file_under_ddp_holds_the_synchronised_metrics(tmp_path, monkeyp
     done = subprocess.run(ddp, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     (path,) = run_dir.rglob("metrics.json")
-    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+    hidden = {p.name for p in path.parent.iterdir() if p.name.startswith(".")}
+    assert hidden <= {LOCK, LOCK_HOLDER}  # the run's lock files, no leftover temporaries
     final = json.loads(path.read_text())["fit"]["final"]
     # the same 32 validation images (2 ranks x 2 batches x 8) in one process: 2 batches of 16
     monkeypatch.chdir(tmp_path)

@@ -218,15 +218,15 @@ def _malformed(logs: Path) -> dict[str, str]:
     fifo = logs / "fifo" / "seed0" / "metrics.json"
     fifo.parent.mkdir(parents=True)
     os.mkfifo(fifo)
-    expected["fifo"] = "is not a regular file"
+    expected["fifo"] = "is a FIFO (named pipe), not a regular file"
     zero = logs / "zero" / "seed0" / "metrics.json"
     zero.parent.mkdir(parents=True)
     zero.symlink_to("/dev/zero")
-    expected["zero"] = "is not a regular file"
+    expected["zero"] = "is a character device, not a regular file"
     huge = write(logs, "huge", 0, "")
     with open(huge, "wb") as handle:
         handle.truncate(1 << 34)  # sparse: 16 GiB on paper
-    expected["huge"] = "is 17179869184 bytes, over the 1048576-byte limit"
+    expected["huge"] = "has 17,179,869,184 bytes, more than the 1,048,576 expected"
     return expected
 
 
