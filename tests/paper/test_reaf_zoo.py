@@ -326,8 +326,7 @@ def test_reaf_zoo_cli_errors(tmp_path, capsys) -> None:
     assert _exit_status(["--table", "table4", "--csv", str(blocker / "out.csv")]) == 2
     err = capsys.readouterr()
     # refused by the output rules (check_outputs) before any work: one line naming the file
-    assert err.err == f"reaf-zoo: error: cannot write {blocker / 'out.csv'}: Not a directory
-"
+    assert err.err == f"reaf-zoo: error: cannot write {blocker / 'out.csv'}: Not a directory\n"
     assert err.out == "" and not (blocker / "out.csv").exists()
 
 
