@@ -31,12 +31,26 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities import suggested_max_num_workers
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, RandomSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import RandomSampler as ResumableRandomSampler
 
 from reaf_lightning.errors import ConfigError
 
-__all__ = ["BaseDataModule", "check_positive_int", "default_num_workers"]
+__all__ = ["BaseDataModule", "ShuffleSampler", "check_positive_int", "default_num_workers"]
+
+
+class ShuffleSampler(ResumableRandomSampler, RandomSampler):
+    """torchdata's resumable random order, recognised by Lightning as a shuffle.
+
+    torchdata's sampler saves its position in the checkpoint, so a fit resumed
+    mid-epoch sees the rest of the same order. Lightning recognises a shuffled
+    loader only by ``isinstance(sampler, torch.utils.data.RandomSampler)``; without
+    that base class, DDP would wrap the sampler in Lightning's
+    ``DistributedSamplerWrapper`` (each rank slicing its own process's random
+    order) instead of giving every rank a ``DistributedSampler(shuffle=True)``.
+    The behaviour is torchdata's (first base class); torch's class is only the type.
+    """
 
 
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
@@ -140,7 +154,7 @@ class BaseDataModule(pl.LightningDataModule):
             return StatefulDataLoader(
                 dataset,
                 batch_size=self.batch_size,
-                shuffle=train,
+                sampler=ShuffleSampler(dataset) if train else None,
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory,
                 drop_last=self.drop_last and train,

@@ -81,7 +81,8 @@ def test_quickstart_tells_the_whole_story(tmp_path):
     shown = _run(report, tmp_path, env).stdout
 
     reaf, baseline = records["quickstart"], records["quickstart_baseline"]
-    assert (reaf["arch"], baseline["arch"]) == ("reaf_resnet18", "resnet18")
+    assert (reaf["network"]["arch"], baseline["network"]["arch"]) == ("reaf_resnet18", "resnet18")
+    assert reaf["finished"] and baseline["finished"] and reaf["format"] == "reaf-run/1"
     assert reaf["fit"]["final"]["val/acc1"] >= 0.95  # as the README and the config promise
     assert baseline["fit"]["final"]["val/acc1"] >= 0.9
     assert abs(baseline["gmacs"] / reaf["gmacs"] - 1) < 0.02  # the same FLOPs class

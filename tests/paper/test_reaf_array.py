@@ -339,7 +339,7 @@ def test_two_array_tasks_run_locally_and_a_requeued_task_resumes(tmp_path):
     records = {
         p.parent: json.loads(p.read_text()) for p in (tmp_path / "logs").rglob("metrics.json")
     }
-    archs = sorted(r["arch"] for r in records.values())
+    archs = sorted(r["network"]["arch"] for r in records.values())
     assert archs == ["test_reaf_resnet", "test_resnet"]
     again = _array(str(rows), "1", task=0, **env)  # the same task once more: requeued
     assert again.returncode == 0, again.stderr[-2000:]
