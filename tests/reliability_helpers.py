@@ -25,6 +25,8 @@ one as soon as another process is busy (OpenMP threads wait for each other).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -213,3 +215,59 @@ class TouchOnLoad:
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (Path.touch, (Path(self.path),))
+
+
+# --- real fit processes (the slow run-directory and checkpoint tests) -------------------------
+TESTS = Path(__file__).resolve().parent
+
+
+def fit_process_env() -> dict[str, str]:
+    """The environment of a ``reaf-lightning fit`` child: these helpers importable, no W&B."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    env["WANDB_MODE"] = "disabled"
+    env.pop("REAF_DEBUG", None)
+    return env
+
+
+def start_fit(config: Path, *extra: str) -> subprocess.Popen:
+    """``python -m reaf_lightning.cli fit --config CONFIG EXTRA...`` as a real process."""
+    cmd = [sys.executable, "-m", "reaf_lightning.cli", "fit", "--config", str(config), *extra]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=fit_process_env(),
+        cwd=config.parent,
+    )
+
+
+def pause_args(ready: Path, epoch: int, batch: int, until_sigterm: bool = False) -> list[str]:
+    """Command-line arguments adding :class:`PauseAt` at ``epoch``/``batch``."""
+    return [
+        "--trainer.callbacks+=reliability_helpers.PauseAt",
+        "--trainer.callbacks.init_args.epoch",
+        str(epoch),
+        "--trainer.callbacks.init_args.batch",
+        str(batch),
+        "--trainer.callbacks.init_args.ready_file",
+        str(ready),
+        "--trainer.callbacks.init_args.until_sigterm",
+        str(until_sigterm).lower(),
+    ]
+
+
+def wait_for(path: Path, proc: subprocess.Popen, limit: float = 300.0) -> None:
+    """Wait until ``path`` exists (the run reached the pause), failing if the run ended."""
+    import pytest
+
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"run ended (status {proc.returncode}) before {path.name}:\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"run never reached {path.name}")
+        time.sleep(0.1)

@@ -15,13 +15,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from reliability_helpers import one_thread, tiny_config, write_config  # noqa: F401 (fixture)
+from reliability_helpers import (  # noqa: F401 (one_thread: a fixture)
+    fit_process_env,
+    one_thread,
+    pause_args,
+    start_fit,
+    tiny_config,
+    wait_for,
+    write_config,
+)
 
 from reaf_lightning import ImageClassifier
 from reaf_lightning.checkpointing import (
@@ -32,55 +39,7 @@ from reaf_lightning.checkpointing import (
 from reaf_lightning.cli import run
 from reaf_lightning.errors import CheckpointError, OutputError
 
-TESTS = Path(__file__).resolve().parents[1]
 EPOCHS, BATCHES = 3, 4  # the tiny run: 3 epochs of 4 optimizer steps
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
-    env["WANDB_MODE"] = "disabled"
-    env.pop("REAF_DEBUG", None)
-    return env
-
-
-def _fit(config: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "reaf_lightning.cli", "fit", "--config", str(config), *extra]
-    return subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        cwd=config.parent,
-    )
-
-
-def _pause(ready: Path, epoch: int, batch: int, until_sigterm: bool = False) -> list[str]:
-    return [
-        "--trainer.callbacks+=reliability_helpers.PauseAt",
-        "--trainer.callbacks.init_args.epoch",
-        str(epoch),
-        "--trainer.callbacks.init_args.batch",
-        str(batch),
-        "--trainer.callbacks.init_args.ready_file",
-        str(ready),
-        "--trainer.callbacks.init_args.until_sigterm",
-        str(until_sigterm).lower(),
-    ]
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 300.0) -> None:
-    """Wait until ``path`` exists (the run reached the pause), failing if the run ended."""
-    deadline = time.monotonic() + limit
-    while not path.exists():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"run ended (status {proc.returncode}) before {path.name}:\n{err[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"run never reached {path.name}")
-        time.sleep(0.1)
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
@@ -123,8 +82,8 @@ def test_preempted_then_killed_then_resumed_finishes_the_same_epochs(tmp_path):
 
     # (1) SIGTERM: Lightning finishes the batch in progress (batches 0-2 of epoch 1 done)
     ready = tmp_path / "ready1"
-    proc = _fit(config, *_pause(ready, epoch=1, batch=2, until_sigterm=True))
-    _wait_for(ready, proc)
+    proc = start_fit(config, *pause_args(ready, epoch=1, batch=2, until_sigterm=True))
+    wait_for(ready, proc)
     proc.send_signal(signal.SIGTERM)
     code, out, err = _finish(proc)
     step = BATCHES + 3
@@ -139,15 +98,15 @@ def test_preempted_then_killed_then_resumed_finishes_the_same_epochs(tmp_path):
 
     # (2) resume, then SIGKILL in epoch 2: only the end-of-epoch-1 checkpoint survives
     ready = tmp_path / "ready2"
-    proc = _fit(config, "--ckpt_path", "last", *_pause(ready, epoch=2, batch=1))
-    _wait_for(ready, proc)
+    proc = start_fit(config, "--ckpt_path", "last", *pause_args(ready, epoch=2, batch=1))
+    wait_for(ready, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     assert (_ckpt(last)["epoch"], _ckpt(last)["global_step"]) == (1, 2 * BATCHES)
 
     # (3) resume again and finish
-    code, out, err = _finish(_fit(config, "--ckpt_path", "last"))
+    code, out, err = _finish(start_fit(config, "--ckpt_path", "last"))
     assert code == 0, err[-3000:]
     final = _ckpt(last)
     assert (final["epoch"], final["global_step"]) == (EPOCHS - 1, EPOCHS * BATCHES)
@@ -167,8 +126,8 @@ def test_ctrl_c_exits_130_and_says_where_the_last_checkpoint_is(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", tiny_config(root, EPOCHS, BATCHES))
     last = root / "seed0" / "checkpoints" / "last.ckpt"
     ready = tmp_path / "ready"
-    proc = _fit(config, *_pause(ready, epoch=1, batch=1))
-    _wait_for(ready, proc)
+    proc = start_fit(config, *pause_args(ready, epoch=1, batch=1))
+    wait_for(ready, proc)
     proc.send_signal(signal.SIGINT)
     code, out, err = _finish(proc)
     assert code == 130, err[-3000:]
@@ -295,12 +254,12 @@ def test_sigkill_mid_write_leaves_the_previous_checkpoint(tmp_path):
     ready = tmp_path / "writing"
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILLED_WRITER, str(path), str(ready)],
-        env=_env(),
+        env=fit_process_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_for(ready, proc)
+    wait_for(ready, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     ready.unlink()

@@ -8,68 +8,26 @@ config of :func:`reliability_helpers.tiny_config`, stopped at known batches by
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import one_thread, tiny_config, write_config  # noqa: F401 (fixture)
+from reliability_helpers import (  # noqa: F401 (one_thread: a fixture)
+    fit_process_env,
+    one_thread,
+    pause_args,
+    start_fit,
+    tiny_config,
+    wait_for,
+    write_config,
+)
 
 from reaf_lightning.record import read_record
 from reaf_lightning.rundir import RunDir
 
-TESTS = Path(__file__).resolve().parents[1]
 EPOCHS, BATCHES = 3, 4
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
-    env["WANDB_MODE"] = "disabled"
-    env.pop("REAF_DEBUG", None)
-    return env
-
-
-def _fit(config: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "reaf_lightning.cli", "fit", "--config", str(config), *extra]
-    return subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        cwd=config.parent,
-    )
-
-
-def _pause(ready: Path, epoch: int, batch: int, until_sigterm: bool = False) -> list[str]:
-    return [
-        "--trainer.callbacks+=reliability_helpers.PauseAt",
-        "--trainer.callbacks.init_args.epoch",
-        str(epoch),
-        "--trainer.callbacks.init_args.batch",
-        str(batch),
-        "--trainer.callbacks.init_args.ready_file",
-        str(ready),
-        "--trainer.callbacks.init_args.until_sigterm",
-        str(until_sigterm).lower(),
-    ]
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 300.0) -> None:
-    deadline = time.monotonic() + limit
-    while not path.exists():
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"run ended (status {proc.returncode}) before {path.name}:\n{err[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"run never reached {path.name}")
-        time.sleep(0.1)
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:
@@ -94,21 +52,21 @@ def test_sigterm_mid_epoch_and_resume_ends_bit_identical_and_last_is_newest(tmp_
     """Point 9 and 5: the run stopped by SIGTERM in its first epoch and resumed ends with the
     weights of the uninterrupted run, bit for bit; last.ckpt is the final state, no last-vN."""
     whole = write_config(tmp_path / "whole.yaml", tiny_config(tmp_path / "whole", EPOCHS, BATCHES))
-    code, err = _finish(_fit(whole))
+    code, err = _finish(start_fit(whole))
     assert code == 0, err[-3000:]
 
     root = tmp_path / "stopped"
     config = write_config(tmp_path / "stopped.yaml", tiny_config(root, EPOCHS, BATCHES))
     ready = tmp_path / "ready"
-    proc = _fit(config, *_pause(ready, epoch=0, batch=2, until_sigterm=True))
-    _wait_for(ready, proc)
+    proc = start_fit(config, *pause_args(ready, epoch=0, batch=2, until_sigterm=True))
+    wait_for(ready, proc)
     proc.send_signal(signal.SIGTERM)
     code, err = _finish(proc)
     assert code == 143, err[-3000:]
     run = RunDir(root / "seed0")
     preempted = read_record(run.metrics)
     assert not preempted.finished and preempted.epochs.reached == 0
-    code, err = _finish(_fit(config, "--ckpt_path", "last"))
+    code, err = _finish(start_fit(config, "--ckpt_path", "last"))
     assert code == 0, err[-3000:]
     assert "not resumable" not in err  # Lightning's warning about plain DataLoaders
 
@@ -134,9 +92,9 @@ def test_a_second_process_is_refused_and_a_killed_holder_never_blocks_the_resume
     root = tmp_path / "run"
     config = write_config(tmp_path / "tiny.yaml", tiny_config(root, 2, BATCHES))
     ready = tmp_path / "ready"
-    first = _fit(config, *_pause(ready, epoch=1, batch=1))  # holds until killed
-    _wait_for(ready, first)
-    code, err = _finish(_fit(config, "--ckpt_path", "last"))
+    first = start_fit(config, *pause_args(ready, epoch=1, batch=1))  # holds until killed
+    wait_for(ready, first)
+    code, err = _finish(start_fit(config, "--ckpt_path", "last"))
     assert code == 2, err[-3000:]
     (line,) = _messages(err)
     assert f"is in use by process {first.pid} on " in line and str(root / "seed0") in line
@@ -147,7 +105,7 @@ def test_a_second_process_is_refused_and_a_killed_holder_never_blocks_the_resume
     first.send_signal(signal.SIGKILL)
     first.communicate()
     assert first.returncode == -signal.SIGKILL
-    code, err = _finish(_fit(config, "--ckpt_path", "last"))
+    code, err = _finish(start_fit(config, "--ckpt_path", "last"))
     assert code == 0, err[-3000:]
     record = read_record(root / "seed0" / "metrics.json")
     assert record.finished and record.epochs.reached == 2
@@ -158,14 +116,14 @@ def test_overwrite_run_replaces_a_run_only_when_asked(tmp_path):
     """Point 3: a second plain fit is refused; --overwrite_run trains anew (and is not saved)."""
     root = tmp_path / "run"
     config = write_config(tmp_path / "tiny.yaml", tiny_config(root, 1, 2))
-    code, err = _finish(_fit(config))
+    code, err = _finish(start_fit(config))
     assert code == 0, err[-3000:]
     run = RunDir(root / "seed0")
     first = run.last_checkpoint.read_bytes()
-    code, err = _finish(_fit(config))
+    code, err = _finish(start_fit(config))
     assert code == 2 and "already holds a run (finished, 1/1 epochs)" in _messages(err)[0]
     assert run.last_checkpoint.read_bytes() == first
-    code, err = _finish(_fit(config, "--overwrite_run", "true", "--model.lr", "0.01"))
+    code, err = _finish(start_fit(config, "--overwrite_run", "true", "--model.lr", "0.01"))
     assert code == 0, err[-3000:]
     assert any("--overwrite_run: deleted the run" in line for line in _messages(err))
     assert run.last_checkpoint.read_bytes() != first
@@ -178,6 +136,6 @@ def test_16_mixed_on_a_cpu_records_the_precision_that_ran(tmp_path):
     """Point 10: Lightning runs 16-mixed as bf16-mixed on a CPU; the record says bf16-mixed."""
     root = tmp_path / "run"
     config = write_config(tmp_path / "tiny.yaml", tiny_config(root, 1, 2))
-    code, err = _finish(_fit(config, "--trainer.precision", "16-mixed"))
+    code, err = _finish(start_fit(config, "--trainer.precision", "16-mixed"))
     assert code == 0, err[-3000:]
     assert read_record(RunDir(root / "seed0").metrics).precision == "bf16-mixed"
