@@ -28,10 +28,8 @@ the paper; the reasons are in ``docs/reliability.md``):
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -64,6 +62,7 @@ from reaf_lightning.checkpointing import (
 )
 from reaf_lightning.commands import ShortHelpFormatter, command_line, parse, run_main
 from reaf_lightning.config_names import resolve_config_names
+from reaf_lightning.console import quiet_lightning
 from reaf_lightning.errors import (
     DEBUG_ENV,
     EXIT_PREEMPTED,
@@ -99,7 +98,6 @@ __all__ = [
     "USAGE",
     "ReafLightningCLI",
     "main",
-    "quiet_lightning",
     "run",
 ]
 
@@ -427,36 +425,6 @@ def _build_and_run(
         checkpoint_dirs=checkpoint_dirs,
         locks=locks,
     )
-
-
-def quiet_lightning() -> None:
-    """Leave out two lines that every run would print and no user can act on.
-
-    * Lightning's advertisement for its ``litlogger`` package, logged once per
-      ``Trainer`` through its rank-zero logger; a logging filter drops exactly
-      that record (the level stays, so ``Restoring states from ...`` and the
-      other information still show).
-    * The ``FutureWarning`` that torch >= 2.10 gives when Lightning's
-      ``CombinedLoader`` builds a ``LeafSpec`` (``lightning/pytorch/utilities/
-      _pytree.py``, unchanged up to Lightning 2.6.6); it is Lightning's call, not ours.
-    """
-    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if _LITLOGGER_TIP not in rank_zero_logger.filters:
-        rank_zero_logger.addFilter(_LITLOGGER_TIP)
-    warnings.filterwarnings(
-        "ignore",
-        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-        category=FutureWarning,
-        module=r"lightning\.pytorch\.utilities\._pytree",
-    )
-
-
-class _DropLitloggerTip(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
-_LITLOGGER_TIP = _DropLitloggerTip()
 
 
 def main(args: ArgsType = None) -> NoReturn:

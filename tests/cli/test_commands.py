@@ -21,8 +21,9 @@ from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from reaf_lightning.cli import main as reaf_lightning_main
-from reaf_lightning.cli import quiet_lightning, run
+from reaf_lightning.cli import run
 from reaf_lightning.commands import command_line, first_sentence, parse, run_main
+from reaf_lightning.console import quiet_lightning
 from reaf_lightning.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, one_line
 
 LIGHT_COMMANDS = {
