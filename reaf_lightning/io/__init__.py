@@ -11,13 +11,7 @@ One home per job: :mod:`.inputs` (bounded reads of untrusted files), :mod:`.outp
 * Writing outputs: :func:`check_outputs` (the rules every command's outputs follow) and
   :func:`atomic_outputs` (all of a command's files replaced together or none).
 
-Output rules (ours; one place, every command): an output is written only over a regular
-file or over nothing (a directory, FIFO, socket or device node is refused); a symbolic
-link is refused, never followed or replaced (following it would write somewhere the
-user did not name, replacing it would silently break the user's link); an output is
-never one of the command's inputs; two outputs of one command never share a path (also
-through links); a file-name prefix (``--stem``) is a plain name that cannot leave its
-directory.
+The output rules every command follows are stated once, in :mod:`.outputs`.
 
 Not part of the paper: these keep long runs from losing work and keep every
 command's failures to one line (see :mod:`reaf_lightning.errors`).
