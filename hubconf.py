@@ -3,7 +3,7 @@
 torch.hub.load("/path/to/reaf-lightning", "reaf_resnet50", source="local", num_classes=100)
 """
 
-from reaf_lightning.hub import hub_entrypoints
+from reaf_lightning.models.hub import hub_entrypoints
 
 dependencies = ["torch", "torchvision"]
 

@@ -5,7 +5,7 @@
 * :func:`class_selectivity`: the index from class-conditional means
   (:mod:`reaf_lightning.analysis.selectivity`, the maths only);
 * :class:`SelectivityCallback`: the same during training, every N epochs
-  (:mod:`reaf_lightning.analysis.callback`);
+  (:mod:`reaf_lightning.analysis.training_callback`);
 * ``reaf-analysis``: the paper's figures from checkpoints (:mod:`reaf_lightning.analysis.cli`).
 
 Names are imported on first use, so ``import reaf_lightning.analysis.cli`` (the command's
@@ -20,7 +20,7 @@ from typing import Any
 __all__ = ["SelectivityCallback", "class_selectivity", "compute_class_means", "compute_selectivity"]
 
 _HOMES = {
-    "SelectivityCallback": "reaf_lightning.analysis.callback",
+    "SelectivityCallback": "reaf_lightning.analysis.training_callback",
     "class_selectivity": "reaf_lightning.analysis.selectivity",
     "compute_class_means": "reaf_lightning.analysis.hooks",
     "compute_selectivity": "reaf_lightning.analysis.hooks",

@@ -35,8 +35,7 @@ from typing import Any, Literal, NoReturn
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from reaf_lightning.commands import parse, run_main
-from reaf_lightning.config_names import resolve_config_names
+from reaf_lightning.commands import parse, prepare_arguments, run_main
 from reaf_lightning.errors import ConfigError, NumericalError
 
 from .run_data import INPUT_SETTINGS
@@ -133,11 +132,7 @@ def main(args: list[str] | None = None) -> NoReturn:
 
 
 def _main(argv: list[str]) -> None:
-    from reaf_lightning.io import install_strict_yaml, read_config_arguments
-
-    argv = list(resolve_config_names(argv, groups=("analysis",)))  # --config figure2
-    read_config_arguments(argv)  # bounded: no FIFO hangs
-    install_strict_yaml()
+    argv = prepare_arguments(argv, groups=("analysis",))  # --config figure2
     parser = build_parser()
     cfg = parse(parser, argv)
     explicit = parse(parser, argv, defaults=False)  # what the user set, to merge data
@@ -208,7 +203,7 @@ def _run(cfg: Namespace, explicit: Namespace) -> None:
 
 def _inputs(cfg: Namespace, specs: list[ModelSpec]) -> list[str]:
     """Every file the command reads: no output may be one of them."""
-    from reaf_lightning.rundir import CHECKPOINTS, RunDir
+    from reaf_lightning.runs.layout import CHECKPOINTS, RunDir
 
     from .loading import checkpoint_of
 
@@ -319,11 +314,11 @@ def _log_wandb(cfg: Namespace, paths, summary, ks, provenance: dict[str, dict[st
     """One W&B run recording the compared checkpoints, the figure and the tables.
 
     Started by the same function as training's logger
-    (:func:`reaf_lightning.loggers.start_wandb_run`): no credentials or no network
+    (:func:`reaf_lightning.training.wandb_logger.start_wandb_run`): no credentials or no network
     means an offline run, and an online start that fails goes offline. Its files go
     under ``output_dir``.
     """
-    from reaf_lightning.loggers import start_wandb_run
+    from reaf_lightning.training.wandb_logger import start_wandb_run
 
     if cfg.wandb_mode == "disabled":
         return

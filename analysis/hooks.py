@@ -5,7 +5,7 @@ Forward hooks read the output of named modules (a ResNet stage ``layer1`` ..
 MobileNetV2), reduce it per sample (the spatial mean per channel, as the paper
 does), and :class:`reaf_lightning.analysis.streaming.ClassSums` adds it up per class.
 :func:`compute_selectivity` is the one-call entry point; the Lightning callback
-(:mod:`reaf_lightning.analysis.callback`) uses the same :class:`LayerCapture` inside the
+(:mod:`reaf_lightning.analysis.training_callback`) uses the same :class:`LayerCapture` inside the
 validation loop.
 
 Choices that are ours (the paper is silent):

@@ -2,7 +2,7 @@
 
 Three sources, one :class:`reaf_lightning.analysis.spec.ModelSpec` each:
 
-* a Lightning checkpoint of :class:`reaf_lightning.module.ImageClassifier`, or a
+* a Lightning checkpoint of :class:`reaf_lightning.training.module.ImageClassifier`, or a
   run directory (its ``checkpoints/last.ckpt``) (``checkpoint``): the network is
   rebuilt from the saved hyperparameters (a registry name, never a class named in
   the file), and what the run recorded about its data is kept
@@ -191,7 +191,7 @@ def _from_lightning_checkpoint(spec: ModelSpec, weights_only: bool) -> LoadedMod
     """
     from torch import nn
 
-    from reaf_lightning.checkpointing import read_lightning_checkpoint
+    from reaf_lightning.runs.checkpoint import read_lightning_checkpoint
 
     path = checkpoint_of(Path(str(spec.checkpoint)))
     content = read_lightning_checkpoint(path, weights_only=weights_only)
@@ -235,7 +235,7 @@ def checkpoint_of(path: Path) -> Path:
     Raises:
         CheckpointError: a run directory without that file.
     """
-    from reaf_lightning.rundir import RunDir
+    from reaf_lightning.runs.layout import RunDir
 
     if not path.is_dir():
         return path
@@ -267,7 +267,7 @@ def _load_into(
     model: nn.Module, state: dict[str, Tensor], path: Path, arch: str | None, prefixed=False
 ) -> None:
     """Strict ``load_state_dict``; a network's keys may carry a ``net.``/``model.`` prefix."""
-    from reaf_lightning.checkpointing import describe_mismatch
+    from reaf_lightning.runs.checkpoint import describe_mismatch
 
     if not prefixed:
         for prefix in ("net.", "model.", "module."):

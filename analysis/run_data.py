@@ -73,7 +73,7 @@ def recorded_data(checkpoint: Path, content: Mapping[str, Any]) -> RecordedData:
     """The data module and settings a checkpoint's run recorded.
 
     Looked for, in order: the run record stored in the checkpoint (``reaf_run``,
-    validated by :class:`reaf_lightning.record.RunRecord`), the run directory's
+    validated by :class:`reaf_lightning.runs.record.RunRecord`), the run directory's
     ``metrics.json`` record, its ``config.yaml`` (``data.class_path`` and
     ``init_args``, read strictly and bounded), then the class LightningCLI notes
     in ``datamodule_hyper_parameters`` (``_class_path``). The checkpoint's
@@ -84,8 +84,8 @@ def recorded_data(checkpoint: Path, content: Mapping[str, Any]) -> RecordedData:
         ConfigError: a stored or recorded run record off the schema.
     """
     from reaf_lightning.io import read_yaml
-    from reaf_lightning.record import read_record, record_from_dict
-    from reaf_lightning.rundir import CHECKPOINTS, RunDir
+    from reaf_lightning.runs.layout import CHECKPOINTS, RunDir
+    from reaf_lightning.runs.record import read_record, record_from_dict
 
     settings = content.get("datamodule_hyper_parameters")
     settings = dict(settings) if isinstance(settings, Mapping) else {}

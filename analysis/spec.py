@@ -11,7 +11,7 @@ from typing import Any
 
 __all__ = ["DEFAULT_MODULE_CLASS", "ModelSpec"]
 
-DEFAULT_MODULE_CLASS = "reaf_lightning.module.ImageClassifier"
+DEFAULT_MODULE_CLASS = "reaf_lightning.training.module.ImageClassifier"
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch
 from reaf_lightning.data import CIFAR100DataModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fake_data import write_cifar100  # noqa: E402
+from helpers.fake_data import write_cifar100  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -13,7 +13,7 @@ Three questions, each answered against a baseline measured in the same run:
    fresh subprocess that reports its peak RSS growth during the pass (the data
    set synthesises images on the fly, so it does not grow with N either).
 3. Callback cost: wall time of ``Trainer.validate`` with
-   :class:`reaf_lightning.analysis.callback.SelectivityCallback` (all batches, the paper's
+   :class:`reaf_lightning.analysis.training_callback.SelectivityCallback` (all batches, the paper's
    five layers) versus the same validation epoch without it, interleaved,
    median over repeats. The callback adds hooks and ``index_add_`` to the
    validation forward passes, no extra pass.
@@ -106,8 +106,8 @@ def callback_cost(args: argparse.Namespace, device: torch.device) -> dict[str, f
     """Interleaved ``Trainer.validate`` with and without the callback; median seconds."""
     import lightning.pytorch as pl
 
-    from reaf_lightning.analysis.callback import SelectivityCallback
-    from reaf_lightning.module import ImageClassifier
+    from reaf_lightning.analysis.training_callback import SelectivityCallback
+    from reaf_lightning.training.module import ImageClassifier
 
     arch_kwargs = {"stem": args.stem} if args.stem else {}
     torch.manual_seed(0)

@@ -7,24 +7,24 @@ Lightning — does not pay for importing it.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from reaf_lightning.timm_models import register_with_timm_on_import
+__all__ = ["ImageClassifier", "__version__", "convert"]
 
-__all__ = ["ImageClassifier", "convert"]
+try:
+    __version__ = version("reaf-lightning")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:  # pragma: no cover
     from reaf_lightning.conversion import convert
-    from reaf_lightning.module import ImageClassifier
-
-
-# timm (when installed) builds the REAF networks; registered when timm is imported, cheaply.
-register_with_timm_on_import()
+    from reaf_lightning.training.module import ImageClassifier
 
 
 def __getattr__(name: str) -> Any:
     if name == "ImageClassifier":
-        from reaf_lightning.module import ImageClassifier
+        from reaf_lightning.training.module import ImageClassifier
 
         return ImageClassifier
     if name == "convert":

@@ -20,7 +20,7 @@ A user error is any :class:`ReafError`: the package raises these where it
 rejects an input on purpose, and the parse errors of every command line become
 :class:`ConfigError` (:func:`reaf_lightning.commands.parse`). Each command's
 ``main()`` is :func:`reaf_lightning.commands.run_main`, which runs the work
-through :func:`run_command`. Messages of third-party libraries are
+through :func:`reaf_lightning.commands.run_command`. Messages of third-party libraries are
 shown as they are, whitespace collapsed to one line, never reworded; the one
 exception is an error raised in a ``DataLoader`` worker, which PyTorch re-raises
 in the main process with the worker's whole traceback as its message: the
@@ -29,12 +29,6 @@ paper. ``REAF_DEBUG=1`` re-raises every error with its traceback.
 """
 
 from __future__ import annotations
-
-import os
-import signal
-import sys
-import threading
-from collections.abc import Callable
 
 __all__ = [
     "DEBUG_ENV",
@@ -50,9 +44,13 @@ __all__ = [
     "NumericalError",
     "OutputError",
     "ReafError",
+    "CorruptImageError",
+    "CorruptImageWarning",
+    "DatasetLayoutError",
+    "DatasetNotFoundError",
+    "DatasetPermissionError",
     "message_of",
     "one_line",
-    "run_command",
 ]
 
 EXIT_OK = 0
@@ -118,57 +116,26 @@ def message_of(err: BaseException) -> str:
     return one_line(text) or type(err).__name__
 
 
-class _SigintRecorder:
-    """Remember that Ctrl-C was pressed, then raise ``KeyboardInterrupt`` as Python does.
-
-    Libraries may turn the ``KeyboardInterrupt`` into something else (Lightning
-    ends with ``sys.exit(1)`` after its own clean-up), so the exit status is
-    decided from this record, not from the exception that arrives.
-    """
-
-    def __init__(self) -> None:
-        self.pressed = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        self.pressed = True
-        raise KeyboardInterrupt
+# -- the data modules' errors: every dataset problem is one of these, raised from
+# prepare_data/setup (or, with on_corrupt="skip", from the loader), never a decoder's traceback.
+# Each takes its message as its only argument, so it pickles unchanged and a DataLoader worker
+# re-raises it in the main process with its own type.
+class DatasetNotFoundError(DataError, FileNotFoundError):
+    """A dataset root, split folder or data file does not exist."""
 
 
-def run_command(
-    prog: str,
-    body: Callable[[], object],
-    on_interrupt: Callable[[], str] | None = None,
-) -> int:
-    """Run a command's ``body`` under the policy above and return its exit status.
-
-    Args:
-        prog: the command's name, the prefix of every message.
-        body: does the work; raises :class:`ReafError` for user errors.
-        on_interrupt: returns what to add to the Ctrl-C line (e.g. where the
-            last checkpoint is); called only after an interruption.
-    """
-    if os.environ.get(DEBUG_ENV) == "1":
-        body()
-        return EXIT_OK
-    recorder = _SigintRecorder()
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, recorder) if main_thread else None
-    try:
-        body()
-    except ReafError as err:
-        _say(prog, f"error: {message_of(err)}")
-        return err.exit_code
-    except (KeyboardInterrupt, SystemExit) as err:
-        if not recorder.pressed and not isinstance(err, KeyboardInterrupt):
-            raise
-        note = on_interrupt() if on_interrupt else ""
-        _say(prog, "interrupted (Ctrl-C)" + (f"; {note}" if note else ""))
-        return EXIT_INTERRUPTED
-    finally:
-        if main_thread and previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    return EXIT_OK
+class DatasetPermissionError(DataError, PermissionError):
+    """A dataset folder or file exists but this user may not read it."""
 
 
-def _say(prog: str, line: str) -> None:
-    print(f"{prog}: {line}", file=sys.stderr, flush=True)
+class DatasetLayoutError(DataError):
+    """The dataset exists but its layout is wrong (empty class, class mismatch, bad shapes,
+    symlink loops, pickles that hold no images or objects other than arrays)."""
+
+
+class CorruptImageError(DataError):
+    """An image file cannot be decoded, or holds pixels with no agreed RGB meaning."""
+
+
+class CorruptImageWarning(UserWarning):
+    """An image file could not be decoded and was skipped (``on_corrupt="skip"``)."""

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from reaf_lightning.errors import CheckpointError, ConfigError, OutputError, run_command
+from reaf_lightning.commands import run_command
+from reaf_lightning.errors import CheckpointError, ConfigError, OutputError
 
 __all__ = [
     "bare_state_dict",
@@ -55,7 +56,7 @@ def bare_state_dict(checkpoint: str | os.PathLike[str]) -> tuple[dict[str, Tenso
     Raises:
         CheckpointError: not a Lightning checkpoint of an ``ImageClassifier``.
     """
-    from reaf_lightning.checkpointing import read_lightning_checkpoint
+    from reaf_lightning.runs.checkpoint import read_lightning_checkpoint
 
     content = read_lightning_checkpoint(checkpoint, weights_only=True)
     hparams = content.get("hyper_parameters")

@@ -7,30 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
-#: The quick start shrunk to seconds: a tiny REAF net, 3 training and 2 validation batches.
-TINY_ARGS = [
-    "--config",
-    QUICKSTART,
-    "--model.arch",
-    "test_reaf_resnet",
-    "--model.arch_kwargs",
-    "{}",
-    "--data.init_args.batch_size",
-    "16",
-    "--trainer.limit_train_batches",
-    "3",
-    "--trainer.limit_val_batches",
-    "2",
-    "--trainer.log_every_n_steps",  # (3 batches < the quick start's 10: Lightning would warn)
-    "1",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
-]
+from helpers.tiny_run import TINY_ARGS, finish_wandb, isolate_wandb
 
 # The process's state before any test (or fixture) ran.
 _INITIAL_DETERMINISTIC = (
@@ -53,22 +30,6 @@ def _reset_deterministic_mode():
     torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def isolate_wandb(mp: pytest.MonkeyPatch, home: Path) -> None:
-    """No W&B credentials or user settings: the logger's ``auto`` mode must choose offline."""
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_DIR", "WANDB_PROJECT"):
-        mp.delenv(var, raising=False)
-    mp.setenv("NETRC", str(home / "no-netrc"))
-    mp.setenv("WANDB_CONFIG_DIR", str(home / "wandb-config"))
-
-
-def finish_wandb() -> None:
-    """End the W&B run and wait until its files are on disk (``finish`` alone may not)."""
-    import wandb
-
-    wandb.finish()
-    wandb.teardown()
-
-
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """The run directory of one tiny quick-start ``fit`` (1 epoch), trained once per session.
@@ -79,7 +40,7 @@ def trained_run(tmp_path_factory) -> Path:
     ``checkpoints/{last,best-epoch=000}.ckpt`` and ``wandb/offline-run-*``.
     Treat it as read-only: copy it (``shutil.copytree``) before training on.
     """
-    from reaf_lightning.cli import run
+    from reaf_lightning.training.cli import run
 
     tmp = tmp_path_factory.mktemp("trained_run")
     cwd = os.getcwd()
@@ -95,3 +56,18 @@ def trained_run(tmp_path_factory) -> Path:
             enabled, warn_only = _INITIAL_DETERMINISTIC
             torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
     return tmp / "logs" / "quickstart" / "seed0"
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One intra-op thread here and in subprocesses (``OMP_NUM_THREADS``), restored after.
+
+    Opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``: on the shared 2-core
+    machine a tiny model with 2 intra-op threads runs ~8x slower than with one as soon as
+    another process is busy (OpenMP threads wait for each other).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)

@@ -17,6 +17,14 @@ checkpoints (``datamodule_hyper_parameters``). Dataset problems raise the
 :class:`~reaf_lightning.errors.DataError` subclasses of :mod:`.errors`.
 """
 
+from reaf_lightning.errors import (
+    CorruptImageError,
+    CorruptImageWarning,
+    DatasetLayoutError,
+    DatasetNotFoundError,
+    DatasetPermissionError,
+)
+
 from .augment import apply_crop_flip, normalize_uint8, sample_crop_flip_params
 from .base import BaseDataModule, default_num_workers
 from .cifar import (
@@ -37,13 +45,6 @@ from .cifar_files import (
     load_cifar_split,
 )
 from .digits import DigitsDataModule
-from .errors import (
-    CorruptImageError,
-    CorruptImageWarning,
-    DatasetLayoutError,
-    DatasetNotFoundError,
-    DatasetPermissionError,
-)
 from .image_dataset import ImageFileDataset
 from .image_folder import (
     IMAGENET_MEAN,

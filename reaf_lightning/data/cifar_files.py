@@ -21,9 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from reaf_lightning.errors import one_line
-
-from .errors import DatasetLayoutError, DatasetNotFoundError, DatasetPermissionError
+from reaf_lightning.errors import (
+    DatasetLayoutError,
+    DatasetNotFoundError,
+    DatasetPermissionError,
+    one_line,
+)
 
 __all__ = [
     "CIFAR10",

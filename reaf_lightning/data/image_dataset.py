@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import CorruptImageError, CorruptImageWarning
+from reaf_lightning.errors import CorruptImageError, CorruptImageWarning
+
 from .images import load_rgb
 
 __all__ = ["ImageFileDataset", "OnCorrupt"]

@@ -57,10 +57,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.transforms import v2
 
-from reaf_lightning.errors import ConfigError
+from reaf_lightning.errors import (
+    ConfigError,
+    CorruptImageError,
+    CorruptImageWarning,
+    DatasetPermissionError,
+)
 
 from .base import BaseDataModule, check_positive_int
-from .errors import CorruptImageError, CorruptImageWarning, DatasetPermissionError
 from .image_dataset import ImageFileDataset, OnCorrupt
 from .images import channel_stats, scan_image_folder, verify_images
 

@@ -35,15 +35,16 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from reaf_lightning.errors import DataError, OutputError, one_line
-from reaf_lightning.io import atomic_outputs
-
-from .errors import (
+from reaf_lightning.errors import (
     CorruptImageError,
+    DataError,
     DatasetLayoutError,
     DatasetNotFoundError,
     DatasetPermissionError,
+    OutputError,
+    one_line,
 )
+from reaf_lightning.io import atomic_outputs
 
 __all__ = ["IMG_EXTENSIONS", "channel_stats", "load_rgb", "scan_image_folder", "verify_images"]
 

@@ -1,8 +1,8 @@
 """The package's file helpers, shared by training, analysis, the zoo and the report.
 
-One home per job: :mod:`.inputs` (bounded reads of untrusted files), :mod:`.outputs`
-(the output rules and all-or-nothing writes), :mod:`.config` (strict YAML, seeds) and
-:mod:`.checkpoint` (the safe checkpoint loader); everything is importable from here.
+One home per job: :mod:`.inputs` (bounded reads of untrusted files and the safe
+checkpoint loader), :mod:`.outputs` (the output rules and all-or-nothing writes) and
+:mod:`.config` (strict YAML, seeds); everything is importable from here.
 
 * Reading untrusted files: :func:`read_bounded` (a regular file of bounded size, never a
   FIFO or device that could hang or never end), :func:`read_yaml` and
@@ -17,17 +17,15 @@ Not part of the paper: these keep long runs from losing work and keep every
 command's failures to one line (see :mod:`reaf_lightning.errors`).
 """
 
-from .checkpoint import load_checkpoint
 from .config import (
     CONFIG_MAX_BYTES,
     SEED_RANGE,
     check_seed,
     check_yaml_keys,
     install_strict_yaml,
-    read_config_arguments,
     read_yaml,
 )
-from .inputs import file_kind, read_bounded, shown
+from .inputs import file_kind, load_checkpoint, read_bounded, shown
 from .outputs import atomic_outputs, check_outputs, check_stem, ensure_writable
 
 __all__ = [
@@ -43,7 +41,6 @@ __all__ = [
     "install_strict_yaml",
     "load_checkpoint",
     "read_bounded",
-    "read_config_arguments",
     "read_yaml",
     "shown",
 ]

@@ -7,13 +7,12 @@ for plain loaders, which would run another experiment than the file seems to say
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 from reaf_lightning.errors import ConfigError, one_line
 
-from .inputs import file_kind, read_bounded
+from .inputs import read_bounded
 
 __all__ = [
     "CONFIG_MAX_BYTES",
@@ -21,7 +20,6 @@ __all__ = [
     "check_seed",
     "check_yaml_keys",
     "install_strict_yaml",
-    "read_config_arguments",
     "read_yaml",
 ]
 
@@ -116,48 +114,6 @@ def check_seed(seed: object, option: str = "seed_everything") -> None:
             raise ConfigError(
                 f"{option} {seed} is outside numpy's seed range [{low}, {high}]; give a seed in it"
             )
-
-
-def read_config_arguments(argv: object) -> list[str]:
-    """Check the files a command line names before the parser opens any of them.
-
-    jsonargparse opens a config file (``--config``, or a nested one such as
-    ``--model FILE``) with a plain ``open``, which waits forever on a FIFO and reads
-    a device without end. So every ``--config``/``-c`` file is read here first with
-    :func:`read_yaml` (bounded, strict), and any other value that names an existing
-    FIFO, socket or device is refused (no option of the package takes one).
-
-    Args:
-        argv: the command line (anything else, e.g. a dict of arguments, is not checked).
-
-    Returns:
-        The config files named (the command's inputs).
-
-    Raises:
-        ConfigError: naming the file and why.
-    """
-    if not isinstance(argv, (list, tuple)):
-        return []
-    named = []
-    argv = [str(a) for a in argv]
-    for flag, value in zip(argv, [*argv[1:], ""]):
-        if flag.startswith("--config="):
-            flag, value = "--config", flag.split("=", 1)[1]
-        if flag in ("--config", "-c"):
-            read_yaml(value)
-            named.append(value)
-    for token in argv:
-        candidate = token.split("=", 1)[1] if token.startswith("--") and "=" in token else token
-        try:
-            mode = os.stat(candidate).st_mode
-        except (OSError, ValueError):
-            continue
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            raise ConfigError(
-                f"{candidate} is {file_kind(mode)}, not a regular file; the command reads and "
-                "writes regular files only"
-            )
-    return named
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from reaf_lightning.errors import ConfigError, run_command
+from reaf_lightning.commands import run_command
+from reaf_lightning.errors import ConfigError
 
 PROG = "python -m reaf_lightning.paper"
 

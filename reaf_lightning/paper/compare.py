@@ -3,7 +3,7 @@
 An experiment belongs to a paper row when its directory ends in
 ``<table>/<row id>`` (the layout of the paper configs: ``logs/table3/resnet50``).
 ``reaf-report`` reads and summarises runs (mean ± std over seeds,
-:mod:`reaf_lightning.report.tables`) and hands the summary here; this module
+:mod:`reaf_lightning.report.summary`) and hands the summary here; this module
 knows the paper, not how runs are stored.
 
 The difference to the paper is given only where the runs trained the paper's

@@ -1,8 +1,8 @@
 """From finished runs to the paper's tables: the run records of many runs -> ``reaf-report``.
 
-* :mod:`~reaf_lightning.report.runs`: :func:`find_runs` reads every run's record
-  (``metrics.json``, :mod:`reaf_lightning.record`) as untrusted input;
-* :mod:`~reaf_lightning.report.tables`: mean ± std over the seeds of runs that
+* :mod:`~reaf_lightning.runs.find`: :func:`find_runs` reads every run's record
+  (``metrics.json``, :mod:`reaf_lightning.runs.record`) as untrusted input;
+* :mod:`~reaf_lightning.report.summary`: mean ± std over the seeds of runs that
   trained the same thing, matched to the paper's rows;
 * :mod:`~reaf_lightning.report.figure`: Table 3's error-vs-MACs figure;
 * :mod:`~reaf_lightning.report.cli`: the ``reaf-report`` command.

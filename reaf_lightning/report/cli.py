@@ -9,8 +9,8 @@
 
 Reads only the run records (``metrics.json``) that training leaves in every
 run directory (no W&B needed), each as untrusted input
-(:mod:`reaf_lightning.report.runs`), and averages only runs that trained the
-same thing (:mod:`reaf_lightning.report.tables`). Outputs follow the package's
+(:mod:`reaf_lightning.runs.find`), and averages only runs that trained the
+same thing (:mod:`reaf_lightning.report.summary`). Outputs follow the package's
 output rules (:mod:`reaf_lightning.io`), checked before anything is read, and
 are replaced together or not at all. Exit statuses as every command of the
 package (:mod:`reaf_lightning.errors`).
@@ -25,7 +25,7 @@ from typing import NoReturn
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from reaf_lightning.commands import parse, run_main
+from reaf_lightning.commands import parse, prepare_arguments, run_main
 from reaf_lightning.errors import DataError
 
 __all__ = ["build_parser", "main"]
@@ -80,21 +80,18 @@ def _outputs(csv: str | None, latex: str | None, figure: str | None) -> dict[str
 
 
 def _report(argv: list[str]) -> None:
-    from reaf_lightning.io import install_strict_yaml, read_config_arguments
-
-    read_config_arguments(argv)  # bounded: no FIFO hangs
-    install_strict_yaml()
+    argv = prepare_arguments(argv)
     cfg = parse(build_parser(), argv)
     outputs = _outputs(cfg.csv, cfg.latex, cfg.figure)
 
     from reaf_lightning.io import check_outputs
-    from reaf_lightning.report.runs import find_runs
-    from reaf_lightning.report.tables import (
+    from reaf_lightning.report.summary import (
         format_markdown,
         format_unfinished,
         report_frame,
         unfinished_frame,
     )
+    from reaf_lightning.runs.find import find_runs
 
     runs, skipped, read = find_runs(cfg.log_roots)
     inputs = [*read, *(str(c) for c in cfg.get("config") or [])]
@@ -125,7 +122,7 @@ def _report(argv: list[str]) -> None:
 def _write(outputs: dict[str, Path], frame, runs, inputs: list) -> None:
     """Every output of the command, replaced together or not at all."""
     from reaf_lightning.io import atomic_outputs
-    from reaf_lightning.report.tables import format_latex, report_frame
+    from reaf_lightning.report.summary import format_latex, report_frame
 
     with atomic_outputs(list(outputs.values()), inputs=inputs) as temps:
         temp = dict(zip(outputs, temps))

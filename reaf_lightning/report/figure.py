@@ -32,7 +32,7 @@ def _label(row_id: str) -> str:
 
 
 def draw_table3_figure(frame: pd.DataFrame):
-    """Draw Table 3's rows of ``frame`` (:func:`~reaf_lightning.report.tables.report_frame`).
+    """Draw Table 3's rows of ``frame`` (:func:`~reaf_lightning.report.summary.report_frame`).
 
     Returns the matplotlib figure (save it with
     :func:`reaf_lightning.figure_style.save_figure`, close it with ``plt.close``).

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import REPO
 from PIL import Image
 
 from reaf_lightning.analysis.cli import build_parser, main
@@ -27,7 +28,6 @@ from reaf_lightning.data import DigitsDataModule
 from reaf_lightning.errors import CheckpointError
 from reaf_lightning.models import create_model
 
-REPO = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 16
 DRAWN = ["layer1", "layer2", "layer3", "layer4"]  # avgpool repeats layer4: drawn once
 
@@ -38,7 +38,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningCLI
 
-    from reaf_lightning.module import ImageClassifier
+    from reaf_lightning.training.module import ImageClassifier
 
     root = tmp_path_factory.mktemp("analysis_run")
     args = [
@@ -266,7 +266,7 @@ def test_non_finite_weights_and_activations_exit_3(trained, tmp_path, capsys):
 def test_wandb_without_credentials_logs_offline_into_output_dir(
     trained, tmp_path, monkeypatch, capsys
 ):
-    from wandb_records import run_contents
+    from helpers.wandb_records import run_contents
 
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
         monkeypatch.delenv(var, raising=False)

@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import REPO
 
-from reaf_lightning.analysis.callback import SelectivityCallback
 from reaf_lightning.analysis.hooks import compute_selectivity
+from reaf_lightning.analysis.training_callback import SelectivityCallback
 from reaf_lightning.data import DigitsDataModule
 from reaf_lightning.errors import ConfigError
-from reaf_lightning.module import ImageClassifier
+from reaf_lightning.training.module import ImageClassifier
 
 LAYERS = ["layer1", "layer4"]
 MAX_BATCHES = 2
@@ -94,7 +95,7 @@ def test_csv_in_run_dir_matches_library_on_the_trained_network(fitted):
 
 
 def test_wandb_run_has_histograms_and_per_layer_statistics(fitted):
-    from wandb_records import run_contents
+    from helpers.wandb_records import run_contents
 
     (run_file,) = fitted["root"].glob("wandb/offline-run-*/run-*.wandb")
     history = run_contents(run_file)["history"]
@@ -166,7 +167,7 @@ def test_paper_row_switch_config_builds_the_callback():
 
     from reaf_lightning.io import read_yaml
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = REPO
     config = read_yaml(repo / "configs" / "callbacks" / "selectivity.yaml")
     (entry,) = config["trainer"]["callbacks"]
     parser = ArgumentParser()

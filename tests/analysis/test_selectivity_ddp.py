@@ -18,10 +18,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from reaf_lightning.analysis.callback import SelectivityCallback
 from reaf_lightning.analysis.hooks import compute_class_means, compute_selectivity
+from reaf_lightning.analysis.training_callback import SelectivityCallback
 from reaf_lightning.models import create_model
-from reaf_lightning.module import ImageClassifier
+from reaf_lightning.training.module import ImageClassifier
 
 NUM_SAMPLES, NUM_CLASSES, WORLD = 11, 3, 2
 

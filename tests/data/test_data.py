@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from fake_data import write_cifar100
+from helpers import REPO
+from helpers.fake_data import write_cifar100
 from torch.utils.data import DistributedSampler
 
 from reaf_lightning.data import (
@@ -386,7 +387,7 @@ def test_device_augmentation_on_cuda_matches_cpu_reference():
 def test_benchmark_script_runs(capsys):
     import importlib.util
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cifar_loader.py"
+    path = REPO / "benchmarks" / "bench_cifar_loader.py"
     spec = importlib.util.spec_from_file_location("bench_cifar_loader", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

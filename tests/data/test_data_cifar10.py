@@ -1,7 +1,7 @@
 """CIFAR-10 (reaf_lightning.data.CIFAR10DataModule) on tiny files in torchvision's real format.
 
 The reference is independent of the reader: the pixels and labels written by
-``fake_data.write_cifar10``, decoded here with a per-pixel loop (torchvision's
+``helpers.fake_data.write_cifar10``, decoded here with a per-pixel loop (torchvision's
 ``CIFAR10`` cannot serve: it refuses any file whose MD5 is not the official one).
 """
 
@@ -12,7 +12,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from fake_data import write_cifar10
+from helpers.fake_data import write_cifar10
 
 from reaf_lightning.data import (
     CIFAR10,

@@ -17,9 +17,8 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from fake_data import folder_datamodule, write_corrupt_image, write_image_folder
+from helpers.fake_data import folder_datamodule, write_corrupt_image, write_image_folder
 from PIL import Image
-from reliability_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from reaf_lightning import ImageClassifier
 from reaf_lightning.data import (
@@ -28,7 +27,9 @@ from reaf_lightning.data import (
     CorruptImageError,
     CorruptImageWarning,
 )
-from reaf_lightning.predictions import PredictionWriter
+from reaf_lightning.training.predictions import PredictionWriter
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUM_CLASSES = 10  # the network's outputs; the folder has 3 classes
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_data import folder_datamodule, write_image_folder
+from helpers.fake_data import folder_datamodule, write_image_folder
 from PIL import Image
 
 from reaf_lightning.data import (

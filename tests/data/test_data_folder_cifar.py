@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fake_data import folder_datamodule, write_image_folder
+from helpers.fake_data import folder_datamodule, write_image_folder
 from PIL import Image
 
 from reaf_lightning.data import IMAGENET_MEAN

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from fake_data import folder_datamodule, write_corrupt_image, write_image_folder
+from helpers.fake_data import folder_datamodule, write_corrupt_image, write_image_folder
 from PIL import Image
 from torch.utils.data import DataLoader
 

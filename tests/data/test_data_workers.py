@@ -14,7 +14,7 @@ import warnings
 import lightning.pytorch as pl
 import pytest
 import torch
-from fake_data import write_cifar10, write_image_folder
+from helpers.fake_data import write_cifar10, write_image_folder
 
 from reaf_lightning.data import (
     CIFAR10DataModule,

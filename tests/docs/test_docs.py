@@ -9,9 +9,9 @@ from the README itself, the one source.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO
+
 README = REPO / "README.md"
 
 

@@ -8,14 +8,13 @@ merge-key file, is stopped by ``--print_config`` before any training.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
-from reaf_lightning.cli import main
+from reaf_lightning.training.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 
 

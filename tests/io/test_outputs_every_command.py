@@ -11,7 +11,7 @@ import pytest
 
 from reaf_lightning.errors import OutputError
 from reaf_lightning.paper.zoo import main as zoo_main
-from reaf_lightning.predictions import PredictionWriter
+from reaf_lightning.training.predictions import PredictionWriter
 
 
 def _zoo(capsys, *args: str) -> tuple[int, str, str]:
@@ -65,7 +65,7 @@ def test_predict_refuses_a_fifo_predictions_file_before_predicting(tmp_path):
     import lightning.pytorch as pl
 
     from reaf_lightning.data import DigitsDataModule
-    from reaf_lightning.module import ImageClassifier
+    from reaf_lightning.training.module import ImageClassifier
 
     os.mkfifo(tmp_path / "predictions.csv")
     trainer = pl.Trainer(

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from reaf_lightning.layers import STRATEGIES, REAFConv2d, autotune, autotune_cache
 from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_macs, layer_macs
-from reaf_lightning.module import ImageClassifier
+from reaf_lightning.training.module import ImageClassifier
 
 IMPLS = ("auto", *STRATEGIES)
 

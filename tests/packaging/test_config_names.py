@@ -10,16 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-from reaf_lightning.config_names import (
-    config_dir,
-    config_names,
-    find_config,
-    resolve_config_names,
-)
+from reaf_lightning.commands import config_dir, config_names, find_config, prepare_arguments
 from reaf_lightning.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_yaml_of_the_configs_folder_has_a_name_that_finds_that_file():
@@ -73,28 +67,27 @@ def test_a_name_never_reaches_outside_the_configs_folder(tmp_path, monkeypatch):
             find_config(escape)
 
 
-def test_resolve_rewrites_every_config_flag_form_and_only_those(tmp_path, monkeypatch):
+def test_prepare_rewrites_every_config_flag_form_and_only_those(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["fit", "-c", "recipes/imagenet", "--config=table5/resnet50", "--model.arch", "x"]
-    resolved = resolve_config_names(args)
-    assert resolved == [
+    assert prepare_arguments(args) == [
         "fit", "-c", str(config_dir() / "recipes/imagenet.yaml"),
         f"--config={config_dir() / 'table5/resnet50.yaml'}", "--model.arch", "x",
     ]  # fmt: skip
     plain = ["fit", "--trainer.max_epochs", "1"]
-    assert resolve_config_names(plain) is plain
-    assert resolve_config_names(["--config", "figure3"], groups=("analysis",)) == [
+    assert prepare_arguments(plain) == plain
+    assert prepare_arguments(["--config", "figure3"], groups=("analysis",)) == [
         "--config",
         str(config_dir() / "analysis/figure3.yaml"),
     ]
     monkeypatch.setattr(sys, "argv", ["reaf-lightning", "fit", "--config", "quickstart"])
-    assert resolve_config_names(None) is None  # the command line itself is rewritten
-    assert sys.argv[1:] == ["fit", "--config", str(config_dir() / "quickstart.yaml")]
+    assert prepare_arguments(["fit"]) == ["fit"]  # sys.argv is never read nor rewritten
+    assert sys.argv[1:] == ["fit", "--config", "quickstart"]
 
 
 @pytest.mark.slow  # about 10 s: the CLI's import and two full parses
 def test_reaf_lightning_prints_the_same_config_by_name_as_by_path(tmp_path, monkeypatch, capsys):
-    from reaf_lightning.cli import main
+    from reaf_lightning.training.cli import main
 
     row = ["--config", "recipes/cifar100", "--config", "table3/reaf_resnet50_c72_72_4-3-4"]
     by_path = [str(REPO / "configs" / f"{row[i]}.yaml") for i in (1, 3)]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -133,7 +133,8 @@ def test_the_quick_start_runs_from_the_wheel_by_name(venv, tmp_path):
 
 _PRINT_EVERY_PAPER_CONFIG = """
 import contextlib, io, json, sys, yaml
-from reaf_lightning.cli import main
+from helpers import REPO
+from reaf_lightning.training.cli import main
 results = []
 for recipe, row in json.loads(sys.argv[1]):
     out = io.StringIO()

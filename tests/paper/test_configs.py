@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import REPO
 from lightning.pytorch.cli import instantiate_class
 
 from reaf_lightning import ImageClassifier
-from reaf_lightning.cli import main
-from reaf_lightning.loggers import WandbLogger
 from reaf_lightning.models.complexity import count_parameters
 from reaf_lightning.paper.__main__ import main as paper_main
 from reaf_lightning.paper.configs import render_all, stale_files
 from reaf_lightning.paper.tables import PaperRow, paper_rows
+from reaf_lightning.training.cli import main
+from reaf_lightning.training.wandb_logger import WandbLogger
 
-REPO = Path(__file__).resolve().parents[2]
 DATA_CLASSES = {
     "cifar100": "reaf_lightning.data.CIFAR100DataModule",
     "imagenet": "reaf_lightning.data.ImageNetDataModule",
@@ -100,7 +99,7 @@ def _check_config(row: PaperRow) -> None:
     if row.dataset == "imagenet":
         assert cfg["data"]["init_args"]["augmentation"] == "scale_jitter"  # paper §IV-B
     logger = cfg["trainer"]["logger"]
-    assert logger["class_path"] == "reaf_lightning.loggers.WandbLogger"
+    assert logger["class_path"] == "reaf_lightning.training.wandb_logger.WandbLogger"
     init = logger["init_args"]
     assert (init["name"], init["group"], init["project"]) == (
         f"{row.table}/{row.id}",

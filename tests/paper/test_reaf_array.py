@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
-from reaf_lightning.cli import run
 from reaf_lightning.paper.sweeps import write_sweeps
 from reaf_lightning.paper.tables import paper_rows
+from reaf_lightning.training.cli import run
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "slurm" / "reaf_array.sh"
 SWEEPS = REPO / "configs" / "sweeps"
 

@@ -1,6 +1,6 @@
 """``metrics.json`` and ``reaf-report`` on real tiny runs trained with the CLI.
 
-Five runs are trained once per session through ``reaf_lightning.cli`` (the quick
+Five runs are trained once per session through ``reaf_lightning.training.cli`` (the quick
 start narrowed to a tiny network, 2 epochs of 2 batches): three seeds of a
 plain network filed as Table 3's ``resnet50`` row and two seeds of a REAF
 network filed as its ``reaf_resnet50_c72_72_4-3-4`` row. The REAF runs log to
@@ -23,16 +23,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import REPO
 
-from reaf_lightning.cli import run
 from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_macs, count_parameters
 from reaf_lightning.paper.tables import paper_rows
 from reaf_lightning.report.cli import main as report_main
-from reaf_lightning.report.runs import experiment_of
-from reaf_lightning.rundir import LOCK, LOCK_HOLDER
+from reaf_lightning.runs.find import experiment_of
+from reaf_lightning.runs.layout import LOCK, LOCK_HOLDER
+from reaf_lightning.training.cli import run
 
-REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 PLAIN, REAF = "table3/resnet50", "table3/reaf_resnet50_c72_72_4-3-4"
 SEEDS = {PLAIN: (0, 1, 2), REAF: (0, 1)}
@@ -304,7 +304,7 @@ def test_metrics_file_under_ddp_holds_the_synchronised_metrics(tmp_path, monkeyp
     common = ["--config", QUICKSTART, "--config", str(overlay), "--seed_everything", "0"]
     common += ["--trainer.default_root_dir", str(run_dir)]
     env = {k: v for k, v in os.environ.items() if k != "REAF_DEBUG"}
-    ddp = [sys.executable, "-m", "reaf_lightning.cli", "fit", *common]
+    ddp = [sys.executable, "-m", "reaf_lightning.training.cli", "fit", *common]
     ddp += [
         "--trainer.strategy",
         "ddp",

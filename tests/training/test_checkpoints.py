@@ -1,8 +1,8 @@
 """Interrupted runs resume, and checkpoints are never half-written.
 
-The interruption tests run ``python -m reaf_lightning.cli fit`` as real
+The interruption tests run ``python -m reaf_lightning.training.cli fit`` as real
 processes (slow tier) on a tiny config (3 epochs x 4 batches of digits) with a
-:class:`reliability_helpers.PauseAt` callback that holds the run at a known
+:class:`helpers.fit_processes.PauseAt` callback that holds the run at a known
 batch, so the signal always arrives at the same point (no timing).
 """
 
@@ -19,25 +19,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from reliability_helpers import (  # noqa: F401 (one_thread: a fixture)
+from helpers.fit_processes import (
     fit_process_env,
-    one_thread,
     pause_args,
     start_fit,
     tiny_config,
     wait_for,
     write_config,
 )
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from reaf_lightning import ImageClassifier
-from reaf_lightning.checkpointing import (
-    AtomicCheckpointIO,
-    check_checkpoint,
-    read_lightning_checkpoint,
-)
-from reaf_lightning.cli import run
 from reaf_lightning.errors import CheckpointError, OutputError
+from reaf_lightning.runs.checkpoint import check_checkpoint, read_lightning_checkpoint
+from reaf_lightning.training.cli import run
+from reaf_lightning.training.saving import AtomicCheckpointIO
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPOCHS, BATCHES = 3, 4  # the tiny run: 3 epochs of 4 optimizer steps
 
@@ -234,7 +232,7 @@ def test_temp_dir_on_another_file_system(tmp_path, monkeypatch):
 
 _KILLED_WRITER = """
 import sys, time, torch
-from reaf_lightning.checkpointing import AtomicCheckpointIO
+from reaf_lightning.training.saving import AtomicCheckpointIO
 path, ready = sys.argv[1], sys.argv[2]
 def stuck_save(obj, f, *args, **kwargs):
     with open(f, "wb") as handle:

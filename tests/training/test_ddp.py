@@ -28,20 +28,19 @@ import glob
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import REPO
+from helpers.wandb_records import run_contents
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from wandb_records import run_contents
 
 from reaf_lightning import ImageClassifier
-from reaf_lightning.cli import run
+from reaf_lightning.training.cli import run
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 METRICS = ("val/loss", "val/acc1", "val/acc5", "val/err1", "val/err5", "train/acc1")
 
 
@@ -114,7 +113,7 @@ def test_two_process_training_equals_single_process():
 
 
 def test_cli_fit_with_ddp_strategy_two_processes(tmp_path, monkeypatch):
-    # The real command path: Lightning re-launches `python -m reaf_lightning.cli` per rank;
+    # The real command path: Lightning re-launches `python -m reaf_lightning.training.cli` per rank;
     # only rank 0 logs to W&B and writes checkpoints. The network has BN (and REAF+ BN
     # pairs); its DDP validation metrics must equal a 1-process `validate` of the same
     # weights (the last checkpoint is written right after that validation).
@@ -137,7 +136,7 @@ def test_cli_fit_with_ddp_strategy_two_processes(tmp_path, monkeypatch):
     cmd = [
         sys.executable,
         "-m",
-        "reaf_lightning.cli",
+        "reaf_lightning.training.cli",
         "fit",
         *common,
         "--trainer.strategy",

@@ -14,24 +14,26 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities.model_summary import ModelSummary
-from reliability_helpers import one_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from reaf_lightning import ImageClassifier
-from reaf_lightning.callbacks import LogComplexity
 from reaf_lightning.data import DigitsDataModule
 from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_macs, count_parameters
-from reaf_lightning.module import lr_factor
+from reaf_lightning.training.callbacks import LogComplexity
+from reaf_lightning.training.module import lr_factor
 
 NUM_CLASSES = 10
 
 
 # Most tests here train without validation on purpose (limit_val_batches=0, no val loader).
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:You defined a `validation_step` but have no `val_dataloader`:UserWarning"
-)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings(
+        "ignore:You defined a `validation_step` but have no `val_dataloader`:UserWarning"
+    ),
+]
 
 
 def _loader(n: int, batch_size: int, seed: int = 0, size: int = 8) -> DataLoader:

@@ -1,7 +1,7 @@
 """A NaN/inf loss or weight stops the run (exit 3) and never replaces a good checkpoint.
 
-The policy lives in :class:`reaf_lightning.callbacks.NonFiniteLossPolicy` and
-:class:`~reaf_lightning.checkpointing.FiniteCheckpointGuard`. Faults are injected
+The policy lives in :class:`reaf_lightning.training.callbacks.NonFiniteLossPolicy` and
+:class:`~reaf_lightning.training.saving.FiniteCheckpointGuard`. Faults are injected
 into real ``reaf-lightning fit`` runs (tiny config, 4 steps per epoch) at a
 known epoch and batch by the callbacks of ``reliability_helpers``: NaN images
 (a non-finite loss) or a NaN weight after an optimizer step (a diverged update
@@ -18,13 +18,15 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.fit_processes import tiny_config, write_config
 from lightning.pytorch.callbacks import Callback
-from reliability_helpers import one_thread, tiny_config, write_config  # noqa: F401 (fixture)
 from torch.utils.data import DataLoader, TensorDataset
 
 from reaf_lightning import ImageClassifier
-from reaf_lightning.callbacks import NonFiniteLossPolicy
-from reaf_lightning.cli import main
+from reaf_lightning.training.callbacks import NonFiniteLossPolicy
+from reaf_lightning.training.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BATCHES = 4
 
@@ -43,7 +45,7 @@ def config(tmp_path) -> Path:
 
 def _inject(name: str, epoch: int, batch: int, **extra: object) -> list[str]:
     args = [
-        f"--trainer.callbacks+=reliability_helpers.{name}",
+        f"--trainer.callbacks+=helpers.fit_processes.{name}",
         "--trainer.callbacks.init_args.epoch",
         str(epoch),
         "--trainer.callbacks.init_args.batch",

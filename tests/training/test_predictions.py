@@ -12,12 +12,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from reliability_helpers import one_thread  # noqa: F401 (autouse fixture)
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from reaf_lightning import ImageClassifier
 from reaf_lightning.errors import OutputError
-from reaf_lightning.predictions import PredictionWriter
+from reaf_lightning.training.predictions import PredictionWriter
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUM_CLASSES = 10
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from reliability_helpers import one_thread  # noqa: F401 (fixture)
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 
 
@@ -54,7 +54,7 @@ def test_quickstart_is_bitwise_reproducible(tmp_path):
         cmd = [
             sys.executable,
             "-m",
-            "reaf_lightning.cli",
+            "reaf_lightning.training.cli",
             "fit",
             "--config",
             str(QUICKSTART),

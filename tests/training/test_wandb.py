@@ -31,14 +31,14 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
-from reliability_helpers import one_thread, tiny_config, write_config  # noqa: F401 (fixture)
-from wandb_records import run_contents
+from helpers import REPO, TESTS
+from helpers.fit_processes import tiny_config, write_config
+from helpers.wandb_records import run_contents
 
-from reaf_lightning.cli import main
-from reaf_lightning.loggers import WandbLogger, recorded_run_id
+from reaf_lightning.training.cli import main
+from reaf_lightning.training.wandb_logger import WandbLogger, recorded_run_id
 
-TESTS = Path(__file__).resolve().parents[1]
-REPO = TESTS.parent
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run_dir(root: Path) -> Path:
@@ -62,7 +62,7 @@ def test_fit_and_resume_are_one_wandb_run_and_validate_its_own(tmp_path, monkeyp
     root = tmp_path / "run"
     cfg = tiny_config(root, max_epochs=1, train_batches=2)
     cfg["trainer"]["logger"] = {
-        "class_path": "reaf_lightning.loggers.WandbLogger",
+        "class_path": "reaf_lightning.training.wandb_logger.WandbLogger",
         "init_args": {
             "name": "tiny",
             "group": "tables",
@@ -186,11 +186,19 @@ def test_no_network_and_no_credentials_means_offline_not_failure(tmp_path):
         root = tmp_path / name / "run"
         cfg = tiny_config(root, max_epochs=1)
         cfg["trainer"]["logger"] = {
-            "class_path": "reaf_lightning.loggers.WandbLogger",
+            "class_path": "reaf_lightning.training.wandb_logger.WandbLogger",
             "init_args": {"project": "reaf-lightning", "name": name},
         }
         config = write_config(tmp_path / name / "tiny.yaml", cfg)
-        cmd = [*isolate, sys.executable, "-m", "reaf_lightning.cli", "fit", "--config", str(config)]
+        cmd = [
+            *isolate,
+            sys.executable,
+            "-m",
+            "reaf_lightning.training.cli",
+            "fit",
+            "--config",
+            str(config),
+        ]
         procs[name] = (
             root,
             subprocess.Popen(

@@ -10,7 +10,7 @@ side, not subtracted.
 
 Like with like (ours): runs are averaged only when they are one experiment
 (same directory but for ``seed<N>``) *and* trained the same thing
-(:attr:`~reaf_lightning.report.runs.Run.identity`: network and arguments,
+(:attr:`~reaf_lightning.runs.find.Run.identity`: network and arguments,
 data module and what it feeds the network, recipe, epochs planned); runs that
 differ form separate rows, labelled by what differs. ``n`` counts the seeds
 with a final top-1 error; a finished seed without one (no validation, NaN, a
@@ -30,7 +30,7 @@ import pandas as pd
 
 from reaf_lightning.io import shown
 from reaf_lightning.paper.compare import compare_with_paper, experiment_key, table_titles
-from reaf_lightning.report.runs import Run
+from reaf_lightning.runs.find import Run
 
 __all__ = [
     "COLUMNS",
@@ -176,7 +176,7 @@ def report_frame(
     """The report: every row of the chosen paper tables, then the experiments matching none.
 
     Args:
-        runs: runs from :func:`~reaf_lightning.report.runs.find_runs` (unfinished
+        runs: runs from :func:`~reaf_lightning.runs.find.find_runs` (unfinished
             ones are left out here; :func:`unfinished_frame` lists them).
         tables: paper tables to show (``"table3"``...); default: those with runs.
             Rows of a shown table without runs are kept with ``n_seeds = 0``.

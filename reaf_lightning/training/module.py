@@ -127,7 +127,7 @@ class ImageClassifier(pl.LightningModule):
         warmup_epochs: linear per-iteration warm-up length in epochs.
         label_smoothing: cross-entropy label smoothing in [0, 1).
         nan_policy: what a NaN/inf training loss does, applied by
-            :class:`~reaf_lightning.callbacks.NonFiniteLossPolicy`: ``"stop"``
+            :class:`~reaf_lightning.training.callbacks.NonFiniteLossPolicy`: ``"stop"``
             the run before the bad batch touches the weights, or ``"skip"`` the
             batch (weights, optimizer state and BatchNorm statistics untouched).
         max_consecutive_skips: with ``"skip"``, stop anyway after this many

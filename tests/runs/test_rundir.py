@@ -1,8 +1,8 @@
 """The run directory is owned: one process at a time, finished work protected, resumes exact.
 
-Real ``python -m reaf_lightning.cli fit`` processes (slow tier) on the tiny
-config of :func:`reliability_helpers.tiny_config`, stopped at known batches by
-:class:`reliability_helpers.PauseAt` with real signals (``SIGTERM``, ``SIGKILL``).
+Real ``python -m reaf_lightning.training.cli fit`` processes (slow tier) on the tiny
+config of :func:`helpers.fit_processes.tiny_config`, stopped at known batches by
+:class:`helpers.fit_processes.PauseAt` with real signals (``SIGTERM``, ``SIGKILL``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import (  # noqa: F401 (one_thread: a fixture)
-    fit_process_env,
-    one_thread,
+from helpers.fit_processes import (
     pause_args,
     start_fit,
     tiny_config,
@@ -24,8 +22,10 @@ from reliability_helpers import (  # noqa: F401 (one_thread: a fixture)
     write_config,
 )
 
-from reaf_lightning.record import read_record
-from reaf_lightning.rundir import RunDir
+from reaf_lightning.runs.layout import RunDir
+from reaf_lightning.runs.record import read_record
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPOCHS, BATCHES = 3, 4
 

@@ -1,6 +1,6 @@
 """A finished run is never overwritten, and a command's problems are found before the work.
 
-In-process ``reaf-lightning`` calls (:func:`reaf_lightning.cli.main`, exit status as
+In-process ``reaf-lightning`` calls (:func:`reaf_lightning.training.cli.main`, exit status as
 a shell sees it) on a copy of the session's ``trained_run``; files are compared byte
 for byte before and after.
 """
@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_ARGS
+from helpers.tiny_run import TINY_ARGS
 
-from reaf_lightning.cli import main
-from reaf_lightning.record import read_record
-from reaf_lightning.rundir import RunDir, RunDirBusy, lock_run_dir, run_dir_for_seed
+from reaf_lightning.runs.layout import RunDir, run_dir_for_seed
+from reaf_lightning.runs.lock import RunDirBusy, lock_run_dir
+from reaf_lightning.runs.record import read_record
+from reaf_lightning.training.cli import main
 
 NO_LOGGER = ["--trainer.logger", "false"]
 
@@ -145,7 +146,7 @@ def test_a_selectivity_layer_that_runs_twice_is_refused_at_set_up(tmp_path, caps
     run = RunDir(tmp_path / "fresh" / "seed0")
     args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(run.path)]
     callback = [
-        "--trainer.callbacks+=reaf_lightning.analysis.callback.SelectivityCallback",
+        "--trainer.callbacks+=reaf_lightning.analysis.training_callback.SelectivityCallback",
         "--trainer.callbacks.init_args.layers=[layer1.0.relu]",
     ]
     code, lines = _main(capsys, "fit", *args, *callback)

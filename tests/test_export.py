@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from helpers import REPO
 
 from reaf_lightning.export import check_export, export_weights, load_network, main
-from reaf_lightning.hub import hub_entrypoints
 from reaf_lightning.models import create_model, list_models
-
-REPO = Path(__file__).resolve().parents[2]
+from reaf_lightning.models.hub import hub_entrypoints
 
 
 def test_torch_export_of_a_reaf_network_matches_eager():

@@ -1,4 +1,4 @@
-"""The run record's schema, writer and bounded reader (reaf_lightning.record)."""
+"""The run record's schema, writer and bounded reader (reaf_lightning.runs.record)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from reaf_lightning.record import (
+from reaf_lightning.runs.record import (
     MAX_DEPTH,
     MAX_RECORD_BYTES,
     NetworkSpec,

@@ -1,11 +1,11 @@
 """Runs, read back from their ``metrics.json`` run records, trusting nothing in them.
 
 Every file under the log roots named ``metrics.json`` is untrusted input: it is
-read by :func:`reaf_lightning.record.read_record_file` (a regular file of bounded
+read by :func:`reaf_lightning.runs.record.read_record_file` (a regular file of bounded
 size, through :func:`reaf_lightning.io.read_bounded`, and bounded nesting, so a
 FIFO, a link to ``/dev/zero``, a huge or deeply nested file is refused without
 waiting or filling memory) and validated by the run
-record's pydantic schema (:class:`reaf_lightning.record.RunRecord`). A file that
+record's pydantic schema (:class:`reaf_lightning.runs.record.RunRecord`). A file that
 fails gives one line naming it; the other runs are still reported. Files written
 before run records existed (no ``format`` key) are read through the same schema
 with what they hold (seed, complexity, fit metrics); they record neither network
@@ -15,7 +15,7 @@ Each run's *experiment* is its run directory with the trailing ``seed<N>`` part
 removed (``logs/table3/resnet50/seed2`` -> ``table3/resnet50``), and its
 :attr:`Run.identity` says what was trained (network and its arguments, data
 module and the settings that change what the network sees, recipe, epochs
-planned), so that :mod:`reaf_lightning.report.tables` never averages across a
+planned), so that :mod:`reaf_lightning.report.summary` never averages across a
 difference; a :class:`Run` is what :mod:`reaf_lightning.paper.compare` checks against
 the paper's recipe (:class:`~reaf_lightning.paper.compare.TrainedRun`).
 """
@@ -31,8 +31,8 @@ from typing import Any
 
 from reaf_lightning.errors import ConfigError
 from reaf_lightning.io import shown
-from reaf_lightning.record import RecordError, RunRecord, read_record_file, record_from_dict
-from reaf_lightning.rundir import METRICS, is_seed_dir
+from reaf_lightning.runs.layout import METRICS, is_seed_dir
+from reaf_lightning.runs.record import RecordError, RunRecord, read_record_file, record_from_dict
 
 __all__ = ["FILENAME", "Run", "experiment_of", "find_runs", "read_run_record"]
 

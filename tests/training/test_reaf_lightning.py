@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import QUICKSTART, REPO, TINY_ARGS, finish_wandb, isolate_wandb
-from fake_data import write_cifar100, write_corrupt_image, write_image_folder
-from reliability_helpers import one_thread, tiny_config, write_config  # noqa: F401 (fixture)
+from helpers.fake_data import write_cifar100, write_corrupt_image, write_image_folder
+from helpers.fit_processes import tiny_config, write_config
+from helpers.tiny_run import QUICKSTART, REPO, TINY_ARGS, finish_wandb, isolate_wandb
+from helpers.wandb_records import run_contents
 from torch.utils.data import DataLoader, Dataset
-from wandb_records import run_contents
 
-from reaf_lightning.checkpointing import find_last_checkpoint
-from reaf_lightning.cli import main, run
+from reaf_lightning.commands import run_command
 from reaf_lightning.data import (
     CIFAR100DataModule,
     CorruptImageWarning,
@@ -34,9 +33,13 @@ from reaf_lightning.data import (
     DatasetNotFoundError,
     ImageFolderDataModule,
 )
-from reaf_lightning.errors import DataError, run_command
-from reaf_lightning.loggers import WandbLogger, resolve_wandb_mode
+from reaf_lightning.errors import DataError
 from reaf_lightning.models import create_model
+from reaf_lightning.runs.checkpoint import find_last_checkpoint
+from reaf_lightning.training.cli import main, run
+from reaf_lightning.training.wandb_logger import WandbLogger, resolve_wandb_mode
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NO_LOGGER = ["--trainer.logger", "false"]
 
@@ -217,7 +220,7 @@ def test_predict_from_a_checkpoint(trained_run):
 
 @pytest.mark.slow
 def test_data_module_swapped_by_class_path_on_a_paper_config(tmp_path):
-    from fake_data import write_image_folder
+    from helpers.fake_data import write_image_folder
 
     write_image_folder(tmp_path / "images", classes=("a", "b", "c"), n_per_class=2, size=36)
     cli = run(
@@ -257,7 +260,7 @@ def test_help_and_argument_errors_build_no_model(monkeypatch, capsys):
     def no_model(*args, **kwargs):
         raise AssertionError("a network was built")
 
-    monkeypatch.setattr("reaf_lightning.module.create_model", no_model)
+    monkeypatch.setattr("reaf_lightning.training.module.create_model", no_model)
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--help"])
     assert exc.value.code == 0 and "--model.arch" in capsys.readouterr().out
@@ -482,7 +485,7 @@ def test_bugs_keep_their_traceback(config, capsys):
                 "fit",
                 "--config",
                 str(config),
-                "--trainer.callbacks+=reliability_helpers.TorchShapeBug",
+                "--trainer.callbacks+=helpers.fit_processes.TorchShapeBug",
             ]
         )
     assert PREFIX not in capsys.readouterr().err
@@ -673,7 +676,7 @@ def test_corrupt_and_foreign_checkpoints(checkpoint, tmp_path, capsys):
 
 
 def test_a_checkpoint_carrying_code_is_refused_unless_trusted(checkpoint, tmp_path, capsys):
-    from reliability_helpers import TouchOnLoad
+    from helpers.fit_processes import TouchOnLoad
 
     marker = tmp_path / "payload-ran"
     content = torch.load(checkpoint, weights_only=True)

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 import torchvision
-from conftest import TINY_ARGS, finish_wandb, isolate_wandb
+from helpers.tiny_run import TINY_ARGS, finish_wandb, isolate_wandb
 
 import reaf_lightning
 from reaf_lightning.layers import REAFConv2d
@@ -20,7 +20,7 @@ CONVERT = "{convert: {reaf: 4-3-4, match: flops, input_size: [3, 16, 16]}}"
 @pytest.mark.slow
 def test_fit_a_converted_torchvision_resnet_then_analyse_it(tmp_path, monkeypatch):
     from reaf_lightning.analysis.cli import main as analysis_main
-    from reaf_lightning.cli import run
+    from reaf_lightning.training.cli import run
 
     isolate_wandb(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)

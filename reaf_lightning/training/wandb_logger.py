@@ -14,54 +14,39 @@ Not part of the paper; these make its long experiments traceable on clusters:
   directory without W&B files gets a new random id *(ours: an id derived from
   the path alone would merge unrelated runs that happen to share a path, e.g.
   a deleted and retrained experiment, or two users' ``logs/`` trees)*.
-* **Provenance.** :func:`provenance` — package version, git commit of the
-  package's own source and the command line — is what
-  :class:`~reaf_lightning.callbacks.LogProvenance` records with every stage.
 """
 
 from __future__ import annotations
 
-import json
 import netrc
 import os
 import re
-import shlex
 import socket
-import subprocess
-import sys
 import threading
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from reaf_lightning.errors import ConfigError
-from reaf_lightning.io import atomic_outputs
-from reaf_lightning.rundir import RunDir, trainer_smoke_reason
-
-__all__ = [
-    "LogConfigCallback",
-    "WandbLogger",
-    "provenance",
-    "recorded_run_id",
-    "resolve_wandb_mode",
-    "start_wandb_run",
-]
+from reaf_lightning.runs.layout import RunDir
 
 Mode = Literal["auto", "online", "offline", "disabled"]
+
+
 MODES = ("auto", "online", "offline", "disabled")
+
+
 DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
 #: W&B's run folders: ``[offline-]run-<YYYYmmdd_HHMMSS>-<id>``.
 _RUN_FOLDER = re.compile(r"^(?:offline-)?run-(?P<time>\d{8}_\d{6})-(?P<id>.+)$")
 
@@ -194,52 +179,6 @@ def recorded_run_id(save_dir: str | os.PathLike[str]) -> str | None:
     return newest["id"] if newest else None
 
 
-@lru_cache(maxsize=1)
-def _source_commit() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the package's own source, wherever the command was started.
-
-    A git checkout (also an editable install) answers with ``git`` run in the
-    package's folder, not the current directory; an installed copy with the
-    commit pip recorded when installing from a repository (PEP 610
-    ``direct_url.json``); otherwise ``(None, None)``.
-    """
-    source = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    # Tracked here: this folder is the package's checkout, not a venv inside another repo.
-    if git("ls-files", "--error-unmatch", Path(__file__).name) is not None:
-        commit = git("rev-parse", "HEAD")
-        return commit, bool(git("status", "--porcelain", "--untracked-files=no"))
-    try:
-        direct_url = distribution("reaf-lightning").read_text("direct_url.json") or "{}"
-    except PackageNotFoundError:
-        return None, None
-    return json.loads(direct_url).get("vcs_info", {}).get("commit_id"), None
-
-
-def provenance() -> dict[str, Any]:
-    """What produced a run: package version, git commit of its source, the command line."""
-    try:
-        version = distribution("reaf-lightning").version
-    except PackageNotFoundError:
-        version = None
-    commit, dirty = _source_commit()
-    return {
-        "package_version": version,
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "command": shlex.join(sys.argv),
-    }
-
-
 class WandbLogger(LightningWandbLogger):
     """Lightning's ``WandbLogger``, one W&B run per run directory, with the offline fallback.
 
@@ -349,26 +288,3 @@ class WandbLogger(LightningWandbLogger):
         score = checkpoint_callback.best_model_score
         if score is not None and checkpoint_callback.monitor:
             self.experiment.summary[f"best/{checkpoint_callback.monitor}"] = float(score)
-
-
-class LogConfigCallback(SaveConfigCallback):
-    """Write the resolved config into the run directory and log it to every logger.
-
-    ``fit`` writes ``config.yaml``; ``validate``/``test``/``predict`` of the same
-    run directory write ``config_<stage>.yaml``, so an evaluation never replaces
-    the training's record. Rank 0 only, atomically.
-    """
-
-    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        if trainer_smoke_reason(trainer):
-            return  # a smoke run checks a config; it leaves no record in the run directory
-        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
-        config = self.config.clone()
-        config.overwrite_run = False  # re-running the saved config must not replace a run
-        with atomic_outputs([RunDir(Path(trainer.default_root_dir)).config(stage)]) as (path,):
-            path.write_text(self.parser.dump(config, skip_unset=False))
-        config.pop("config", None)  # the list of --config paths: not a setting
-        config.pop("overwrite_run", None)
-        # Not "config": a W&B sweep whose parameter is named `config` locks that key.
-        for logger in trainer.loggers:
-            logger.log_hyperparams({"resolved_config": config.as_dict()})

@@ -4,7 +4,7 @@
   ``torch.hub.load(repo_dir, "reaf_resnet50", source="local")`` builds the
   network (``torch.hub.list(repo_dir, source="local")`` lists them).
 * With timm installed, ``import reaf_lightning`` makes ``timm.create_model``
-  build the REAF networks (``reaf_lightning.timm_models``).
+  build the REAF networks (``reaf_lightning.timm``).
 
 No pretrained weights are published: ``pretrained=True`` is refused.
 """

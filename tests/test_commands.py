@@ -16,15 +16,15 @@ import time
 import warnings
 
 import pytest
-from conftest import TINY_ARGS
+from helpers.tiny_run import TINY_ARGS
 from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from reaf_lightning.cli import main as reaf_lightning_main
-from reaf_lightning.cli import run
 from reaf_lightning.commands import command_line, first_sentence, parse, run_main
-from reaf_lightning.console import quiet_lightning
 from reaf_lightning.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, one_line
+from reaf_lightning.training.cli import main as reaf_lightning_main
+from reaf_lightning.training.cli import run
+from reaf_lightning.training.console import quiet_lightning
 
 LIGHT_COMMANDS = {
     "reaf-zoo": "reaf_lightning.paper.zoo",

@@ -9,7 +9,7 @@ the paper; the reasons are in ``docs/reliability.md``):
 
 * the model is always :class:`~reaf_lightning.ImageClassifier`; the data module
   is any ``LightningDataModule`` by class path, its ``num_classes`` linked into
-  the model; every run gets :func:`~reaf_lightning.callbacks.standard_callbacks`;
+  the model; every run gets :func:`~reaf_lightning.training.callbacks.standard_callbacks`;
 * the **run directory** is ``trainer.default_root_dir``, with an integer
   ``seed_everything: N`` made ``<default_root_dir>/seed<N>`` (one directory, and
   one W&B run ``<name>/seed<N>``, per seed); it receives ``config.yaml``,
@@ -17,10 +17,10 @@ the paper; the reasons are in ``docs/reliability.md``):
   loggers' files, and every output location is checked writable before the work;
 * ``--ckpt_path`` (a file, ``last`` or ``best``, found on disk) must hold the
   configured network, and a resumed ``fit`` must keep the optimiser and
-  schedule settings (:func:`~reaf_lightning.checkpointing.check_checkpoint`);
+  schedule settings (:func:`~reaf_lightning.runs.checkpoint.check_checkpoint`);
   the config, not the checkpoint, decides what is built;
 * checkpoints are written atomically
-  (:class:`~reaf_lightning.checkpointing.AtomicCheckpointIO`), ``SIGTERM`` saves
+  (:class:`~reaf_lightning.training.saving.AtomicCheckpointIO`), ``SIGTERM`` saves
   ``last.ckpt`` and exits 143, Ctrl-C exits 130 naming the last checkpoint, and
   every error follows :mod:`reaf_lightning.errors`.
 """
@@ -52,17 +52,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 # Imported so that jsonargparse knows the package's data modules: --help lists them and
 # --data accepts their bare class names (--data DigitsDataModule).
 from reaf_lightning import data as _data_modules  # noqa: F401
-from reaf_lightning.callbacks import standard_callbacks
-from reaf_lightning.checkpointing import (
-    AtomicCheckpointIO,
-    EveryEpochLastCheckpoint,
-    check_checkpoint,
-    find_best_checkpoint,
-    find_last_checkpoint,
+from reaf_lightning.commands import (
+    ShortHelpFormatter,
+    command_line,
+    parse,
+    prepare_arguments,
+    run_main,
 )
-from reaf_lightning.commands import ShortHelpFormatter, command_line, parse, run_main
-from reaf_lightning.config_names import resolve_config_names
-from reaf_lightning.console import quiet_lightning
 from reaf_lightning.errors import (
     DEBUG_ENV,
     EXIT_PREEMPTED,
@@ -75,22 +71,26 @@ from reaf_lightning.errors import (
 from reaf_lightning.io import (
     check_seed,
     ensure_writable,
-    install_strict_yaml,
-    read_config_arguments,
-    read_yaml,
 )
-from reaf_lightning.loggers import LogConfigCallback
-from reaf_lightning.module import ImageClassifier
-from reaf_lightning.rundir import (
+from reaf_lightning.runs.checkpoint import (
+    check_checkpoint,
+    find_best_checkpoint,
+    find_last_checkpoint,
+)
+from reaf_lightning.runs.layout import (
     BEST_FILENAME,
     DEFAULT_ROOT,
     RunDir,
-    lock_run_dir,
-    protect_run,
     run_dir_for_seed,
     seed_name,
-    smoke_reason,
 )
+from reaf_lightning.runs.lock import lock_run_dir
+from reaf_lightning.runs.protect import protect_run, smoke_reason
+from reaf_lightning.runs.writer import LogConfigCallback
+from reaf_lightning.training.callbacks import standard_callbacks
+from reaf_lightning.training.console import quiet_lightning
+from reaf_lightning.training.module import ImageClassifier
+from reaf_lightning.training.saving import AtomicCheckpointIO, EveryEpochLastCheckpoint
 
 __all__ = [
     "DEFAULT_ROOT_DIR",
@@ -128,7 +128,7 @@ class ReafLightningCLI(LightningCLI):
         checkpoint_dirs: filled with the run's checkpoint directories once they
             are known, so that the caller can say where the last checkpoint is
             when the run is interrupted.
-        locks: receives the run directory's lock (:func:`~reaf_lightning.rundir.lock_run_dir`),
+        locks: receives the run directory's lock (:func:`~reaf_lightning.runs.lock.lock_run_dir`),
             which the caller releases when the command ends.
         *args: as ``LightningCLI``.
         **kwargs: as ``LightningCLI``.
@@ -147,20 +147,15 @@ class ReafLightningCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse; every ``--config`` file is read strictly first, parse errors become one line.
+        """Parse ``args`` (:func:`run` prepared them); a parse error is one line.
 
-        ``args`` is always given (:func:`run` resolved the command line), so Lightning's
-        guard against mixing ``args`` with ``sys.argv`` has nothing to guard here.
+        ``args`` is always given, so Lightning's guard against mixing ``args`` with
+        ``sys.argv`` has nothing to guard here.
         """
         if isinstance(args, (dict, Namespace)):
             self.config = parser.parse_object(args)
         else:
-            argv = command_line(args)
-            for path in _config_files(argv):
-                read_yaml(path)  # empty, list-valued, duplicate keys, bad YAML: names the file
-            read_config_arguments(argv)  # no FIFO/device values
-            install_strict_yaml()  # nested files (--model FILE) and values: duplicate keys refused
-            self.config = parse(parser, argv)
+            self.config = parse(parser, args)
         config = self._of_subcommand(self.config, self.config.get("subcommand"))
         check_seed(config.get("seed_everything"))
         # Held back until before_instantiate_classes: between the two hooks LightningCLI
@@ -350,15 +345,6 @@ class ReafLightningCLI(LightningCLI):
         )
 
 
-def _config_files(argv: list[str]) -> Iterator[str]:
-    """The ``--config``/``-c`` files named in ``argv``."""
-    for flag, value in zip(argv, [*argv[1:], ""]):
-        if flag.startswith("--config="):
-            flag, value = "--config", flag.split("=", 1)[1]
-        if flag in ("--config", "-c") and os.path.exists(value):  # FIFOs and devices too
-            yield value
-
-
 def _loggers(value: Any) -> Iterator[tuple[type, Namespace]]:
     """``(class, init_args)`` of each ``class_path`` logger in a ``trainer.logger`` value."""
     for item in value if isinstance(value, list) else [value]:
@@ -418,10 +404,8 @@ def _build_and_run(
         },
         auto_configure_optimizers=False,  # ImageClassifier configures its own (paper §IV)
         load_from_checkpoint_support=False,  # no model class stored in checkpoints either
-        # --config quickstart: a packaged config, by name
-        args=args
-        if isinstance(args, (dict, Namespace))
-        else list(resolve_config_names(command_line(args))),
+        # --config quickstart: a packaged config, by name; every named file checked first
+        args=args if isinstance(args, (dict, Namespace)) else prepare_arguments(command_line(args)),
         checkpoint_dirs=checkpoint_dirs,
         locks=locks,
     )

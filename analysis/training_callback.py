@@ -33,7 +33,7 @@ from torch import nn
 
 from reaf_lightning.errors import ConfigError, NumericalError
 from reaf_lightning.io import atomic_outputs, ensure_writable
-from reaf_lightning.rundir import SELECTIVITY
+from reaf_lightning.runs.layout import SELECTIVITY
 
 from .hooks import DEFAULT_LAYERS, LayerCapture, raise_on_negative, split_batch
 from .nonnegative import check_measurable_layers

@@ -1,7 +1,7 @@
 """Fault injection for the reliability tests (the real-process tests under tests/).
 
 Callbacks that the tests put into real ``reaf-lightning`` runs by class path
-(``--trainer.callbacks+=reliability_helpers.PauseAt``), so that a fault hits a
+(``--trainer.callbacks+=helpers.fit_processes.PauseAt``), so that a fault hits a
 known epoch and batch of an otherwise normal run:
 
 * :class:`PauseAt` holds the run at one batch, after writing a "ready" file,
@@ -17,9 +17,7 @@ known epoch and batch of an otherwise normal run:
   checkpoint's payload, harmless and observable).
 
 Plus :func:`tiny_config`, the YAML of a run that takes a second or two per epoch,
-and :func:`one_thread`, an autouse fixture for the test modules: on the shared
-2-core machine a tiny model with 2 intra-op threads runs ~8x slower than with
-one as soon as another process is busy (OpenMP threads wait for each other).
+(the fixture ``one_thread`` of ``conftest.py`` keeps such runs to one thread).
 """
 
 from __future__ import annotations
@@ -37,8 +35,9 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from helpers import TESTS
+
 __all__ = [
-    "one_thread",
     "PauseAt",
     "PoisonBatch",
     "PoisonWeights",
@@ -48,16 +47,6 @@ __all__ = [
     "tiny_config",
     "write_config",
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread here and in subprocesses (``OMP_NUM_THREADS``), restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(root: Path, max_epochs: int = 3, train_batches: int = 4, **model: Any) -> dict:
@@ -218,7 +207,6 @@ class TouchOnLoad:
 
 
 # --- real fit processes (the slow run-directory and checkpoint tests) -------------------------
-TESTS = Path(__file__).resolve().parent
 
 
 def fit_process_env() -> dict[str, str]:
@@ -231,8 +219,16 @@ def fit_process_env() -> dict[str, str]:
 
 
 def start_fit(config: Path, *extra: str) -> subprocess.Popen:
-    """``python -m reaf_lightning.cli fit --config CONFIG EXTRA...`` as a real process."""
-    cmd = [sys.executable, "-m", "reaf_lightning.cli", "fit", "--config", str(config), *extra]
+    """``python -m reaf_lightning.training.cli fit --config CONFIG EXTRA...`` as a real process."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "reaf_lightning.training.cli",
+        "fit",
+        "--config",
+        str(config),
+        *extra,
+    ]
     return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -246,7 +242,7 @@ def start_fit(config: Path, *extra: str) -> subprocess.Popen:
 def pause_args(ready: Path, epoch: int, batch: int, until_sigterm: bool = False) -> list[str]:
     """Command-line arguments adding :class:`PauseAt` at ``epoch``/``batch``."""
     return [
-        "--trainer.callbacks+=reliability_helpers.PauseAt",
+        "--trainer.callbacks+=helpers.fit_processes.PauseAt",
         "--trainer.callbacks.init_args.epoch",
         str(epoch),
         "--trainer.callbacks.init_args.batch",
@@ -260,7 +256,6 @@ def pause_args(ready: Path, epoch: int, batch: int, until_sigterm: bool = False)
 
 def wait_for(path: Path, proc: subprocess.Popen, limit: float = 300.0) -> None:
     """Wait until ``path`` exists (the run reached the pause), failing if the run ended."""
-    import pytest
 
     deadline = time.monotonic() + limit
     while not path.exists():

@@ -102,7 +102,7 @@ class EpochCount(_Strict):
 
 
 class Provenance(_Strict):
-    """What produced the run (see :func:`reaf_lightning.loggers.provenance`)."""
+    """What produced the run (see :func:`reaf_lightning.runs.provenance.provenance`)."""
 
     package_version: str | None = None
     git_commit: str | None = None

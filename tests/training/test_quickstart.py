@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 #: the console scripts, as modules (they need not be installed for the test)
 MODULES = {
-    "reaf-lightning": "reaf_lightning.cli",
+    "reaf-lightning": "reaf_lightning.training.cli",
     "reaf-analysis": "reaf_lightning.analysis.cli",
     "reaf-report": "reaf_lightning.report.cli",
 }

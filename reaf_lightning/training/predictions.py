@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Subset
 
 from reaf_lightning.io import atomic_outputs, check_outputs, ensure_writable
-from reaf_lightning.rundir import PREDICTIONS
+from reaf_lightning.runs.layout import PREDICTIONS
 
 __all__ = ["PredictionWriter", "input_path"]
 
