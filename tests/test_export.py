@@ -122,8 +122,9 @@ def test_every_zoo_network_exports_to_torch_export_and_onnx(name, tmp_path):
 
 @pytest.mark.slow
 def test_timm_builds_reaf_networks_whichever_is_imported_first():
+    """``import reaf_lightning.timm`` registers, before or after timm's own import."""
     pytest.importorskip("timm")
-    for order in ("import reaf_lightning, timm", "import timm, reaf_lightning"):
+    for order in ("import reaf_lightning.timm, timm", "import timm, reaf_lightning.timm"):
         code = (
             f"{order}\nnet = timm.create_model('reaf_resnet50', num_classes=7)\n"
             "print(type(net).__module__, net.fc.out_features, "

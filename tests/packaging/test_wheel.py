@@ -108,7 +108,7 @@ def _env(home: Path) -> dict[str, str]:
 def test_the_fresh_venv_imports_the_installed_wheel_not_the_repository(venv, tmp_path):
     probe = (
         "import importlib.util, json, reaf_lightning, reaf_lightning.analysis, "
-        "reaf_lightning.config_names as c; print(json.dumps([reaf_lightning.__file__, "
+        "reaf_lightning.commands as c; print(json.dumps([reaf_lightning.__file__, "
         "reaf_lightning.analysis.__file__, str(c.config_dir()), "
         "importlib.util.find_spec('analysis') is None]))"
     )
@@ -133,7 +133,6 @@ def test_the_quick_start_runs_from_the_wheel_by_name(venv, tmp_path):
 
 _PRINT_EVERY_PAPER_CONFIG = """
 import contextlib, io, json, sys, yaml
-from helpers import REPO
 from reaf_lightning.training.cli import main
 results = []
 for recipe, row in json.loads(sys.argv[1]):
