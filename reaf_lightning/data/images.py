@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +47,19 @@ from reaf_lightning.errors import (
 )
 from reaf_lightning.io import atomic_outputs
 
-__all__ = ["IMG_EXTENSIONS", "channel_stats", "load_rgb", "scan_image_folder", "verify_images"]
+__all__ = [
+    "IMG_EXTENSIONS",
+    "MIN_STD",
+    "channel_stats",
+    "load_rgb",
+    "scan_image_folder",
+    "verify_images",
+]
+
+#: The smallest per-channel std :func:`channel_stats` returns: one 8-bit level (ours). A
+#: constant channel has std 0 (float rounding makes it ~1e-9), and normalising by it would
+#: blow one level of noise up to +-1e7 or divide by zero.
+MIN_STD = 1 / 255
 
 #: What PIL raises for undecodable files: truncation and unknown formats are OSErrors,
 #: some damaged PNG chunks raise SyntaxError, some decoders ValueError.
@@ -347,4 +360,13 @@ def channel_stats(
     total = np.sum(parts, axis=0)
     count, mean = total[0], total[1:4] / total[0]
     std = np.sqrt(np.maximum(total[4:7] / count - mean**2, 0.0))
+    flat = [f"{'RGB'[c]} (std {std[c]:.2g})" for c in range(3) if std[c] < MIN_STD]
+    if flat:  # dividing by ~0 would scale one-level noise to +-1e7, or by 0 to NaN
+        warnings.warn(
+            f"channel(s) {', '.join(flat)} of the {len(parts)} images are (nearly) constant; "
+            f"their std is set to {MIN_STD:.4g}, one 8-bit level, so that normalising keeps "
+            "them near 0 instead of dividing by ~0",
+            stacklevel=2,
+        )
+        std = np.maximum(std, MIN_STD)
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)  # type: ignore[return-value]

@@ -42,6 +42,28 @@ def test_cifar_recipe_normalises_by_the_training_images_own_statistics(folder):
     assert y == written["val"][4][1]
 
 
+def test_a_constant_channel_gets_one_8bit_level_as_its_std(tmp_path):
+    """Images whose blue channel is constant: its std is 0 in numpy (~1e-9 summed in float),
+    which would scale one level of noise to +-1e7; one 8-bit level is used, with a warning."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(2):
+                pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+                pixels[..., 2] = 77
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
+    reference = _pixels(sorted((tmp_path / "train").rglob("*.png"))).reshape(-1, 3)
+    assert reference.std(0)[2] < 1e-9
+    dm = folder_datamodule(tmp_path, augmentation="cifar")
+    with pytest.warns(UserWarning, match=r"channel\(s\) B \(std .*\) of the 4 images"):
+        dm.setup("fit")
+    assert dm.std[:2] == pytest.approx(tuple(reference.std(0)[:2]), abs=1e-9)
+    assert dm.std[2] == pytest.approx(1 / 255)
+    x, _ = dm.val_dataset[0]
+    assert torch.isfinite(x).all() and x[2].abs().max() < 1e-3  # the constant channel is ~0
+
+
 def test_cifar_recipe_keeps_given_statistics(folder):
     root, written = folder
     pixels = _pixels([p for p, _ in written["train"]]).reshape(-1, 3)
