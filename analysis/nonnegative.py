@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from reaf_lightning.errors import ConfigError
+from reaf_lightning.training.private_api import tensor_version
 
 __all__ = ["NON_NEGATIVE_ACTIVATIONS", "check_measurable_layers", "non_negative_modules"]
 
@@ -82,7 +83,7 @@ def non_negative_modules(model: nn.Module, example: Tensor) -> list[tuple[str, i
         if not isinstance(tensor, Tensor) or id(tensor) not in known:
             return False
         kept, version = known[id(tensor)]
-        return kept is tensor and tensor._version == version  # not changed in place since
+        return kept is tensor and tensor_version(tensor) == version  # not changed in place since
 
     def hook(name: str):
         def record(module: nn.Module, inputs: tuple, output: object) -> None:
@@ -93,7 +94,7 @@ def non_negative_modules(model: nn.Module, example: Tensor) -> list[tuple[str, i
                 or marked(output)
             )
             if non_negative:
-                known[id(output)] = (output, output._version)  # type: ignore[union-attr]
+                known[id(output)] = (output, tensor_version(output))
             alive.append(output)
             calls.append((name, non_negative, id(output)))
             counts[name] = counts.get(name, 0) + 1

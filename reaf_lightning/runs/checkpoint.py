@@ -33,7 +33,7 @@ NETWORK_KEYS = ("arch", "arch_kwargs", "num_classes")
 #: Model settings a resumed ``fit`` may change: nothing of them is restored from the
 #: checkpoint, so the configured value is the one used (and logged). Every other
 #: setting (lr, momentum, weight decay, schedule, warm-up ...) must stay as it was.
-RESUME_MAY_CHANGE = ("label_smoothing", "nan_policy", "max_consecutive_skips")
+RESUME_MAY_CHANGE = ("label_smoothing",)
 
 
 def read_lightning_checkpoint(path: str | os.PathLike[str], weights_only: bool) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +75,14 @@ class MetricsFile(Callback):
     (:func:`~reaf_lightning.runs.protect.smoke_reason`) write nothing. ``params_m`` and
     ``gmacs`` are counted by :func:`reaf_lightning.models.complexity.network_complexity`
     for the image size of the first batch. Only global rank 0 writes, atomically.
+
+    Args:
+        seed: the run's seed, as configured (``reaf-lightning`` passes its
+            ``seed_everything``); ``None``: not seeded, or not known.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
         self._best: dict[str, float] = {}
         self._final: dict[str, float] = {}
         self._epoch: int | None = None
@@ -209,11 +213,10 @@ class MetricsFile(Callback):
             if isinstance(batch, int)
             else None,
         )
-        seed = os.environ.get("PL_GLOBAL_SEED")
         counted = self._complexity(hp)
         planned = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
         return RunRecord(
-            seed=int(seed) if seed is not None else None,
+            seed=self.seed,
             finished=finished,
             network=network,
             data=data,

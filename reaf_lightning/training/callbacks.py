@@ -3,7 +3,7 @@ part of the paper; they keep long runs safe, resumable and traceable.
 
 * :class:`~reaf_lightning.training.saving.PreemptionCheckpoint` saves ``last.ckpt``
   on ``SIGTERM`` (``reaf-lightning`` exits with status 143).
-* :class:`NonFiniteLossPolicy` and
+* :class:`NonFiniteLossPolicy` (the CLI's ``non_finite:`` group) and
   :class:`~reaf_lightning.training.saving.FiniteCheckpointGuard`: a NaN/inf
   loss stops the run (exit 3) or skips the batch, and a checkpoint with
   non-finite weights is never written, so the last good one survives.
@@ -17,7 +17,7 @@ part of the paper; they keep long runs safe, resumable and traceable.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -26,7 +26,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from reaf_lightning.errors import NumericalError
+from reaf_lightning.errors import ConfigError, NumericalError
 from reaf_lightning.models.complexity import network_complexity
 from reaf_lightning.runs.provenance import provenance
 from reaf_lightning.runs.writer import MetricsFile
@@ -38,9 +38,11 @@ from reaf_lightning.training.saving import (
     kept_checkpoint,
 )
 
+NanPolicy = Literal["stop", "skip"]
+
 
 class NonFiniteLossPolicy(Callback):
-    """Apply the module's ``nan_policy`` to a NaN/inf training loss.
+    """What a NaN/inf training loss does: ``stop`` the run, or ``skip`` the batch.
 
     ``"stop"`` (default) raises :class:`~reaf_lightning.errors.NumericalError`
     (exit status 3) before the backward pass, naming epoch, step and the kept
@@ -49,18 +51,24 @@ class NonFiniteLossPolicy(Callback):
     and their momentum untouched), the BatchNorm statistics its forward pass
     changed are restored, a warning counts the skipped batches and
     ``train/skipped_batches`` is logged; the step still counts for the lr
-    schedule. ``max_consecutive_skips`` bad batches in a row stop the run anyway
-    (the model has most likely diverged). Under DDP the decision is taken
-    jointly: a bad batch on any rank affects all. Costs one scalar
-    device-to-host copy per step (and with ``"skip"`` a copy of the buffers).
+    schedule. Under DDP the decision is taken jointly: a bad batch on any rank
+    affects all. Costs one scalar device-to-host copy per step (and with
+    ``"skip"`` a copy of the buffers).
 
-    The settings are the module's hyperparameters ``nan_policy`` and
-    ``max_consecutive_skips`` (``model.nan_policy`` on the command line), so
-    that they are saved, logged and resumed with the model; a module without
-    them gets ``"stop"``.
+    ``reaf-lightning`` configures it as the ``non_finite:`` group
+    (``--non_finite.policy skip``). Nothing of it is restored from a checkpoint
+    but the count of skipped batches, so a resumed run may change it.
+
+    Args:
+        policy: ``"stop"`` or ``"skip"``.
+        max_consecutive_skips: with ``"skip"``, stop anyway after this many
+            non-finite batches in a row (the model has most likely diverged).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, policy: NanPolicy = "stop", max_consecutive_skips: int = 10) -> None:
+        if max_consecutive_skips < 1:
+            raise ConfigError(f"max_consecutive_skips must be >= 1, got {max_consecutive_skips!r}")
+        self.policy, self.max_consecutive_skips = policy, max_consecutive_skips
         self.skipped_batches = 0  # non-finite batches skipped by this run so far
         self._consecutive = 0
         self._batch_idx = 0
@@ -73,7 +81,7 @@ class NonFiniteLossPolicy(Callback):
         self._batch_idx, self._skipping = batch_idx, False
         # BatchNorm updates its running statistics in the forward pass, before the loss
         # is known; "skip" must undo that too, so the buffers are copied first (small).
-        skip = pl_module.hparams.get("nan_policy") == "skip"
+        skip = self.policy == "skip"
         self._buffers = [b.detach().clone() for b in pl_module.buffers()] if skip else None
 
     def on_before_backward(
@@ -91,22 +99,21 @@ class NonFiniteLossPolicy(Callback):
         if self._buffers is None:
             raise NumericalError(
                 f"non-finite training loss ({value}) at {where}; training stopped "
-                f"(model.nan_policy=stop) and {kept_checkpoint(trainer)}; {NUMERICAL_ADVICE}, "
-                "or set model.nan_policy=skip to skip such batches"
+                f"(non_finite.policy=stop) and {kept_checkpoint(trainer)}; {NUMERICAL_ADVICE}, "
+                "or set non_finite.policy=skip to skip such batches"
             )
         self._consecutive += 1
-        limit = pl_module.hparams.get("max_consecutive_skips", 10)
-        if self._consecutive >= limit:
+        if self._consecutive >= self.max_consecutive_skips:
             raise NumericalError(
-                f"{limit} consecutive non-finite training losses (last {value} at {where}): the "
-                f"model has most likely diverged; training stopped and "
+                f"{self.max_consecutive_skips} consecutive non-finite training losses (last "
+                f"{value} at {where}): the model has most likely diverged; training stopped and "
                 f"{kept_checkpoint(trainer)}; {NUMERICAL_ADVICE}"
             )
         self.skipped_batches += 1
         self._skipping = True
         rank_zero_warn(
             f"skipping a batch with non-finite training loss ({value}) at {where}; "
-            f"{self.skipped_batches} batch(es) skipped so far (model.nan_policy=skip)"
+            f"{self.skipped_batches} batch(es) skipped so far (non_finite.policy=skip)"
         )
 
     def on_before_optimizer_step(
@@ -181,18 +188,21 @@ class LogProvenance(Callback):
                 logger.log_hyperparams(record)
 
 
-def standard_callbacks() -> list[Callback]:
+def standard_callbacks(seed: int | None = None) -> list[Callback]:
     """The callbacks every ``reaf-lightning`` run gets, in addition to those of its config.
 
     ``reaf-lightning`` passes them as LightningCLI ``trainer_defaults``, which
-    Lightning appends to the configured ``trainer.callbacks``.
+    Lightning appends to the configured ``trainer.callbacks`` (and to the
+    callbacks of the CLI's groups: ``checkpoint:``, ``non_finite:``).
+
+    Args:
+        seed: the run's seed (``seed_everything``), recorded in ``metrics.json``.
     """
     return [
         PreemptionCheckpoint(),
-        NonFiniteLossPolicy(),
         FiniteCheckpointGuard(),
         LogComplexity(),
         LogProvenance(),
         PredictionWriter(),
-        MetricsFile(),
+        MetricsFile(seed),
     ]

@@ -4,21 +4,25 @@
 ``test`` and ``predict`` evaluate. Several ``--config`` files compose (later
 ones override), which is how a shared recipe and a per-row file combine.
 
-What this adds to Lightning's CLI, all through its public hooks (not part of
-the paper; the reasons are in ``docs/reliability.md``):
+What this adds to Lightning's CLI, all through its public hooks but one
+(:class:`~reaf_lightning.training.private_api.ConfigDecidesTheModel`); not part
+of the paper, the reasons are in ``docs/reliability.md``:
 
 * the model is always :class:`~reaf_lightning.ImageClassifier`; the data module
   is any ``LightningDataModule`` by class path, its ``num_classes`` linked into
-  the model; every run gets :func:`~reaf_lightning.training.callbacks.standard_callbacks`;
+  the model; every run gets :func:`~reaf_lightning.training.callbacks.standard_callbacks`
+  and two configurable callbacks, the ``checkpoint:`` group (``last.ckpt`` every
+  epoch) and the ``non_finite:`` group (what a NaN/inf loss does);
 * the **run directory** is ``trainer.default_root_dir``, with an integer
   ``seed_everything: N`` made ``<default_root_dir>/seed<N>`` (one directory, and
   one W&B run ``<name>/seed<N>``, per seed); it receives ``config.yaml``,
-  ``checkpoints/`` (a ``checkpoint:`` group, ``last.ckpt`` every epoch) and the
-  loggers' files, and every output location is checked writable before the work;
-* ``--ckpt_path`` (a file, ``last`` or ``best``, found on disk) must hold the
-  configured network, and a resumed ``fit`` must keep the optimiser and
-  schedule settings (:func:`~reaf_lightning.runs.checkpoint.check_checkpoint`);
-  the config, not the checkpoint, decides what is built;
+  ``checkpoints/`` and the loggers' files, and every output location is checked
+  writable before the work;
+* ``--ckpt_path`` (a file, ``last`` or ``best``, found on disk) is resolved once,
+  must hold the configured network, and a resumed ``fit`` must keep the optimiser
+  and schedule settings (:func:`~reaf_lightning.runs.checkpoint.check_checkpoint`);
+  the file is read once, by that check, and handed to Lightning's restore; a
+  resume that trains nothing (the run already ended) says so;
 * checkpoints are written atomically
   (:class:`~reaf_lightning.training.saving.AtomicCheckpointIO`), ``SIGTERM`` saves
   ``last.ckpt`` and exits 143, Ctrl-C exits 130 naming the last checkpoint, and
@@ -30,7 +34,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,11 +43,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import (
-    ArgsType,
-    LightningArgumentParser,
-    LightningCLI,
-)
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_only
@@ -64,14 +64,10 @@ from reaf_lightning.errors import (
     EXIT_PREEMPTED,
     CheckpointError,
     ConfigError,
-    OutputError,
     ReafError,
     message_of,
 )
-from reaf_lightning.io import (
-    check_seed,
-    ensure_writable,
-)
+from reaf_lightning.io import check_outputs, check_seed, ensure_writable
 from reaf_lightning.runs.checkpoint import (
     check_checkpoint,
     find_best_checkpoint,
@@ -87,13 +83,13 @@ from reaf_lightning.runs.layout import (
 from reaf_lightning.runs.lock import lock_run_dir
 from reaf_lightning.runs.protect import protect_run, smoke_reason
 from reaf_lightning.runs.writer import LogConfigCallback
-from reaf_lightning.training.callbacks import standard_callbacks
+from reaf_lightning.training.callbacks import NonFiniteLossPolicy, standard_callbacks
 from reaf_lightning.training.console import quiet_lightning
 from reaf_lightning.training.module import ImageClassifier
+from reaf_lightning.training.private_api import ConfigDecidesTheModel
 from reaf_lightning.training.saving import AtomicCheckpointIO, EveryEpochLastCheckpoint
 
 __all__ = [
-    "DEFAULT_ROOT_DIR",
     "PROG",
     "USAGE",
     "ReafLightningCLI",
@@ -101,7 +97,6 @@ __all__ = [
     "run",
 ]
 
-DEFAULT_ROOT_DIR = DEFAULT_ROOT
 PROG = "reaf-lightning"
 DESCRIPTION = (
     "Train (fit) and evaluate (validate, test, predict) the REAF paper's networks, e.g. "
@@ -111,7 +106,7 @@ DESCRIPTION = (
 USAGE = (
     "%(prog)s [-h] [-c CONFIG] [--print_config[=flags]] [--seed_everything SEED]\n"
     "       [--trainer.KEY VALUE] [--model.KEY VALUE] [--data CLASS] [--data.KEY VALUE]\n"
-    "       [--checkpoint.KEY VALUE] [--ckpt_path PATH]"
+    "       [--checkpoint.KEY VALUE] [--non_finite.KEY VALUE] [--ckpt_path PATH]"
 )
 EPILOG = (
     "Several --config files compose (later ones win), then flags; --print_config shows the "
@@ -121,7 +116,7 @@ EPILOG = (
 )
 
 
-class ReafLightningCLI(LightningCLI):
+class ReafLightningCLI(ConfigDecidesTheModel, LightningCLI):
     """LightningCLI with the project's run directories, checkpoint policy and failure handling.
 
     Args:
@@ -143,32 +138,13 @@ class ReafLightningCLI(LightningCLI):
     ):
         self.checkpoint_dirs = checkpoint_dirs if checkpoint_dirs is not None else []
         self.locks = locks if locks is not None else []
-        self.ckpt_path_given: str | None = None
+        self.resumed: tuple[str, int] | None = None  # (checkpoint, its global step) of a fit
         super().__init__(*args, **kwargs)
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse ``args`` (:func:`run` prepared them); a parse error is one line.
-
-        ``args`` is always given, so Lightning's guard against mixing ``args`` with
-        ``sys.argv`` has nothing to guard here.
-        """
-        if isinstance(args, (dict, Namespace)):
-            self.config = parser.parse_object(args)
-        else:
-            self.config = parse(parser, args)
-        config = self._of_subcommand(self.config, self.config.get("subcommand"))
-        check_seed(config.get("seed_everything"))
-        # Held back until before_instantiate_classes: between the two hooks LightningCLI
-        # would torch.load the file and replace the configured model by the checkpoint's
-        # hyperparameters (no switch turns that off); here the config decides.
-        self.ckpt_path_given = config.get("ckpt_path")
-        if self.ckpt_path_given is not None:
-            config.ckpt_path = None
-
-    def _of_subcommand(self, config: Namespace, subcommand: str | None = None) -> Namespace:
-        """The part of a parsed or instantiated config that belongs to the subcommand."""
-        subcommand = subcommand or getattr(self, "subcommand", None)
-        return config[subcommand] if subcommand else config
+    def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str]) -> None:
+        """Parse ``args`` (:func:`run` prepared them); a parse error is one line."""
+        self.config = parse(parser, args)
+        check_seed(self.config[self.config.subcommand].get("seed_everything"))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(EveryEpochLastCheckpoint, "checkpoint")
@@ -183,6 +159,7 @@ class ReafLightningCLI(LightningCLI):
                 "checkpoint.enable_version_counter": False,
             }
         )
+        parser.add_lightning_class_args(NonFiniteLossPolicy, "non_finite")
         parser.add_argument(
             "--overwrite_run",
             type=bool,
@@ -194,13 +171,12 @@ class ReafLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Make the run directory (per seed) and put checkpoints and logger files in it."""
-        config = self._of_subcommand(self.config)
-        if self.ckpt_path_given is not None:
-            config.ckpt_path = self.ckpt_path_given
+        stage = str(self.subcommand)
+        config = self.config[stage]
         seed = config.seed_everything  # `true` was replaced by the seed Lightning chose
         seeded = seed is not False and seed is not None
         root = run_dir_for_seed(
-            config.trainer.default_root_dir or DEFAULT_ROOT_DIR, seed if seeded else None
+            config.trainer.default_root_dir or DEFAULT_ROOT, seed if seeded else None
         )
         config.trainer.default_root_dir = str(root)
         if config.checkpoint.dirpath is None:
@@ -214,13 +190,12 @@ class ReafLightningCLI(LightningCLI):
             )
             for note in protect_run(
                 run,
-                str(self.subcommand),
+                stage,
                 overwrite=bool(config.get("overwrite_run")),
                 resuming=config.get("ckpt_path") is not None,
                 smoke=smoke,
             ):
                 _info(note)
-        stage = str(self.subcommand)
         for logger_class, init_args in _loggers(config.trainer.logger):
             wandb = issubclass(logger_class, WandbLogger)  # other loggers' names are folders
             if "save_dir" in init_args and init_args.save_dir is None:
@@ -255,14 +230,19 @@ class ReafLightningCLI(LightningCLI):
             raise ConfigError(message_of(err)) from err
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Give the trainer :class:`AtomicCheckpointIO`, unless the config brings its own.
+        """The trainer, with :func:`standard_callbacks` and :class:`AtomicCheckpointIO`.
 
         A configured ``CheckpointIO`` plugin, a strategy object, or a sharded
-        strategy (FSDP, DeepSpeed: their own checkpoint format) is left alone.
+        strategy (FSDP, DeepSpeed: their own checkpoint format) keeps its own
+        checkpoint IO.
         """
-        config = self._of_subcommand(self.config_init).trainer
-        plugins = _as_list(config.get("plugins"))
-        strategy = config.get("strategy", "auto")
+        config = self.config_init[self.subcommand]
+        seed = config.seed_everything
+        callbacks = standard_callbacks(None if isinstance(seed, bool) else seed)
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+        plugins = config.trainer.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        strategy = config.trainer.get("strategy", "auto")
         own = any(isinstance(p, CheckpointIO) for p in plugins) or isinstance(strategy, Strategy)
         sharded = isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed"))
         if not own and not sharded:
@@ -276,6 +256,18 @@ class ReafLightningCLI(LightningCLI):
                 "batches >= 1 or a fraction in (0, 1], or run `validate` to only evaluate"
             )
         self._prepare("fit")
+
+    def after_fit(self) -> None:
+        """A resume from a checkpoint that had already reached the end of training says so."""
+        trainer = self.trainer
+        if self.resumed is None or trainer.global_step != self.resumed[1]:
+            return
+        _info(
+            f"--ckpt_path {self.resumed[0]} had already reached the end of training (global "
+            f"step {trainer.global_step}; trainer.max_epochs={trainer.max_epochs}, "
+            f"trainer.max_steps={trainer.max_steps}), so nothing was trained; raise "
+            "trainer.max_epochs or trainer.max_steps to train on"
+        )
 
     def before_validate(self) -> None:
         self._prepare("validate")
@@ -310,39 +302,44 @@ class ReafLightningCLI(LightningCLI):
             if directory is not None and "://" not in str(directory):  # remote: not checkable
                 ensure_writable(directory, what)
         run = RunDir(Path(trainer.default_root_dir))
-        for path in (run.predictions,) if subcommand == "predict" else (run.metrics,):
-            if (path.exists() or path.is_symlink()) and not path.is_file():
-                raise OutputError(
-                    f"{path} is in the way: it is not a regular file (a directory, link or "
-                    "device), so this run's output could not be written; move it away"
-                )
-        config = self.config_init[subcommand]
-        ckpt_path = config.get("ckpt_path")
-        weights_only = config.get("weights_only") is not False
-        if ckpt_path in ("last", "best"):
-            ckpt_path = self._find(ckpt_path, subcommand, dirs, weights_only)
-            config["ckpt_path"] = ckpt_path
-        if ckpt_path and "://" not in str(ckpt_path) and ckpt_path not in ("hpc", "registry"):
-            check_checkpoint(
-                ckpt_path, self.model, resume=subcommand == "fit", weights_only=weights_only
-            )
+        check_outputs([run.predictions if subcommand == "predict" else run.metrics])
+        self._checkpoint(subcommand, dirs)
 
-    def _find(self, which: str, subcommand: str, dirs: list[str], weights_only: bool) -> str | None:
-        """``last``/``best`` on disk. ``fit`` without a ``last`` starts a new run and says so."""
-        if which == "last":
-            found = find_last_checkpoint(dirs)
-        else:
-            found = find_best_checkpoint(dirs, weights_only)
-        if found is not None:
-            return str(found)
-        where = ", ".join(dirs) or "(no checkpoint directory)"
-        if subcommand == "fit" and which == "last":
+    def _checkpoint(self, subcommand: str, dirs: list[str]) -> None:
+        """Resolve ``--ckpt_path`` (``last``/``best`` on disk), check it, read it once.
+
+        ``fit`` without a ``last`` starts a new run and says so. The checked
+        checkpoint is handed to the trainer's :class:`AtomicCheckpointIO`, so that
+        Lightning's restore does not read the file again.
+        """
+        config = self.config_init[subcommand]
+        given, weights_only = config.get("ckpt_path"), config.get("weights_only") is not False
+        path = given
+        if given == "last":
+            path = find_last_checkpoint(dirs)
+        elif given == "best":
+            path = find_best_checkpoint(dirs, weights_only)
+        if path is None and given is not None:
+            where = ", ".join(dirs) or "(no checkpoint directory)"
+            if subcommand != "fit" or given != "last":
+                raise CheckpointError(
+                    f"--ckpt_path {given}: no {given} checkpoint in {where}, so there is "
+                    f"nothing to {subcommand}; train first or pass a checkpoint file"
+                )
             _info(f"--ckpt_path last: no checkpoint in {where} yet; starting a new run")
-            return None
-        raise CheckpointError(
-            f"--ckpt_path {which}: no {which} checkpoint in {where}, so there is nothing to "
-            f"{subcommand}; train first or pass a checkpoint file"
+        path = None if path is None else str(path)
+        config["ckpt_path"] = path
+        if path is None or "://" in path or path in ("hpc", "registry"):
+            return  # nothing to restore, or a location Lightning resolves (not checkable here)
+        checkpoint = check_checkpoint(
+            path, self.model, resume=subcommand == "fit", weights_only=weights_only
         )
+        io = self.trainer.strategy.checkpoint_io
+        if isinstance(io, AtomicCheckpointIO):
+            io.hand_over(path, checkpoint)
+        if subcommand == "fit":
+            named = path if given == path else f"{given} ({path})"
+            self.resumed = (named, checkpoint["global_step"])
 
 
 def _loggers(value: Any) -> Iterator[tuple[type, Namespace]]:
@@ -353,65 +350,54 @@ def _loggers(value: Any) -> Iterator[tuple[type, Namespace]]:
             yield getattr(importlib.import_module(module), name), item.init_args
 
 
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 @rank_zero_only
 def _info(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
-def run(args: ArgsType = None, checkpoint_dirs: list[str] | None = None) -> ReafLightningCLI:
+def run(
+    args: Sequence[str] | None = None, checkpoint_dirs: list[str] | None = None
+) -> ReafLightningCLI:
     """Parse ``args``, build model, data and trainer, run the subcommand; return the CLI.
 
     The run directory is locked for the whole call. Errors propagate as
     exceptions (:func:`main` turns them into exit statuses); tests and notebooks
-    use the returned object (``cli.trainer``, ``cli.model``). ``args``: the command
-    line without the program name (``None``: ``sys.argv[1:]``), or a dict of the config.
+    use the returned :class:`ReafLightningCLI` (``cli.trainer``, ``cli.model``).
+    ``args``: the command line without the program name (``None``: ``sys.argv[1:]``).
     """
     quiet_lightning()
     locks: list[Any] = []
     try:
-        return _build_and_run(args, checkpoint_dirs, locks)
+        return ReafLightningCLI(
+            ImageClassifier,
+            LightningDataModule,
+            subclass_mode_data=True,
+            save_config_callback=LogConfigCallback,
+            save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
+            parser_kwargs={
+                # jsonargparse's own handler prints the whole usage (~100 lines) before the error
+                "exit_on_error": os.environ.get(DEBUG_ENV) == "1",
+                "prog": PROG,  # not sys.argv[0], which is the caller's (python, pytest, ...)
+                "formatter_class": ShortHelpFormatter,
+                "description": DESCRIPTION,
+                **{
+                    subcommand: {"usage": USAGE, "epilog": EPILOG}
+                    for subcommand in LightningCLI.subcommands()
+                },
+            },
+            auto_configure_optimizers=False,  # ImageClassifier configures its own (paper §IV)
+            load_from_checkpoint_support=False,  # no model class stored in checkpoints either
+            # --config quickstart: a packaged config, by name; every named file checked first
+            args=prepare_arguments(command_line(args)),
+            checkpoint_dirs=checkpoint_dirs,
+            locks=locks,
+        )
     finally:
         for lock in locks:
             lock.release()
 
 
-def _build_and_run(
-    args: ArgsType, checkpoint_dirs: list[str] | None, locks: list[Any]
-) -> ReafLightningCLI:
-    return ReafLightningCLI(
-        ImageClassifier,
-        LightningDataModule,
-        subclass_mode_data=True,
-        save_config_callback=LogConfigCallback,
-        save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
-        trainer_defaults={"callbacks": standard_callbacks()},
-        parser_kwargs={
-            # jsonargparse's own handler prints the whole usage (~100 lines) before the error
-            "exit_on_error": os.environ.get(DEBUG_ENV) == "1",
-            "prog": PROG,  # not sys.argv[0], which is the caller's (python, pytest, ...)
-            "formatter_class": ShortHelpFormatter,
-            "description": DESCRIPTION,
-            **{
-                subcommand: {"usage": USAGE, "epilog": EPILOG}
-                for subcommand in LightningCLI.subcommands()
-            },
-        },
-        auto_configure_optimizers=False,  # ImageClassifier configures its own (paper §IV)
-        load_from_checkpoint_support=False,  # no model class stored in checkpoints either
-        # --config quickstart: a packaged config, by name; every named file checked first
-        args=args if isinstance(args, (dict, Namespace)) else prepare_arguments(command_line(args)),
-        checkpoint_dirs=checkpoint_dirs,
-        locks=locks,
-    )
-
-
-def main(args: ArgsType = None) -> NoReturn:
+def main(args: Sequence[str] | None = None) -> NoReturn:
     """Entry point of ``reaf-lightning``; ``args`` as on the command line (``None``: ``sys.argv``).
 
     Exit statuses as in :mod:`reaf_lightning.errors`; ``SIGTERM`` saves
@@ -422,8 +408,9 @@ def main(args: ArgsType = None) -> NoReturn:
     def body(argv: list[str]) -> None:
         try:
             run(argv, checkpoint_dirs)
-        except SIGTERMException as err:
-            _preempted(err)
+        except SIGTERMException as err:  # PreemptionCheckpoint says what it saved
+            nothing = "stopped by SIGTERM; no checkpoint was saved by this run"
+            _info(getattr(err, "reaf_note", nothing))
             raise SystemExit(EXIT_PREEMPTED) from None
 
     def where_is_the_last_checkpoint() -> str:
@@ -433,19 +420,6 @@ def main(args: ArgsType = None) -> NoReturn:
         return f"the last checkpoint is {last}; resume with --ckpt_path last"
 
     run_main(PROG, body, args, where_is_the_last_checkpoint)
-
-
-@rank_zero_only
-def _preempted(err: SIGTERMException) -> None:
-    path = getattr(err, "reaf_checkpoint", None)
-    if path is None:
-        _info("stopped by SIGTERM; no checkpoint was saved by this run")
-        return
-    epoch, step = err.reaf_progress  # type: ignore[attr-defined]
-    _info(
-        f"preempted by SIGTERM at epoch {epoch}, global step {step}; saved {path}; "
-        "resume with --ckpt_path last"
-    )
 
 
 if __name__ == "__main__":

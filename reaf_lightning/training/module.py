@@ -17,7 +17,7 @@ the paper reports (top-1/top-5 accuracy and error). The schedules:
 The recipes' values live in ``configs/recipes/``; the defaults here are
 neutral (constant lr, no decay, no warm-up). Everything that is not the model
 itself — the numerical-fault policy, the finite-checkpoint check, complexity
-logging, prediction files — is a callback in :mod:`reaf_lightning.callbacks`.
+logging, prediction files — is a callback in :mod:`reaf_lightning.training.callbacks`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -35,12 +35,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from reaf_lightning.errors import ConfigError
 from reaf_lightning.models import create_model
+from reaf_lightning.training.private_api import forget_train_dataloader
 
 __all__ = ["ImageClassifier", "lr_factor"]
 
 Schedule = Literal["constant", "multistep", "step", "cosine"]
-SCHEDULES = ("constant", "multistep", "step", "cosine")
-NanPolicy = Literal["stop", "skip"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 def lr_factor(
@@ -74,17 +74,14 @@ def lr_factor(
     warmup_steps = round(warmup_epochs * steps_per_epoch)
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     epoch = step // steps_per_epoch
-    if schedule == "constant":
-        decay = 1.0
-    elif schedule == "multistep":
+    decay = 1.0  # constant (ImageClassifier refused any other name)
+    if schedule == "multistep":
         decay = gamma ** sum(1 for m in milestones if epoch >= m)
     elif schedule == "step":
         decay = gamma ** (epoch // step_size)
     elif schedule == "cosine":
         progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
         decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        raise ConfigError(f"schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
     return warm * decay
 
 
@@ -126,12 +123,6 @@ class ImageClassifier(pl.LightningModule):
         step_size: period (epochs) of ``step``.
         warmup_epochs: linear per-iteration warm-up length in epochs.
         label_smoothing: cross-entropy label smoothing in [0, 1).
-        nan_policy: what a NaN/inf training loss does, applied by
-            :class:`~reaf_lightning.training.callbacks.NonFiniteLossPolicy`: ``"stop"``
-            the run before the bad batch touches the weights, or ``"skip"`` the
-            batch (weights, optimizer state and BatchNorm statistics untouched).
-        max_consecutive_skips: with ``"skip"``, stop anyway after this many
-            non-finite batches in a row (the model has most likely diverged).
     """
 
     def __init__(
@@ -151,8 +142,6 @@ class ImageClassifier(pl.LightningModule):
         step_size: int = 30,
         warmup_epochs: float = 0.0,
         label_smoothing: float = 0.0,
-        nan_policy: NanPolicy = "stop",
-        max_consecutive_skips: int = 10,
     ) -> None:
         super().__init__()
         _check_settings(dict(locals()))
@@ -269,13 +258,10 @@ class ImageClassifier(pl.LightningModule):
             step_size=hp.step_size,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        # Counting the steps (and the lr scaling) made Lightning build the train loader now,
-        # before a checkpoint is restored; it would then never hand that loader the position
-        # saved in the checkpoint, and a fit resumed mid-epoch would restart the epoch's data
-        # order. Dropped here, the fit loop builds it again after the restore, at that position.
-        # Private attribute: Lightning has no public switch for this; the bit-identical resume
-        # test (tests/training/test_rundir.py) catches a change.
-        trainer.fit_loop._combined_loader = None
+        # Counting the steps (and the lr scaling) made Lightning build the train loader before
+        # a checkpoint is restored; dropped, it is built again after the restore, at the saved
+        # position (a fit resumed mid-epoch keeps the epoch's data order).
+        forget_train_dataloader(trainer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
@@ -306,7 +292,6 @@ def _check_settings(s: dict[str, Any]) -> None:
     """Reject bad settings at construction, naming the value and what is valid."""
     ref = s["lr_reference_batch_size"]
     milestones = list(s["milestones"])
-    skips = s["max_consecutive_skips"]
     checks = [
         (s["lr"] > 0, f"lr must be > 0, got {s['lr']!r}"),
         (
@@ -330,14 +315,6 @@ def _check_settings(s: dict[str, Any]) -> None:
         (
             0 <= s["label_smoothing"] < 1,
             f"label_smoothing must be in [0, 1), got {s['label_smoothing']!r}",
-        ),
-        (
-            s["nan_policy"] in ("stop", "skip"),
-            f"nan_policy={s['nan_policy']!r} is not one of stop, skip",
-        ),
-        (
-            not isinstance(skips, bool) and int(skips) >= 1,
-            f"max_consecutive_skips must be >= 1, got {skips!r}",
         ),
         (
             "num_classes" not in (s["arch_kwargs"] or {}),

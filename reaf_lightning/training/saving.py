@@ -44,6 +44,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from reaf_lightning.errors import NumericalError
 from reaf_lightning.io import atomic_outputs
 from reaf_lightning.runs.layout import RunDir
+from reaf_lightning.training.private_api import (
+    save_last_checkpoint,
+    saves_on_train_epoch_end,
+    skips_saving,
+)
 
 #: What to try after a numerical fault, for the messages of a stopped run.
 NUMERICAL_ADVICE = "lower model.lr, add warm-up or gradient clipping"
@@ -57,7 +62,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     (exception, ``SIGKILL``, full disk, node crash after the rename). Remote
     URLs (``s3://``, ``gs://``) go to Lightning's implementation: an
     object-store upload is already atomic.
+
+    Reading: a checkpoint that ``reaf-lightning`` has already loaded to check it
+    (:meth:`hand_over`) is given to Lightning's restore as it is, so a resume reads
+    the file once. It was loaded on the CPU; the restore moves the weights and the
+    optimiser state to the model's device, as for any checkpoint.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._handed_over: tuple[str, dict[str, Any]] | None = None
+
+    def hand_over(self, path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> None:
+        """Let the next :meth:`load_checkpoint` of ``path`` return ``checkpoint`` (once)."""
+        self._handed_over = (str(path), checkpoint)
+
+    def load_checkpoint(self, path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> dict:
+        handed, self._handed_over = self._handed_over, None
+        if handed is not None and handed[0] == str(path):
+            return handed[1]
+        return super().load_checkpoint(path, *args, **kwargs)
 
     def save_checkpoint(
         self,
@@ -81,36 +105,30 @@ class EveryEpochLastCheckpoint(ModelCheckpoint):
     wrote a checkpoint at this global step. ``save_last="link"`` is left to the
     parent.
 
-    Private API that remains, and why: Lightning has no public way to write
-    ``last.ckpt`` outside its top-k logic, so this subclass calls
-    ``ModelCheckpoint._save_last_checkpoint`` with the parent's own checks
-    (``_should_skip_saving_checkpoint``, ``_should_save_on_train_epoch_end``,
-    ``_monitor_candidates``). The alternative, a second ``ModelCheckpoint``
-    without monitor, would write every epoch's weights twice and give
-    ``--ckpt_path last`` two candidates. The CLI's tests on resuming catch a
-    change of these methods.
+    When to save, and the save itself, are the parent's own (private) logic, reached through
+    :mod:`~reaf_lightning.training.private_api` (the reason is there).
     """
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not saves_on_train_epoch_end(self, trainer):
             self._ensure_last(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if saves_on_train_epoch_end(self, trainer):
             self._ensure_last(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Lightning 2.6 writes ``last.ckpt`` here even for ``fast_dev_run``; a smoke run (or
         a step already saved) is skipped by the parent's own check."""
-        if not self._should_skip_saving_checkpoint(trainer):
+        if not skips_saving(self, trainer):
             super().on_train_end(trainer, pl_module)
 
     def _ensure_last(self, trainer: pl.Trainer) -> None:
-        if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
-            return  # skipped: disabled, not fitting, sanity check, or already saved at this step
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # not when disabled, not fitting, sanity checking, or already saved at this step
+        if self.save_last is True and not skips_saving(self, trainer):
+            save_last_checkpoint(self, trainer)
 
 
 class PreemptionCheckpoint(Callback):
@@ -123,8 +141,8 @@ class PreemptionCheckpoint(Callback):
     Every rank takes part (saving is collective under DDP; Lightning
     broadcasts the signal so all ranks stop at the same batch).
 
-    The path and the progress are attached to the exception
-    (``reaf_checkpoint``, ``reaf_progress``) for the CLI's exit message.
+    What was saved is attached to the exception as ``reaf_note``, the line
+    ``reaf-lightning`` ends with.
     """
 
     def on_exception(
@@ -136,10 +154,10 @@ class PreemptionCheckpoint(Callback):
             return
         path = self.checkpoint_path(trainer)
         trainer.save_checkpoint(path)
-        progress = (trainer.current_epoch, trainer.global_step)
-        rank_zero_info(f"SIGTERM: saved {path} at epoch {progress[0]}, global step {progress[1]}")
-        exception.reaf_checkpoint = str(path)  # type: ignore[attr-defined]
-        exception.reaf_progress = progress  # type: ignore[attr-defined]
+        where = f"epoch {trainer.current_epoch}, global step {trainer.global_step}"
+        rank_zero_info(f"SIGTERM: saved {path} at {where}")
+        note = f"preempted by SIGTERM at {where}; saved {path}; resume with --ckpt_path last"
+        exception.reaf_note = note  # type: ignore[attr-defined]
 
     @staticmethod
     def checkpoint_path(trainer: pl.Trainer) -> Path:

@@ -27,7 +27,7 @@ import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -41,7 +41,7 @@ from reaf_lightning.runs.layout import RunDir
 Mode = Literal["auto", "online", "offline", "disabled"]
 
 
-MODES = ("auto", "online", "offline", "disabled")
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -93,6 +93,10 @@ def resolve_wandb_mode(
 
     Returns:
         The mode and a one-line reason (empty when nothing was decided for the user).
+
+    Raises:
+        ConfigError: ``mode`` is not one of :data:`MODES` (checked here, where every W&B
+            start passes, for callers in Python; the commands' parsers refuse it first).
     """
     env = os.environ if env is None else env
     if mode not in MODES:
@@ -233,8 +237,6 @@ class WandbLogger(LightningWandbLogger):
         probe_timeout: float = 3.0,
         **kwargs: Any,
     ) -> None:
-        if mode not in MODES:
-            raise ConfigError(f"W&B mode={mode!r} is not one of {', '.join(MODES)}")
         if init_timeout <= 0 or probe_timeout <= 0:
             raise ConfigError(
                 f"init_timeout and probe_timeout must be > 0, "

@@ -161,17 +161,28 @@ def test_quickstart_builds_a_reaf_model_on_digits():
     assert isinstance(instantiate_class((), cfg["trainer"]["logger"]), WandbLogger)
 
 
+def _paper_status(*args: str) -> int:
+    with pytest.raises(SystemExit) as exc:
+        paper_main(list(args))
+    return exc.value.code
+
+
 def test_generators_as_a_command(tmp_path, capsys):
     """``python -m reaf_lightning.paper``: current files pass --check, a stale one fails it."""
-    assert paper_main(["--root", str(REPO), "configs", "--check"]) == 0
-    assert paper_main(["--root", str(REPO), "sweeps", "--check"]) == 0
+    assert _paper_status("--root", str(REPO), "configs", "--check") == 0
+    assert _paper_status("--root", str(REPO), "sweeps", "--check") == 0
     copy = tmp_path / "repo"
     (copy / "configs" / "recipes").mkdir(parents=True)
-    assert paper_main(["--root", str(copy), "configs"]) == 0  # writes all 57 into a new tree
+    assert _paper_status("--root", str(copy), "configs") == 0  # writes all 57 into a new tree
     assert len(list((copy / "configs").glob("table*/*.yaml"))) == 57
     stale = copy / "configs" / "table4" / "resnet18.yaml"
     stale.write_text(stale.read_text() + "# edited\n")
-    assert paper_main(["--root", str(copy), "configs", "--check"]) == 1
+    capsys.readouterr()
+    assert _paper_status("--root", str(copy), "configs", "--check") == 1
     assert "stale: configs/table4/resnet18.yaml" in capsys.readouterr().err
-    assert paper_main(["--root", str(tmp_path), "configs"]) == 2  # not a repository root
-    assert "no configs/recipes/ there" in capsys.readouterr().err
+    assert _paper_status("--root", str(tmp_path), "configs") == 2  # not a repository root
+    assert capsys.readouterr().err.startswith(
+        f"python -m reaf_lightning.paper: error: --root {tmp_path}: no configs/recipes/ there"
+    )
+    assert _paper_status("configs", "--check", "--markdown") == 2  # one or the other
+    assert "not allowed with argument --check" in capsys.readouterr().err

@@ -16,6 +16,8 @@ import pytest
 import torch
 from helpers.tiny_run import TINY_ARGS
 
+from reaf_lightning.errors import OutputError
+from reaf_lightning.io import check_outputs
 from reaf_lightning.runs.layout import RunDir, run_dir_for_seed
 from reaf_lightning.runs.lock import RunDirBusy, lock_run_dir
 from reaf_lightning.runs.record import read_record
@@ -110,8 +112,10 @@ def test_an_output_path_that_is_a_directory_is_found_before_training(tmp_path, c
     run.metrics.mkdir(parents=True)
     args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(run.path)]
     code, lines = _main(capsys, "fit", *args)
+    with pytest.raises(OutputError) as rule:  # the output rules' own words, independently
+        check_outputs([run.metrics])
     assert code == 2
-    assert len(lines) == 1 and f"{run.metrics} is in the way" in lines[0]
+    assert lines == [f"reaf-lightning: error: {rule.value}"] and "is a directory" in lines[0]
     assert run.checkpoints() == []  # no training happened
 
 
@@ -195,3 +199,46 @@ def test_a_file_where_the_run_directory_belongs_is_one_line(tmp_path, capsys):
         f"reaf-lightning: error: run directory {tmp_path / 'seed0'} cannot be created: "
         "a file is in the way"
     ]
+
+
+def test_resuming_a_finished_run_says_that_nothing_was_trained(finished_run, capsys):
+    # The one-epoch run resumed with its own max_epochs: Lightning restores it and stops.
+    # The non-finite-loss policy is not restored from a checkpoint, so it may change.
+    run = RunDir(finished_run)
+    last = run.last_checkpoint
+    weights = torch.load(last, weights_only=True)["state_dict"]
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(finished_run)]
+    code, lines = _main(
+        capsys,
+        "fit",
+        *args,
+        "--trainer.max_epochs",
+        "1",
+        "--non_finite.policy",
+        "skip",
+        "--ckpt_path",
+        "last",
+    )
+    assert code == 0
+    assert lines == [
+        f"reaf-lightning: --ckpt_path last ({last}) had already reached the end of training "
+        "(global step 3; trainer.max_epochs=1, trainer.max_steps=-1), so nothing was trained; "
+        "raise trainer.max_epochs or trainer.max_steps to train on"
+    ]
+    after = torch.load(last, weights_only=True)
+    assert after["global_step"] == 3
+    assert all(torch.equal(after["state_dict"][k], v) for k, v in weights.items())
+
+
+def test_an_unseeded_run_records_no_seed(tmp_path, capsys, monkeypatch):
+    # The record's seed is the configured one, not a PL_GLOBAL_SEED left in the environment
+    # (by an earlier seeded run in the same process, or the shell).
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    root = tmp_path / "unseeded"
+    args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(root)]
+    code, lines = _main(
+        capsys, "fit", *args, "--trainer.max_epochs", "1", "--seed_everything", "false"
+    )
+    assert code == 0, lines
+    assert read_record(RunDir(root).metrics).seed is None

@@ -27,6 +27,7 @@ from helpers.fit_processes import (
     wait_for,
     write_config,
 )
+from helpers.tiny_run import TINY_ARGS
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from reaf_lightning import ImageClassifier
@@ -312,3 +313,26 @@ def test_settings_nothing_restores_may_change_on_resume(trained_run):
     with pytest.raises(CheckpointError, match=r"model\.momentum: 0\.9 -> 0\.5"):
         check_checkpoint(checkpoint, faster, resume=True)
     check_checkpoint(checkpoint, faster, resume=False)  # evaluating ignores optimiser settings
+
+
+def test_a_resume_reads_its_checkpoint_once(trained_run, tmp_path, monkeypatch):
+    """The check of ``--ckpt_path`` reads the file; Lightning's restore gets what it read."""
+    root = tmp_path / "copy"
+    shutil.copytree(trained_run, root / "seed0")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)
+    loads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        loads.append(f)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    args = [*TINY_ARGS, "--trainer.logger", "false", "--trainer.default_root_dir", str(root)]
+    cli = run(["fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert cli.trainer.global_step == 6  # resumed after the 3 steps of epoch 0
+    assert loads == [root / "seed0" / "checkpoints" / "last.ckpt"]
+    loads.clear()
+    run(["validate", *args, "--ckpt_path", "last"])
+    assert len(loads) == 1

@@ -89,10 +89,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(config, tmp_path, cap
     last = _run_dir(tmp_path / "run") / "checkpoints" / "last.ckpt"
     assert line.startswith(
         f"non-finite training loss (nan) at epoch 1, global step {BATCHES + 1} (batch 1 of the "
-        f"epoch); training stopped (model.nan_policy=stop) and the last good checkpoint {last} "
+        f"epoch); training stopped (non_finite.policy=stop) and the last good checkpoint {last} "
         "is kept"
     )
-    assert "model.nan_policy=skip" in line
+    assert "non_finite.policy=skip" in line
     _epoch0_checkpoint_is_intact(_run_dir(tmp_path / "run"))
 
 
@@ -122,7 +122,7 @@ def test_skip_policy_skips_the_bad_batch_and_nothing_else(config, tmp_path):
                 "fit",
                 "--config",
                 str(config),
-                "--model.nan_policy",
+                "--non_finite.policy",
                 "skip",
                 *_inject("PoisonBatch", 1, 1),
                 *_inject("RecordStep", 1, 1, out_dir=record / "bad"),
@@ -194,9 +194,7 @@ def test_skipped_batch_leaves_momentum_and_weight_decay_alone():
     # momentum or weight decay either, and the next good batch must update all of them.
     torch.manual_seed(0)
     x, y = torch.randn(12, 3, 8, 8), torch.randint(0, 10, (12,))
-    model = ImageClassifier(
-        "test_resnet", num_classes=10, lr=0.1, weight_decay=1e-2, nan_policy="skip"
-    )
+    model = ImageClassifier("test_resnet", num_classes=10, lr=0.1, weight_decay=1e-2)
     watch = _PoisonAndWatch(bad=1)
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -205,7 +203,7 @@ def test_skipped_batch_leaves_momentum_and_weight_decay_alone():
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[watch, NonFiniteLossPolicy()],
+        callbacks=[watch, NonFiniteLossPolicy("skip")],
     )
     with pytest.warns(UserWarning, match="skipping a batch"):
         trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=4))
@@ -224,9 +222,9 @@ def test_skip_policy_stops_when_the_model_has_diverged(config, capsys):
                 "fit",
                 "--config",
                 str(config),
-                "--model.nan_policy",
+                "--non_finite.policy",
                 "skip",
-                "--model.max_consecutive_skips",
+                "--non_finite.max_consecutive_skips",
                 "2",
                 *_inject("PoisonWeights", 0, 0),
             ],
@@ -239,10 +237,18 @@ def test_skip_policy_stops_when_the_model_has_diverged(config, capsys):
     )
 
 
-def test_nan_policy_is_validated(config, capsys):
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("policy", "ignore", "non_finite.policy"),
+        ("max_consecutive_skips", "0", "max_consecutive_skips must be >= 1, got 0"),
+    ],
+)
+def test_the_policy_settings_are_validated(config, capsys, flag, value, expected):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(config), "--model.nan_policy", "ignore"])
+        main(["fit", "--config", str(config), f"--non_finite.{flag}", value])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "nan_policy" in err and "ignore" in err and "Traceback" not in err
+    assert expected in err and value in err and "Traceback" not in err
+    assert not (Path(config).parent / "run").exists()  # refused before anything was written
