@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import stat
 import zipfile
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 from reaf_lightning.errors import CheckpointError, DataError, ReafError, one_line
 
 __all__ = ["file_kind", "load_checkpoint", "read_bounded", "shown"]
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def read_bounded(
@@ -69,8 +73,10 @@ def read_bounded(
 
 
 def shown(path: str | os.PathLike[str]) -> str:
-    """``path`` printable on any terminal: bytes of a file name that are not UTF-8 as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """``path`` printable on any terminal, on one line: bytes of a file name that are not
+    UTF-8 as ``\\xNN``, control characters (a newline, a tab) as Python escapes them."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def file_kind(mode: int) -> str:
