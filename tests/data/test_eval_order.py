@@ -88,7 +88,8 @@ def test_a_limited_validation_of_a_label_sorted_file_sees_and_records_its_classe
     args += ["--data.init_args.num_workers", "0", "--trainer.limit_val_batches", "1"]
     args += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
     args += ["--trainer.default_root_dir", str(tmp_path / "run")]
-    with pytest.warns(UserWarning, match=r"validation saw 4 of the model's 10 classes \(4 images, trainer"):
+    warned = r"validation saw 4 of the model's 10 classes \(4 images, trainer"
+    with pytest.warns(UserWarning, match=warned):
         cli = run(args)
     record = json.loads((tmp_path / "run" / "seed0" / "metrics.json").read_text())
     assert record["validate"]["seen"] == {
