@@ -4,11 +4,10 @@ Widening one convolution's output means widening everything that reads that
 tensor (the next conv's input, its BatchNorm, a classifier after a flatten)
 and every tensor added to it (a residual addition ties the two channel counts
 together, across a whole stage). This module traces the network symbolically
-(``torch.fx``, then one run of the traced graph on the ``meta`` device records
-each tensor's shape) and
-groups the channel dimensions of its 4-D tensors into *channel classes*: sets
-of dimensions that must keep one width. A concatenation's channels are the
-sum of its parts (each part stays its own class).
+(``torch.fx``; one run of the traced graph on the ``meta`` device records each
+tensor's shape) and groups the channel dimensions of its 4-D tensors into
+*channel classes*: sets of dimensions that must keep one width. A
+concatenation's channels are the sum of its parts (each part stays its own class).
 
 A class is *fixed* (keeps its width) when it touches the network's input or
 output, or an operation this module does not understand (a reshape that mixes

@@ -58,7 +58,7 @@ def test_reaf_mobilenet_v2_features_are_timms_mobilenetv2_stages() -> None:
 
 @pytest.mark.parametrize(
     "global_pool, num_classes",
-    [(pool, n) for pool in ("avg", "max", "avgmax", "catavgmax") for n in (0, 7)] + [("", 0)],
+    [("avg", 0), ("max", 7), ("avgmax", 0), ("catavgmax", 7), ("catavgmax", 0), ("", 0)],
 )
 def test_pooling_and_classifier_arguments_compute_what_timms_do(global_pool, num_classes):
     args = {"num_classes": num_classes, "global_pool": global_pool, "in_chans": 1}
@@ -66,8 +66,12 @@ def test_pooling_and_classifier_arguments_compute_what_timms_do(global_pool, num
     ours = _same_weights(create_model("resnet18", **args), theirs).eval()
     x = torch.randn(2, 1, 40, 40)
     torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_the_registered_reaf_network_takes_them_too() -> None:
+    args = {"num_classes": 0, "global_pool": "catavgmax", "in_chans": 1}
     reaf = timm.create_model("reaf_resnet18", **args).eval()
-    assert reaf(x).shape == theirs(x).shape
+    assert reaf(torch.randn(2, 1, 40, 40)).shape == (2, 1024)  # 2 x 512: avg and max
 
 
 def test_drop_rate_drops_what_timms_drops() -> None:
