@@ -288,8 +288,8 @@ def raise_on_negative(stats: ClassActivationStats) -> None:
     if negative:
         raise ConfigError(
             f"layer {negative[0]!r} produced negative activations, for which class selectivity "
-            "is undefined (the paper measures ReLU outputs); choose a layer whose output is a "
-            "ReLU's"
+            "is undefined (the paper measures stage outputs, which follow a ReLU); choose a layer "
+            "whose output is a ReLU's"
         )
 
 

@@ -1,9 +1,10 @@
 """Which layers' outputs are non-negative, so that their class selectivity is defined.
 
 The selectivity index ``(u_max - u_-max) / (u_max + u_-max)`` lies in [0, 1]
-only when the class means are non-negative; the paper measures ReLU outputs
-(§IV-E). For a layer whose outputs can be negative (logits, a BatchNorm
-output, MobileNetV2's linear bottleneck blocks ``features.1``-``features.17``)
+only when the class means are non-negative; the paper measures the outputs of the
+ResNet stages and of the average pool (§IV-E), which follow a ReLU. For a layer whose
+outputs can be negative (logits, a BatchNorm output, MobileNetV2's linear bottleneck
+blocks ``features.1``-``features.17``)
 the index is not a selectivity at all (values above 1 or below 0, a
 denominator that can vanish), so such a layer is refused, with the nearest
 layer whose output is a ReLU's (ours: the alternative, measuring after the ReLU
@@ -160,6 +161,6 @@ def check_measurable_layers(model: nn.Module, layers: Sequence[str], example: Te
         )
         raise ConfigError(
             f"layer {layer!r} ({type(model.get_submodule(layer)).__name__}) can output negative "
-            "values, for which class selectivity is undefined (the paper measures ReLU outputs)"
-            + hint
+            "values, for which class selectivity is undefined (the paper measures stage outputs, "
+            "which follow a ReLU)" + hint
         )

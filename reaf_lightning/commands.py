@@ -261,10 +261,13 @@ def find_config(value: str, groups: Sequence[str] = ()) -> str:
     """The file ``--config value`` reads: ``value`` itself if it is a file, else the packaged
     config it names (tried as given, then below each of ``groups``, e.g. ``("analysis",)``).
 
+    A directory is not a config file: ``--config quickstart`` beside a folder named
+    ``quickstart`` still reads the packaged config.
+
     Raises:
         ConfigError: neither a file nor a packaged config's name; names the close ones.
     """
-    if os.path.lexists(value) or _YAML_TEXT & set(value):
+    if (os.path.lexists(value) and not os.path.isdir(value)) or _YAML_TEXT & set(value):
         return value
     names = config_names()
     known = set(names)
@@ -281,9 +284,9 @@ def find_config(value: str, groups: Sequence[str] = ()) -> str:
         else f"names are e.g. quickstart or <group>/<file> with group one of "
         f"{', '.join(groups_listed)} (see {config_dir()})"
     )
+    what = "is a directory, not a config file" if os.path.isdir(value) else "does not exist"
     raise ConfigError(
-        f"--config {value!r} does not exist: no such file, and no packaged config of that "
-        f"name; {hint}"
+        f"--config {value!r} {what}: no such file, and no packaged config of that name; {hint}"
     )
 
 

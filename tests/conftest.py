@@ -1,4 +1,5 @@
-"""Suite-wide fixtures: the process's deterministic mode, and one trained tiny run to share."""
+"""Suite-wide fixtures (the process's deterministic mode, one trained tiny run to share) and
+the hypothesis profile."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.tiny_run import TINY_ARGS, finish_wandb, isolate_wandb
+from hypothesis import settings
 
 # The process's state before any test (or fixture) ran.
 _INITIAL_DETERMINISTIC = (
@@ -71,3 +73,11 @@ def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield
     torch.set_num_threads(threads)
+
+
+# Property tests (hypothesis) draw their examples from a fixed seed, so every run and CI
+# machine sees the same ones; no example database is written into the checkout; no per-example
+# deadline (timings vary on shared CI machines). HYPOTHESIS_PROFILE=explore draws new ones.
+settings.register_profile("reaf", derandomize=True, database=None, deadline=None)
+settings.register_profile("explore", database=None, deadline=None, max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reaf"))

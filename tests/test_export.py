@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -118,19 +116,3 @@ def test_every_zoo_network_exports_to_torch_export_and_onnx(name, tmp_path):
         onnx_path = None
     differences = check_export(net, torch.randn(2, 3, 32, 32), onnx_path)
     assert max(differences.values()) < 1e-4, differences
-
-
-@pytest.mark.slow
-def test_timm_builds_reaf_networks_whichever_is_imported_first():
-    """``import reaf_lightning.timm`` registers, before or after timm's own import."""
-    pytest.importorskip("timm")
-    for order in ("import reaf_lightning.timm, timm", "import timm, reaf_lightning.timm"):
-        code = (
-            f"{order}\nnet = timm.create_model('reaf_resnet50', num_classes=7)\n"
-            "print(type(net).__module__, net.fc.out_features, "
-            "timm.create_model('resnet50').__class__.__module__)"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        )
-        assert result.stdout.split() == ["reaf_lightning.models.resnet", "7", "timm.models.resnet"]

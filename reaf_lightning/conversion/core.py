@@ -1,14 +1,6 @@
 """``convert``: REAF in the eligible convolutions of any CNN, at the original's cost if asked.
 
-Eligible (ours; the paper applies REAF to ResNet's 3x3 convolutions, Table 1):
-an ``nn.Conv2d`` (exactly that class: a subclass may compute something else)
-with a square kernel larger than 1x1, square stride and dilation, one
-symmetric zero padding, ``groups == 1``, selected by ``include``/``exclude``,
-whose input channels divide by ``G_I`` and output channels by ``G_O``.
-``pointwise=True`` adds 1x1 convolutions; ``grouped=True`` adds grouped
-(not depthwise) convolutions, whose grouping REAF then replaces (a group
-convolution is REAF with ``G_M = 1``, paper §III-D). Depthwise convolutions
-never are: each output channel already reads one input channel.
+Which convolutions are eligible is ``eligible``'s rule; what stays shared, ``sharing``'s.
 
 With ``match="flops"`` (multiply-accumulates, the paper's FLOPs; see
 ``reaf_lightning.models.complexity``) or ``"params"``, every channel class next
@@ -26,7 +18,6 @@ the fit is scanned, and the winner is counted again exactly.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,15 +27,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from reaf_lightning.conversion.graph import ChannelGraph, trace_channels
+from reaf_lightning.conversion.arguments import (
+    check_choices,
+    check_flag,
+    check_input_size,
+    check_model,
+    check_patterns,
+    check_tolerance,
+    count_runnable,
+)
+from reaf_lightning.conversion.eligible import eligible, indivisible
+from reaf_lightning.conversion.graph import ChannelGraph, read_attributes, trace_channels
 from reaf_lightning.conversion.rewrite import (
     apply_layout,
-    conv_padding,
     gcd_all,
     meta_copy,
-    square,
+    module_names,
 )
-from reaf_lightning.layers import REAF_IMPLS, REAFConv2d, REAFSpec, parse_reaf
+from reaf_lightning.conversion.sharing import keep_widths, shared_parameters, tied_modules
+from reaf_lightning.errors import one_line
+from reaf_lightning.layers import REAFSpec, parse_reaf
 from reaf_lightning.models.complexity import count_macs, count_parameters
 
 __all__ = ["Conversion", "ConversionReport", "convert"]
@@ -112,15 +114,19 @@ def convert(
     model: nn.Module,
     reaf: str | Sequence[int] = "4-3-4",
     match: Match | None = "flops",
-    include: Sequence[str] = ("*",),
-    exclude: Sequence[str] = (),
+    include: str | Sequence[str] = ("*",),
+    exclude: str | Sequence[str] = (),
     pointwise: bool = False,
     grouped: bool = False,
-    input_size: tuple[int, int, int] = (3, 224, 224),
+    input_size: Sequence[int] = (3, 224, 224),
     impl: str = "auto",
     tolerance: float = 0.04,
 ) -> Conversion:
     """Return a copy of ``model`` with REAF in its eligible convolutions, and a report.
+
+    A module registered under several names (``self.b = self.a``) is converted once and
+    stays one module under every name; a convolution sharing a parameter with another
+    module is skipped, and keeps its widths (converting it would untie them).
 
     Args:
         model: any CNN (torchvision, timm, your own); it is not modified.
@@ -128,33 +134,37 @@ def convert(
         match: ``"flops"`` or ``"params"``: widen the network until its cost is closest to
             the original's; ``None``: keep every width and convert only the convolutions
             whose channels already divide (no tracing needed; keeps their kept weights).
-        include: glob patterns of module names (``"layer3.*"``) that may be converted.
-        exclude: glob patterns of module names never converted (wins over ``include``).
+        include: glob pattern(s) of module names (``"layer3.*"``) that may be converted.
+        exclude: glob pattern(s) of module names never converted (wins over ``include``).
         pointwise: also convert 1x1 convolutions.
         grouped: also convert grouped (not depthwise) convolutions, replacing the grouping.
         input_size: ``(C, H, W)`` of one image, for tracing and counting cost.
         impl: execution strategy of the new REAF convs (``reaf_lightning.layers.REAF_IMPLS``).
-        tolerance: with ``match``, the relative cost difference accepted from one ``C``
-            for all classes; beyond it, each class is rounded on its own (finer steps).
+        tolerance: with ``match``, the relative cost difference (finite, ``>= 0``) accepted
+            from one ``C`` for all classes; beyond it, each class is rounded on its own.
 
     Raises:
-        ValueError: a bad setting, or (with ``match``) a network ``torch.fx`` cannot trace.
+        TypeError: ``model`` is not an ``nn.Module``, or a setting has the wrong type.
+        ValueError: a bad setting, an ``input_size`` the network cannot take, or (with
+            ``match``) a network ``torch.fx`` cannot trace; one line naming the value.
     """
+    model = check_model(model)
     spec = parse_reaf(reaf)
-    if match not in ("flops", "params", None):
-        raise ValueError(f"match={match!r} must be 'flops', 'params' or None")
-    if impl not in REAF_IMPLS:
-        raise ValueError(f"impl={impl!r} is not one of {', '.join(REAF_IMPLS)}")
-    input_size = tuple(int(v) for v in input_size)
-    if len(input_size) != 3:
-        raise ValueError(f"input_size={input_size} must be (channels, height, width)")
+    check_choices(match, impl)
+    include, exclude = check_patterns("include", include), check_patterns("exclude", exclude)
+    pointwise, grouped = check_flag("pointwise", pointwise), check_flag("grouped", grouped)
+    input_size, tolerance = check_input_size(input_size), check_tolerance(tolerance)
     report = ConversionReport(str(spec), match, input_size)
-    candidates = _eligible(model, spec, include, exclude, pointwise, grouped, report)
     meta = meta_copy(model)
+    original_macs, on_meta = count_runnable(model, meta, input_size)
+    names = module_names(model)
+    shared = shared_parameters(model)
+    candidates = eligible(model, names, include, exclude, pointwise, grouped, report.skipped)
     if match is None:
+        _leave_alone(tied_modules(shared, read_attributes(meta)), candidates, report)
         layout = {}
         for name, conv in candidates.items():
-            reason = _indivisible(conv.in_channels, conv.out_channels, spec)
+            reason = indivisible(conv.in_channels, conv.out_channels, spec)
             if reason:
                 report.skipped[name] = reason
             else:
@@ -162,6 +172,9 @@ def convert(
         reaf_names = list(layout)
     else:
         graph = trace_channels(meta, input_size)
+        tied = tied_modules(shared, graph.attributes)
+        keep_widths(graph, tied)
+        _leave_alone(tied, candidates, report)
         layout, reaf_names = _widen(
             graph, candidates, spec, match, meta, input_size, impl, tolerance, report
         )
@@ -172,69 +185,32 @@ def convert(
             f"{conv.in_channels}->{conv.out_channels} as REAF {new.in_channels}->"
             f"{new.out_channels}, k={new.kernel_size}"
         )
+    for entries in (report.converted, report.skipped):  # every name of a shared module
+        for name in entries:
+            also = names.get(id(model.get_submodule(name)), [name])[1:]
+            if also:
+                entries[name] += f"; the same module as {', '.join(also)}"
     report.skipped = dict(sorted(report.skipped.items()))
-    try:  # free on the meta device, unless the forward reads values (then once for real)
-        report.macs = (count_macs(meta, input_size), count_macs(meta_copy(converted), input_size))
-    except RuntimeError:
-        report.macs = (count_macs(model, input_size), count_macs(converted, input_size))
+    try:
+        macs = count_macs(meta_copy(converted) if on_meta else converted, input_size)
+    except Exception as err:  # noqa: BLE001 - a forward we did not write, on layers we replaced
+        replaced = ", ".join(list(layout)[:5]) + (", ..." if len(layout) > 5 else "")
+        raise ValueError(
+            f"convert: the converted {type(model).__name__} does not run "
+            f"({type(err).__name__}: {one_line(err)}); its forward depends on the shape of a "
+            f"layer convert replaced ({replaced}): exclude it (exclude=[...])"
+        ) from None
+    report.macs = (original_macs, macs)
     report.params = (count_parameters(model), count_parameters(converted))
     return Conversion(converted, report)
 
 
-def _eligible(
-    model: nn.Module,
-    spec: REAFSpec,
-    include: Sequence[str],
-    exclude: Sequence[str],
-    pointwise: bool,
-    grouped: bool,
-    report: ConversionReport,
-) -> dict[str, nn.Conv2d]:
-    """The convolutions that may become REAF, before divisibility; the rest go to the report."""
-    eligible = {}
-    for name, module in model.named_modules():
-        if isinstance(module, REAFConv2d):
-            report.skipped[name] = "already a REAF convolution"
-            continue
-        if not isinstance(module, nn.Conv2d):
-            continue
-        reason = _shape_reason(module, pointwise, grouped)
-        if type(module) is not nn.Conv2d:
-            reason = f"{type(module).__name__} is a subclass of nn.Conv2d (may compute otherwise)"
-        elif not any(fnmatch.fnmatchcase(name, p) for p in include):
-            reason = f"not matched by include={list(include)}"
-        elif any(fnmatch.fnmatchcase(name, p) for p in exclude):
-            reason = f"matched by exclude={list(exclude)}"
-        if reason:
+def _leave_alone(
+    tied: dict[str, str], candidates: dict[str, nn.Conv2d], report: ConversionReport
+) -> None:
+    for name, reason in tied.items():
+        if candidates.pop(name, None) is not None:
             report.skipped[name] = reason
-        else:
-            eligible[name] = module
-    return eligible
-
-
-def _shape_reason(conv: nn.Conv2d, pointwise: bool, grouped: bool) -> str | None:
-    k = square(conv.kernel_size)
-    if k is None:
-        return f"kernel {conv.kernel_size} is not square"
-    if k == 1 and not pointwise:
-        return "1x1 convolution (pointwise=True converts it)"
-    if square(conv.stride) is None or square(conv.dilation) is None:
-        return f"stride {conv.stride} / dilation {conv.dilation} not square"
-    if conv.padding_mode != "zeros" or conv_padding(conv) is None:
-        return f"padding {conv.padding!r} ({conv.padding_mode}) is not one symmetric zero padding"
-    if conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels:
-        return "depthwise convolution (each output channel reads one input channel)"
-    if conv.groups > 1 and not grouped:
-        return f"grouped convolution, groups={conv.groups} (grouped=True replaces the grouping)"
-    return None
-
-
-def _indivisible(in_channels: int, out_channels: int, spec: REAFSpec) -> str | None:
-    if in_channels % spec.g_i:
-        return f"in_channels={in_channels} is not divisible by G_I={spec.g_i}"
-    if out_channels % spec.g_o:
-        return f"out_channels={out_channels} is not divisible by G_O={spec.g_o}"
-    return None
 
 
 def _widen(

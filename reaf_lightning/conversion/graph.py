@@ -4,10 +4,10 @@ Widening one convolution's output means widening everything that reads that
 tensor (the next conv's input, its BatchNorm, a classifier after a flatten)
 and every tensor added to it (a residual addition ties the two channel counts
 together, across a whole stage). This module traces the network symbolically
-(``torch.fx.symbolic_trace``, propagating shapes on the ``meta`` device) and
-groups the channel dimensions of its 4-D tensors into *channel classes*: sets
-of dimensions that must keep one width. A concatenation's channels are the
-sum of its parts (each part stays its own class).
+(``torch.fx``; one run of the traced graph on the ``meta`` device records each
+tensor's shape) and groups the channel dimensions of its 4-D tensors into
+*channel classes*: sets of dimensions that must keep one width. A
+concatenation's channels are the sum of its parts (each part stays its own class).
 
 A class is *fixed* (keeps its width) when it touches the network's input or
 output, or an operation this module does not understand (a reshape that mixes
@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
+from reaf_lightning.errors import one_line
 from reaf_lightning.layers import REAFConv2d, REAFPlusConv2d
 
-__all__ = ["ChannelGraph", "ModuleUse", "Value", "trace_channels"]
+__all__ = ["ChannelGraph", "ModuleUse", "Value", "read_attributes", "trace_channels"]
 
 # Modules and functions that keep the channel dimension as it is (elementwise or spatial only).
 _PASS_MODULES = (
@@ -118,6 +118,9 @@ class ChannelGraph:
     parent: list[int] = field(default_factory=list)
     fixed: dict[int, str] = field(default_factory=dict)
     uses: dict[str, ModuleUse] = field(default_factory=dict)
+    #: Parameters and buffers the forward reads itself (``self.conv.weight``): their owners'
+    #: shapes must not change.
+    attributes: set[str] = field(default_factory=set)
 
     def new_class(self, width: int, fixed: str | None = None) -> int:
         self.widths.append(width)
@@ -161,24 +164,51 @@ class _LeafTracer(fx.Tracer):
         return isinstance(m, (REAFConv2d, REAFPlusConv2d)) or super().is_leaf_module(m, qualname)
 
 
+_SHAPE = "reaf_lightning_shape"  # the key of a node's recorded output shape in its meta
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs a traced graph once, keeping each tensor-valued node's shape in its ``meta``."""
+
+    node: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> object:
+        self.node = n
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta[_SHAPE] = tuple(result.shape)
+        return result
+
+
 def trace_channels(model: nn.Module, input_size: tuple[int, int, int]) -> ChannelGraph:
     """Trace ``model`` (a ``meta``-device copy is enough) and group its channel dimensions.
 
     Raises:
         ValueError: the network cannot be traced symbolically (data-dependent control
-            flow, unsupported Python); the message carries torch.fx's reason.
+            flow, unsupported Python) or its traced graph cannot run on ``model``'s device
+            (it reads tensor values); one line with torch.fx's or the failing node's reason.
     """
+    redo = "convert(match=None) converts without tracing, keeping the widths"
     try:
         graph = _LeafTracer().trace(model)
         module = fx.GraphModule(model, graph).eval()
-        device = next(model.parameters()).device
-        ShapeProp(module).propagate(torch.zeros(1, *input_size, device=device))
     except Exception as err:  # noqa: BLE001 - fx raises many types; all mean "not traceable"
-        first_line = str(err).splitlines()[0] if str(err) else ""
         raise ValueError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: "
-            f"{first_line}); convert(match=None) converts without tracing, keeping the widths"
-        ) from err
+            f"convert: cannot trace {type(model).__name__} with torch.fx "
+            f"({type(err).__name__}: {_first_line(err)}); {redo}"
+        ) from None
+    recorder = _ShapeRecorder(module)
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            recorder.run(torch.zeros(1, *input_size, device=device))
+    except Exception as err:  # noqa: BLE001 - the failing node's own error, whatever it is
+        where = f"node {recorder.node.name}" if recorder.node is not None else "its input"
+        raise ValueError(
+            f"convert: cannot trace {type(model).__name__}: its traced graph fails on the "
+            f"{device} device at {where} ({type(err).__name__}: {one_line(_first_line(err))}); "
+            f"{redo}"
+        ) from None
     channels = ChannelGraph()
     values: dict[fx.Node, Value | None] = {}
     for node in module.graph.nodes:
@@ -186,9 +216,23 @@ def trace_channels(model: nn.Module, input_size: tuple[int, int, int]) -> Channe
     return channels
 
 
+def read_attributes(model: nn.Module) -> set[str]:
+    """Names of the parameters and buffers ``model``'s forward reads itself (``self.conv.weight``
+    in ``F.conv2d(x, self.conv.weight)``), from a symbolic trace; empty if it cannot be traced."""
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception:  # noqa: BLE001 - not traceable: nothing more can be known
+        return set()
+    return {str(node.target) for node in graph.nodes if node.op == "get_attr"}
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def _shape(node: object) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+    return node.meta.get(_SHAPE) if isinstance(node, fx.Node) else None
 
 
 def _inputs(node: fx.Node, values: dict) -> list[tuple[fx.Node, Value]]:
@@ -209,6 +253,7 @@ def _visit(node: fx.Node, module: fx.GraphModule, values: dict, g: ChannelGraph)
             g.fix(value, "the network output")
         return None
     if node.op == "get_attr":
+        g.attributes.add(str(node.target))
         return _new_output(shape, g, f"tensor attribute {node.target}")
     if node.op == "call_module":
         return _visit_module(node, module.get_submodule(node.target), shape, inputs, g)

@@ -1,7 +1,9 @@
 """Rebuild a network's layers at new widths, with REAF in the chosen convolutions.
 
 Only the modules whose shapes change are replaced; every other module keeps
-its object and its weights. A replaced layer is freshly initialised (its old
+its object and its weights. A module registered under several names is replaced
+once and the new module set under every one of them, so what was shared stays
+shared. A replaced layer is freshly initialised (its old
 weights have no meaning at another width), except a convolution that becomes
 REAF at its own width, where ``REAFConv2d.from_conv`` decides: it keeps the
 weights where REAF keeps the convolution's connectivity (``G_M = G_I`` from a
@@ -18,7 +20,7 @@ from torch import nn
 
 from reaf_lightning.layers import REAFConv2d, REAFSpec
 
-__all__ = ["apply_layout", "meta_copy", "reaf_from_conv", "square"]
+__all__ = ["apply_layout", "meta_copy", "module_names", "reaf_from_conv", "square"]
 
 
 def square(value: int | tuple[int, ...] | str) -> int | None:
@@ -127,18 +129,28 @@ def apply_layout(
 ) -> nn.Module:
     """Replace, in place, the modules of ``layout`` (name -> new in/out width) that change.
 
-    Modules named in ``reaf_layers`` become :class:`REAFConv2d` of ``spec``.
+    Modules named in ``reaf_layers`` become :class:`REAFConv2d` of ``spec``. ``layout``
+    names each module once (its first name); the new module replaces it under all of them.
     """
+    names = module_names(model)
     for name, (in_width, out_width) in layout.items():
         module = model.get_submodule(name)
         if name in reaf_layers:
             new = reaf_from_conv(module, in_width, out_width, spec, impl)
         else:
             new = _resized(module, in_width, out_width)
-        if new is not None:
-            parent_name, _, child = name.rpartition(".")
+        for alias in names[id(module)] if new is not None else ():
+            parent_name, _, child = alias.rpartition(".")
             setattr(model.get_submodule(parent_name), child, new)
     return model
+
+
+def module_names(model: nn.Module) -> dict[int, list[str]]:
+    """Every name each module of ``model`` is registered under (by ``id``), first name first."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    return names
 
 
 def gcd_all(numbers: list[int]) -> int:

@@ -7,6 +7,7 @@ for plain loaders, which would run another experiment than the file seems to say
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,23 @@ __all__ = [
 CONFIG_MAX_BYTES = 4 * 1024 * 1024
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+#: ``$NAME`` or ``${NAME}``: how shells (and Hydra-style tools) name an environment variable.
+_ENV_VARIABLE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
 
 
 def check_yaml_keys(text: str, source: str) -> None:
-    """Refuse a key given twice in one mapping of the YAML ``text`` (read from ``source``).
+    """Refuse what plain YAML loaders would silently misread in ``text`` (read from ``source``).
 
-    Plain YAML loaders keep the last value without a word. Standard merge keys
-    (``<<: *base``) are accepted: a key merged in and then given again is an
-    override, as YAML defines it, not a duplicate.
+    * A key given twice in one mapping: plain loaders keep the last value without a
+      word. Standard merge keys (``<<: *base``) are accepted: a key merged in and then
+      given again is an override, as YAML defines it, not a duplicate.
+    * A value naming an environment variable (``${SCRATCH}/logs``, ``$HOME/data``): YAML
+      does not expand it, so it would be taken literally (a folder named ``${SCRATCH}``
+      would be created). Configs are plain YAML (ours): the shell expands a variable
+      given on the command line.
 
     Raises:
-        ConfigError: naming the source, the key and both lines.
+        ConfigError: naming the source, the key or value and its line(s).
     """
     import yaml
 
@@ -69,6 +76,15 @@ def check_yaml_keys(text: str, source: str) -> None:
                 lines[key] = line
         elif isinstance(node, yaml.SequenceNode):
             stack.extend(node.value)
+        elif isinstance(node, yaml.ScalarNode) and node.tag.endswith(":str"):
+            variable = _ENV_VARIABLE.search(node.value)
+            if variable:
+                raise ConfigError(
+                    f"{source}: {node.value!r} (line {node.start_mark.line + 1}) names the "
+                    f"environment variable {variable.group(0)}, which YAML does not expand; "
+                    "write the value itself, or give it on the command line where the shell "
+                    "expands it"
+                )
 
 
 def install_strict_yaml() -> None:

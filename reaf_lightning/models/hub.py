@@ -3,8 +3,8 @@
 * ``hubconf.py`` at the repository root exposes :func:`hub_entrypoints`, so
   ``torch.hub.load(repo_dir, "reaf_resnet50", source="local")`` builds the
   network (``torch.hub.list(repo_dir, source="local")`` lists them).
-* With timm installed, ``import reaf_lightning`` makes ``timm.create_model``
-  build the REAF networks (``reaf_lightning.timm``).
+* With timm installed, ``import reaf_lightning.timm`` makes ``timm.create_model``
+  build the REAF networks, with timm's ``features_only`` (``reaf_lightning.timm``).
 
 No pretrained weights are published: ``pretrained=True`` is refused.
 """

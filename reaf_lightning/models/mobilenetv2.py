@@ -15,6 +15,11 @@ has the paper's parameter counts (Table 7: 2.37 M, 2.38 M with REAF+; ours
 2.369 M and 2.382 M): a 1x1 stem conv with padding 1 and stride 1, the stage
 ``t=6, c=160`` at stride 1 (a 32x32 input ends at 5x5), an expansion conv in the
 ``t=1`` block too, and a bias in every conv except REAF+'s.
+
+timm's arguments (``in_chans``, ``num_classes=0``, ``global_pool``, ``drop_rate``;
+``reaf_lightning.models.head``) and its ``feature_info`` (the outputs timm's own
+``mobilenetv2_100`` returns with ``features_only``: the end of each stage before
+a stride-2 stage, and of the last) are ours.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torch import Tensor, nn
 from torchvision.ops.misc import Conv2dNormActivation
 
 from reaf_lightning.layers import REAFPlusConv2d
+from reaf_lightning.models.head import check_head, global_pool_layer
 
 __all__ = ["InvertedResidual", "MobileNetV2"]
 
@@ -95,10 +101,13 @@ class MobileNetV2(nn.Module):
     """MobileNetV2 with width multiplier 1.0.
 
     Args:
-        num_classes: classifier outputs.
+        num_classes: classifier outputs; 0: no classifier (the pooled features come out).
         stem: ``"imagenet"`` (224x224) or ``"cifar"`` (32x32; see module docstring).
         reaf_plus_groups: ``g_O`` of REAF+ on every projection conv; ``None`` = plain.
-        dropout: dropout before the classifier (0.2 as torchvision).
+        drop_rate: dropout before the classifier (0.2 as torchvision; timm's name).
+        in_chans: input channels (timm's name; 3 for RGB).
+        global_pool: ``"avg"`` (the paper's) or timm's ``"max"``, ``"avgmax"``,
+            ``"catavgmax"``, ``""`` (none; ``num_classes=0`` only).
     """
 
     def __init__(
@@ -106,38 +115,52 @@ class MobileNetV2(nn.Module):
         num_classes: int = 1000,
         stem: Literal["cifar", "imagenet"] = "imagenet",
         reaf_plus_groups: int | None = None,
-        dropout: float = 0.2,
+        drop_rate: float = 0.2,
+        in_chans: int = 3,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if stem not in ("cifar", "imagenet"):
             raise ValueError(f"stem={stem!r} must be 'cifar' or 'imagenet'")
-        if num_classes < 1:
-            raise ValueError(f"num_classes={num_classes} must be a positive integer")
+        check_head(num_classes, in_chans, global_pool, drop_rate)
         cifar = stem == "cifar"
         in_channels, last_channels = 32, 1280
         stem_conv = {"kernel_size": 1, "stride": 1, "padding": 1, "bias": True} if cifar else {}
+        stem_conv = {"stride": 2, **stem_conv}
         features: list[nn.Module] = [
-            Conv2dNormActivation(
-                3, in_channels, **{"stride": 2, **stem_conv}, activation_layer=nn.ReLU6
-            )
+            Conv2dNormActivation(in_chans, in_channels, **stem_conv, activation_layer=nn.ReLU6)
         ]
-        for t, c, n, s in INVERTED_RESIDUAL_SETTING:
+        reduction = stem_conv["stride"]
+        self.feature_info = []
+        for stage, (t, c, n, s) in enumerate(INVERTED_RESIDUAL_SETTING):
             s = 1 if cifar and c == 160 else s
+            reduction *= s
             for i in range(n):
                 features.append(
                     InvertedResidual(in_channels, c, s if i == 0 else 1, t, reaf_plus_groups, cifar)
                 )
                 in_channels = c
+            following = INVERTED_RESIDUAL_SETTING[stage + 1 : stage + 2]
+            if not following or following[0][3] > 1:  # timm's stage ends (ImageNet strides)
+                module = f"features.{len(features) - 1}"
+                self.feature_info.append({"num_chs": c, "reduction": reduction, "module": module})
         features.append(
             Conv2dNormActivation(
                 in_channels, last_channels, kernel_size=1, activation_layer=nn.ReLU6, bias=cifar
             )
         )
         self.features = nn.Sequential(*features)
+        self.avgpool, per_channel = global_pool_layer(global_pool)
+        head_width = last_channels * per_channel
         self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout), nn.Linear(last_channels, num_classes)
+            nn.Dropout(p=drop_rate),
+            nn.Linear(head_width, num_classes) if num_classes else nn.Identity(),
         )
-        self.num_features = last_channels
+        self.num_features, self.num_classes, self.global_pool = (
+            last_channels,
+            num_classes,
+            global_pool,
+        )
         self.stem = stem
         self.reaf_plus_groups = reaf_plus_groups
         self._init_weights()
@@ -159,5 +182,7 @@ class MobileNetV2(nn.Module):
         return self.features(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-        return self.classifier(torch.flatten(x, 1))
+        x = self.avgpool(self.features(x))
+        if self.global_pool:  # "": the feature map itself, as timm returns it
+            x = torch.flatten(x, 1)
+        return self.classifier(x)

@@ -18,6 +18,11 @@ Widths, with the stage multiplier ``s = 1, 2, 4, 8``:
 
 Stems: ``imagenet`` = 7x7/2 conv + 3x3/2 max pool; ``cifar`` = 3x3/1 conv and no
 max pool (``maxpool`` is an ``nn.Identity`` so names stay aligned).
+
+timm's arguments (``in_chans``, ``num_classes=0``, ``global_pool``, ``drop_rate``;
+``reaf_lightning.models.head``) and its ``feature_info`` (the stem's and each
+stage's output, in the order they run: timm's ``features_only`` wraps the network
+in ``timm.models.FeatureListNet``, see ``reaf_lightning.timm``) are ours.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reaf_lightning.layers import REAFPlusConv2d, REAFSpec, create_conv2d
+from reaf_lightning.models.head import check_head, global_pool_layer
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
 
@@ -156,7 +163,7 @@ class ResNet(nn.Module):
     Args:
         block: ``"basic"`` (ResNet18/34) or ``"bottleneck"`` (ResNet50 and up).
         layers: blocks per stage, e.g. ``(3, 4, 6, 3)``.
-        num_classes: classifier outputs.
+        num_classes: classifier outputs; 0: no classifier (the pooled features come out).
         stem: ``"imagenet"`` (7x7/2 conv + max pool, 224x224 input) or ``"cifar"``
             (3x3/1 conv, no max pool, 32x32 input).
         width: ``C``, channels of the first conv of a stage-1 block (times ``s`` later).
@@ -171,6 +178,11 @@ class ResNet(nn.Module):
         base_channels: stem width; stage ``s`` outputs ``base * s * expansion``
             channels (64 in every paper model; smaller for tests).
         zero_init_residual: zero the last BN of each block (Goyal et al.); off, as in the paper.
+        stride_on: the conv of a downsampling bottleneck that carries the stride.
+        in_chans: input channels (timm's name; 3 for RGB).
+        drop_rate: dropout before the classifier (timm's; 0, as in the paper).
+        global_pool: ``"avg"`` (the paper's) or timm's ``"max"``, ``"avgmax"``,
+            ``"catavgmax"``, ``""`` (none; ``num_classes=0`` only).
     """
 
     def __init__(
@@ -190,6 +202,9 @@ class ResNet(nn.Module):
         base_channels: int = 64,
         zero_init_residual: bool = False,
         stride_on: StrideOn = "3x3",
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         blocks = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -204,8 +219,8 @@ class ResNet(nn.Module):
                 raise ValueError(f"{name}={value!r} must be 'middle' or 'all'")
         if len(layers) != 4 or any(n < 1 for n in layers):
             raise ValueError(f"layers={list(layers)} must be four positive block counts")
+        check_head(num_classes, in_chans, global_pool, drop_rate)
         for name, value in (
-            ("num_classes", num_classes),
             ("width", width),
             ("base_channels", base_channels),
             ("groups", groups),
@@ -224,18 +239,21 @@ class ResNet(nn.Module):
         self.reaf_plus_groups = reaf_plus_groups
         self.stride_on = stride_on
 
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(3, base_channels, 7, 2, 3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1)
-        else:
-            self.conv1 = nn.Conv2d(3, base_channels, 3, 1, 1, bias=False)
-            self.maxpool = nn.Identity()
+        # Registered in the order they run (timm's FeatureListNet relies on it).
+        imagenet = stem == "imagenet"
+        kernel, stride = (7, 2) if imagenet else (3, 1)
+        self.conv1 = nn.Conv2d(in_chans, base_channels, kernel, stride, kernel // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(base_channels)
         self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if imagenet else nn.Identity()
+        reduction = stride
+        self.feature_info = [{"num_chs": base_channels, "reduction": reduction, "module": "relu"}]
+        reduction *= 2 if imagenet else 1
 
         in_channels = base_channels
         for stage, num_blocks in enumerate(layers):
             s = 2**stage
+            reduction *= 2 if stage > 0 else 1
             out_channels = base_channels * s * block_cls.expansion
             stage_blocks = []
             for i in range(num_blocks):
@@ -257,9 +275,15 @@ class ResNet(nn.Module):
                 )
                 in_channels = out_channels
             self.add_module(f"layer{stage + 1}", nn.Sequential(*stage_blocks))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_channels, num_classes)
-        self.num_features = in_channels
+            self.feature_info.append(
+                {"num_chs": out_channels, "reduction": reduction, "module": f"layer{stage + 1}"}
+            )
+        self.avgpool, per_channel = global_pool_layer(global_pool)
+        self.fc = (
+            nn.Linear(in_channels * per_channel, num_classes) if num_classes else nn.Identity()
+        )
+        self.num_features, self.num_classes = in_channels, num_classes
+        self.global_pool, self.drop_rate = global_pool, float(drop_rate)
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -280,6 +304,14 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pooling, dropout and the classifier (``pre_logits``: stop before it), as timm's."""
+        x = self.avgpool(x)
+        if self.global_pool:  # "": the feature map itself, as timm returns it
+            x = torch.flatten(x, 1)
+        if self.drop_rate:
+            x = F.dropout(x, self.drop_rate, self.training)
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.avgpool(self.forward_features(x))
-        return self.fc(torch.flatten(x, 1))
+        return self.forward_head(self.forward_features(x))

@@ -191,8 +191,8 @@ def test_logits_are_refused_naming_the_nearest_relu_output(trained_run, tmp_path
     _fails(capsys, ["--model_a.checkpoint", str(trained_run), "--output_dir", str(out),
                     "--layers", "[fc]", "--max_batches", "1", "--progress", "false"],
            "layer 'fc' (Linear) can output negative values, for which class selectivity is "
-           "undefined (the paper measures ReLU outputs); the nearest layer whose output is a "
-           "ReLU's is 'avgpool'")  # fmt: skip
+           "undefined (the paper measures stage outputs, which follow a ReLU); the nearest layer "
+           "whose output is a ReLU's is 'avgpool'")  # fmt: skip
     assert not any(out.iterdir())
 
 

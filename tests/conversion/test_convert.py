@@ -109,6 +109,30 @@ def test_resnet50_at_equal_flops_lands_on_the_papers_reaf_resnet50():
     assert report.params[1] == count_parameters(paper)
 
 
+def test_resnet18_converted_is_both_convs_and_the_papers_network_is_reached_from_width_72():
+    """docs/convert.md: torchvision's ResNet18 converts as "both convs, C everywhere"; the
+    paper's REAF-ResNet18 (first 3x3 conv, Table 5's 11.74 M) from the dense net at C = 72."""
+
+    def shapes(net: nn.Module) -> dict:
+        return {k: v.shape for k, v in net.state_dict().items()}
+
+    def reaf_layers(net: nn.Module) -> list[str]:
+        return sorted(n for n, m in net.named_modules() if isinstance(m, REAFConv2d))
+
+    with torch.device("meta"):
+        resnet18 = torchvision.models.resnet18()
+        both = create_model("reaf_resnet18", reaf_convs="all", base_channels=72, stem="imagenet")
+        paper = create_model("reaf_resnet18", stem="imagenet")
+        dense = create_model("resnet18", width=72, stem="imagenet")
+    new, report = reaf_lightning.convert(resnet18, "4-3-4")
+    assert shapes(new) == shapes(both) and reaf_layers(new) == reaf_layers(both)
+    assert (report.width, report.params[1]) == (72, count_parameters(both))
+    new, report = reaf_lightning.convert(dense, "4-3-4", match=None, include="layer*.conv1")
+    assert shapes(new) == shapes(paper) and reaf_layers(new) == reaf_layers(paper)
+    assert report.params[1] == count_parameters(paper) and round(report.params[1] / 1e6, 2) == 11.74
+    assert report.macs[1] == count_macs(paper)
+
+
 def test_match_none_keeps_widths_and_the_weights_where_connectivity_is_kept():
     torch.manual_seed(0)
     net = nn.Sequential(

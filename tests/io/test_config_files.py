@@ -35,6 +35,32 @@ def test_nested_model_file_with_a_duplicate_key_is_refused(tmp_path, capsys, mon
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.parametrize("value", ["${SCRATCH}/logs", "$HOME/logs", "runs-${USER}"])
+def test_an_environment_variable_in_a_config_is_refused_not_taken_literally(
+    tmp_path, capsys, monkeypatch, value
+):
+    """YAML expands no variable: the run would otherwise go to a folder named as written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCH", str(tmp_path / "scratch"))
+    config = tmp_path / "env.yaml"
+    config.write_text(f"trainer:\n  default_root_dir: '{value}'\n")
+    code, _, err = _exit(capsys, ["fit", "--config", QUICKSTART, "--config", str(config)])
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{config}: {value!r} (line 2) names the environment variable" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["env.yaml"]  # nothing created
+
+
+def test_dollar_signs_that_name_no_variable_are_plain_text(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "notes.yaml"
+    config.write_text("trainer:\n  default_root_dir: costs-5$\n")
+    code, out, err = _exit(
+        capsys, ["fit", "--config", QUICKSTART, "--config", str(config), "--print_config"]
+    )
+    assert code == 0, err
+    assert yaml.safe_load(out)["trainer"]["default_root_dir"] == "costs-5$"
+
+
 def test_config_with_merge_keys_is_accepted(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "merged.yaml"

@@ -67,6 +67,15 @@ def test_a_name_never_reaches_outside_the_configs_folder(tmp_path, monkeypatch):
             find_config(escape)
 
 
+def test_a_folder_of_the_same_name_does_not_hide_a_packaged_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quickstart").mkdir()
+    (tmp_path / "nothing").mkdir()
+    assert find_config("quickstart") == str(config_dir() / "quickstart.yaml")
+    with pytest.raises(ConfigError, match=r"'nothing' is a directory, not a config file"):
+        find_config("nothing")
+
+
 def test_prepare_rewrites_every_config_flag_form_and_only_those(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["fit", "-c", "recipes/imagenet", "--config=table5/resnet50", "--model.arch", "x"]
