@@ -17,6 +17,7 @@ from reaf_lightning.io import (
     atomic_outputs,
     check_outputs,
     check_stem,
+    import_class,
     install_strict_yaml,
     read_bounded,
     read_yaml,
@@ -92,6 +93,53 @@ def test_jsonargparse_loader_refuses_duplicate_keys_after_install(tmp_path):
     merged.write_text("<<: {lr: 0.1, wd: 0.2}\nwd: 0.5\n")
     cfg = parser.parse_args(["--config", str(merged)])
     assert (cfg.lr, cfg.wd) == (0.1, 0.5)
+
+
+# -- class paths --------------------------------------------------------------------------------
+ALLOWED = {"DigitsDataModule": "reaf_lightning.data.DigitsDataModule"}
+
+
+@pytest.mark.parametrize(
+    "class_path",
+    [
+        "os.system",
+        "reaf_evil_module.DigitsDataModule",  # the allowed name in another package
+        "reaf_lightning.dataevil.DigitsDataModule",  # a package whose name only starts alike
+        "reaf_lightning.data.CIFAR10DataModule",  # the package's, but not on this list
+        "DigitsDataModule",
+        "",
+        "reaf_lightning.data.DigitsDataModule.__init__",
+    ],
+)
+def test_a_class_path_from_a_file_off_the_allow_list_is_never_imported(class_path):
+    import sys
+
+    before = set(sys.modules)
+    with pytest.raises(ConfigError, match="run.json names the data module .* it is not imported"):
+        import_class(class_path, "data module", ALLOWED, "run.json", "--data.class_path")
+    assert set(sys.modules) == before
+
+
+def test_an_allowed_class_path_imports_the_allow_lists_own_path():
+    """A file's path is only matched: the class comes from the allow-list's path, so a file
+    naming a module of the package that does not exist imports nothing of the file's text."""
+    import sys
+
+    from reaf_lightning.data import DigitsDataModule
+
+    for recorded in ("reaf_lightning.data.digits.DigitsDataModule",
+                     "reaf_lightning.data.not_a_module.DigitsDataModule"):  # fmt: skip
+        assert import_class(recorded, "data module", ALLOWED, "run.json") is DigitsDataModule
+    assert "reaf_lightning.data.not_a_module" not in sys.modules
+    # a class the user names is imported as asked, or one line says why not
+    assert (
+        import_class("collections.OrderedDict", "data module")
+        is __import__("collections").OrderedDict
+    )
+    with pytest.raises(
+        ConfigError, match="cannot import the data module 'nowhere.Data': No module"
+    ):
+        import_class("nowhere.Data", "data module")
 
 
 # -- writing ----------------------------------------------------------------------------------
