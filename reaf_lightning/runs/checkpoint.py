@@ -33,24 +33,9 @@ from torch import Tensor, nn
 from reaf_lightning.conversion.sources import build_network
 from reaf_lightning.errors import CheckpointError, ConfigError, NumericalError, one_line
 from reaf_lightning.io import load_checkpoint
+from reaf_lightning.layers.spec import is_int
 from reaf_lightning.runs.layout import RunDir
 from reaf_lightning.runs.record import RunRecord, record_from_dict
-
-__all__ = [
-    "LIGHTNING_KEYS",
-    "NETWORK_KEYS",
-    "PREFIX",
-    "RESUME_MAY_CHANGE",
-    "SavedNetwork",
-    "check_checkpoint",
-    "check_finite",
-    "describe_mismatch",
-    "find_best_checkpoint",
-    "find_last_checkpoint",
-    "read_lightning_checkpoint",
-    "read_network",
-    "rebuild_network",
-]
 
 #: Keys every Lightning checkpoint has (``Trainer.save_checkpoint``).
 LIGHTNING_KEYS = ("state_dict", "epoch", "global_step", "pytorch-lightning_version")
@@ -170,7 +155,7 @@ def read_network(
     hparams = hparams if isinstance(hparams, Mapping) else {}
     arch, kwargs, classes = (hparams.get(k) for k in NETWORK_KEYS)
     kwargs = {} if kwargs is None else kwargs
-    if not (isinstance(arch, str) and isinstance(kwargs, Mapping) and _is_int(classes)):
+    if not (isinstance(arch, str) and isinstance(kwargs, Mapping) and is_int(classes)):
         raise CheckpointError(
             f"{path}: its hyper_parameters do not say which network it holds "
             f"({', '.join(NETWORK_KEYS)}); only checkpoints of reaf_lightning.ImageClassifier "
@@ -187,14 +172,10 @@ def read_network(
         arch_kwargs=dict(kwargs),
         num_classes=classes,
         record=None if record is None else record_from_dict(record, f"{path} (reaf_run)"),
-        epoch=content["epoch"] if _is_int(content["epoch"]) else None,
-        global_step=content["global_step"] if _is_int(content["global_step"]) else None,
+        epoch=content["epoch"] if is_int(content["epoch"]) else None,
+        global_step=content["global_step"] if is_int(content["global_step"]) else None,
         checkpoint=content,
     )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def rebuild_network(
