@@ -127,15 +127,10 @@ class REAFConv2d(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        if is_int(g_i):
-            spec = REAFSpec(g_i, g_m, g_o)
-        elif g_m is None and g_o is None:
-            spec = parse_reaf(g_i)  # a REAFSpec is taken as it is
+        if g_m is None and g_o is None and not is_int(g_i):
+            spec = parse_reaf(g_i)  # the whole setting; a REAFSpec is taken as it is
         else:
-            raise TypeError(
-                f"REAFConv2d: the REAF setting {g_i!r} already gives G_M and G_O; pass either "
-                f"it alone or g_i, g_m (and g_o) as ints, not both (got g_m={g_m!r}, g_o={g_o!r})"
-            )
+            spec = REAFSpec(g_i, g_m, g_o)
         kernel_size = square(spec, "kernel_size", kernel_size)
         stride = square(spec, "stride", stride)
         dilation = square(spec, "dilation", dilation)

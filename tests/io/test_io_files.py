@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reaf_lightning.errors import ConfigError, DataError, OutputError
 from reaf_lightning.io import (
@@ -117,6 +119,28 @@ def test_a_class_path_from_a_file_off_the_allow_list_is_never_imported(class_pat
     before = set(sys.modules)
     with pytest.raises(ConfigError, match="run.json names the data module .* it is not imported"):
         import_class(class_path, "data module", ALLOWED, "run.json", "--data.class_path")
+    assert set(sys.modules) == before
+
+
+_NAMES = ["reaf_lightning", "data", "digits", "os", "system", "DigitsDataModule", "", "__init__"]
+_PART = st.sampled_from([*_NAMES, "..", "dataevil", "évil"]) | st.text(max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_PART, min_size=1, max_size=5).map(".".join))
+def test_any_class_path_from_a_file_is_the_allowed_class_or_refused_importing_nothing(path):
+    import sys
+
+    from reaf_lightning.data import DigitsDataModule
+
+    before = set(sys.modules)
+    try:
+        found = import_class(path, "data module", ALLOWED, "run.json")
+    except ConfigError as err:
+        assert "it is not imported" in str(err) and "\n" not in str(err)
+    else:
+        assert found is DigitsDataModule and path.rpartition(".")[2] == "DigitsDataModule"
+        assert path.startswith("reaf_lightning.data.")
     assert set(sys.modules) == before
 
 

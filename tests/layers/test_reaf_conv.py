@@ -95,7 +95,12 @@ def test_gm1_weights_copy_to_grouped_conv() -> None:
         ((0, 8, 3, 4, 3), {}, ValueError, "in_channels must be a positive integer, got 0"),
         ((8, 8, 3, 4, 3), {"impl": "fast"}, ValueError, "impl='fast' is not one of"),
         ((8, 8, 3, 4), {}, ValueError, "G_M must be a positive integer, got None"),
-        ((8, 8, 3, parse_reaf("4-3"), 3), {}, TypeError, "already gives G_M and G_O"),
+        (
+            (8, 8, 3, parse_reaf("4-3"), 3),
+            {},
+            ValueError,
+            "G_I must be a positive integer, got REAFSpec('4-3-4')",
+        ),
         ((8, 8, 3, "4x3"), {}, ValueError, "'4x3' is not of the form 'G_I-G_M-G_O'"),
     ],
 )
