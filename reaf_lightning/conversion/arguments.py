@@ -17,7 +17,7 @@ from numbers import Real
 from torch import nn
 
 from reaf_lightning.errors import one_line
-from reaf_lightning.layers import REAF_IMPLS
+from reaf_lightning.layers import check_impl
 from reaf_lightning.layers.spec import is_int
 from reaf_lightning.models.complexity import count_macs
 
@@ -96,8 +96,7 @@ def check_choices(match: object, impl: object) -> None:
     """``match`` and ``impl`` are one of their names."""
     if match not in MATCHES:
         raise ValueError(f"convert: match={match!r} must be 'flops', 'params' or None")
-    if impl not in REAF_IMPLS:
-        raise ValueError(f"convert: impl={impl!r} is not one of {', '.join(REAF_IMPLS)}")
+    check_impl(impl)
 
 
 # Ours: a network whose forward reads tensor values cannot run on the meta device and is run

@@ -139,7 +139,8 @@ def convert(
         pointwise: also convert 1x1 convolutions.
         grouped: also convert grouped (not depthwise) convolutions, replacing the grouping.
         input_size: ``(C, H, W)`` of one image, for tracing and counting cost.
-        impl: execution strategy of the new REAF convs (``reaf_lightning.layers.REAF_IMPLS``).
+        impl: execution strategy of the new REAF convs (``"auto"`` or a name of
+            ``reaf_lightning.layers.STRATEGIES``).
         tolerance: with ``match``, the relative cost difference (finite, ``>= 0``) accepted
             from one ``C`` for all classes; beyond it, each class is rounded on its own.
 

@@ -47,10 +47,6 @@ class TrainedRun(Protocol):
     """What a run trained, as far as the comparison needs it (``reaf-report``'s runs have it)."""
 
     @property
-    def legacy(self) -> bool:
-        """Written before run records: network, data and epochs unknown."""
-
-    @property
     def network_arch(self) -> str | None: ...
 
     @property
@@ -90,8 +86,6 @@ def paper_diff_note(row: PaperRow, members: Sequence[TrainedRun]) -> str | None:
         return f"no paper recipe known for {row.dataset}"
     expected = row.model_kwargs()
     for run in members:
-        if run.legacy:
-            return "written before run records: network, data and epochs unknown"
         if run.network_arch != row.model:
             return f"network {run.network_arch}, the row's is {row.model}"
         given = run.network_arguments or {}
