@@ -115,12 +115,12 @@ def count_runnable(
     """
     try:
         return count_macs(meta, input_size), True
-    except Exception as err:  # noqa: BLE001 - any failure of a forward we did not write
+    except Exception as err:  # any failure of a forward we did not write
         failure = err
     if math.prod(input_size) <= _REAL_RUN_LIMIT:
         try:  # a forward that reads values (x.item(), x.tolist()) runs only for real
             return count_macs(model, input_size), False
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             failure = err
     raise ValueError(
         f"convert: {type(model).__name__} cannot run one image of input_size={input_size} "

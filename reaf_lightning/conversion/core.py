@@ -194,7 +194,7 @@ def convert(
     report.skipped = dict(sorted(report.skipped.items()))
     try:
         macs = count_macs(meta_copy(converted) if on_meta else converted, input_size)
-    except Exception as err:  # noqa: BLE001 - a forward we did not write, on layers we replaced
+    except Exception as err:  # a forward we did not write, on layers we replaced
         replaced = ", ".join(list(layout)[:5]) + (", ..." if len(layout) > 5 else "")
         raise ValueError(
             f"convert: the converted {type(model).__name__} does not run "
