@@ -38,7 +38,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from reaf_lightning.commands import parse, prepare_arguments, run_main
 from reaf_lightning.errors import ConfigError, NumericalError
 
-from .run_data import INPUT_SETTINGS
+from .run_data import INPUT_SETTINGS, differs
 from .spec import ModelSpec
 
 __all__ = ["build_parser", "main"]
@@ -163,7 +163,7 @@ def _run(cfg: Namespace, explicit: Namespace) -> None:
     device = _device(cfg.device)
     # Load everything before computing anything: a bad checkpoint fails fast.
     first = load_model(specs[0], weights_only=cfg.weights_only)
-    data = _data_module(cfg, explicit, first.data)
+    data = _data_module(cfg, explicit, first)
     num_classes = getattr(data, "num_classes", None)
     models = [first] + [
         load_model(s, num_classes=num_classes, weights_only=cfg.weights_only) for s in specs[1:]
@@ -203,18 +203,12 @@ def _run(cfg: Namespace, explicit: Namespace) -> None:
 
 def _inputs(cfg: Namespace, specs: list[ModelSpec]) -> list[str]:
     """Every file the command reads: no output may be one of them."""
-    from reaf_lightning.runs.layout import CHECKPOINTS, RunDir
-
     from .loading import checkpoint_of
 
     files = [str(c) for c in cfg.get("config") or []]
     for spec in specs:
         if spec.checkpoint:
-            checkpoint = checkpoint_of(Path(spec.checkpoint))
-            files.append(str(checkpoint))
-            if checkpoint.parent.name == CHECKPOINTS:
-                run = RunDir(checkpoint.parent.parent)
-                files += [str(run.config()), str(run.metrics)]
+            files.append(str(checkpoint_of(Path(spec.checkpoint))))
         if spec.state_dict:
             files.append(str(spec.state_dict))
     return files
@@ -251,7 +245,7 @@ def _init_settings(cfg: Namespace) -> dict[str, Any]:
     return cfg.data.init_args.as_dict() if cfg.data is not None else {}
 
 
-def _data_module(cfg: Namespace, explicit: Namespace, recorded) -> Any:
+def _data_module(cfg: Namespace, explicit: Namespace, model_a) -> Any:
     """The data module: the user's, completed by model_a's run record (module docstring)."""
     from .run_data import build_data_module
 
@@ -261,21 +255,17 @@ def _data_module(cfg: Namespace, explicit: Namespace, recorded) -> Any:
         cfg.data.class_path if cfg.data is not None else None,
         given_args,
         _init_settings(cfg),
-        recorded,
+        model_a.data,
+        model_a.source,
         note=lambda line: print(f"[{PROG}] note: {line}"),
     )
 
 
-def _differs(a: Any, b: Any) -> bool:
-    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    return norm(a) != norm(b)
-
-
 def _warn_other_settings(model, used: dict[str, Any]) -> None:
     """Warn when model_b was trained with other input settings than those used."""
+    trained = model.data.init_args if model.data is not None else {}
     for key in INPUT_SETTINGS:
-        trained = model.data.settings
-        if key in trained and key in used and _differs(trained[key], used[key]):
+        if key in trained and key in used and differs(trained[key], used[key]):
             print(
                 f"[{PROG}] note: {model.label} was trained with data {key}={trained[key]!r}, "
                 f"but is evaluated with {used[key]!r}"

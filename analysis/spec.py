@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_MODULE_CLASS", "ModelSpec"]
-
-DEFAULT_MODULE_CLASS = "reaf_lightning.training.module.ImageClassifier"
+__all__ = ["ModelSpec"]
 
 
 @dataclass
@@ -24,16 +22,17 @@ class ModelSpec:
     Args:
         label: Name in the legend and tables; default the network's registry
             name (a checkpoint's ``arch``), plus the weights name for torchvision.
-        checkpoint: Lightning checkpoint (``.ckpt``) of ``module_class``.
-        arch: Registry name (``reaf_lightning.models.list_models()``).
-        arch_kwargs: Keyword arguments of ``create_model`` (``stem``, ``width``,
+        checkpoint: Lightning checkpoint (``.ckpt``) of ``reaf-lightning fit``, or its run
+            directory.
+        arch: Network name: a registry name (``reaf_lightning.models.list_models()``),
+            ``torchvision.<model>`` or ``timm.<model>``.
+        arch_kwargs: Keyword arguments of the network (``stem``, ``width``,
             ``reaf``, ``num_classes``, ...). For ``state_dict`` the number of
             classes defaults to the data module's; for ``weights`` the
             defaults are ``num_classes=1000, stem="imagenet"``.
         state_dict: File with ``torch.save(model.state_dict())``.
         weights: torchvision weights name of ``arch`` (``IMAGENET1K_V1``,
             ``IMAGENET1K_V2`` or ``DEFAULT``), read from the torch hub cache.
-        module_class: LightningModule class of ``checkpoint``.
     """
 
     label: str | None = None
@@ -42,4 +41,3 @@ class ModelSpec:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     state_dict: str | None = None
     weights: str | None = None
-    module_class: str = DEFAULT_MODULE_CLASS

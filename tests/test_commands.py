@@ -30,6 +30,7 @@ LIGHT_COMMANDS = {
     "reaf-zoo": "reaf_lightning.paper.zoo",
     "reaf-report": "reaf_lightning.report.cli",
     "reaf-analysis": "reaf_lightning.analysis.cli",
+    "python -m reaf_lightning.export": "reaf_lightning.export",
 }
 
 

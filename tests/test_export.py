@@ -33,6 +33,48 @@ def test_torch_hub_local_source_builds_the_registry_networks():
         torch.hub.load(str(REPO), "test_reaf_resnet", source="local", pretrained=True)
 
 
+def test_the_export_command_parses_as_every_command_and_says_one_line(tmp_path, capsys):
+    from jsonargparse import ArgumentError
+
+    from reaf_lightning.errors import one_line
+    from reaf_lightning.export import PROG, build_parser
+
+    missing = str(tmp_path / "missing.ckpt")
+    with pytest.raises(ArgumentError) as direct:  # jsonargparse's own words, independently
+        build_parser().parse_args([missing])
+    for args, line in [
+        ([missing], one_line(direct.value)),
+        ([missing, str(tmp_path / "out")], f"checkpoint not found: {missing}"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"{PROG}: error: {line}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_description_names_a_network_never_code(tmp_path):
+    from safetensors.torch import save_file
+
+    from reaf_lightning.errors import CheckpointError, ConfigError
+
+    torch.manual_seed(0)
+    net = create_model("test_resnet", num_classes=3).eval()
+    save_file(net.state_dict(), str(tmp_path / "n.safetensors"))
+    description = tmp_path / "n.json"
+    for text, error, message in [
+        ("[1]", CheckpointError, "n.json: not an export description"),
+        ('{"arch": "os.system", "num_classes": 3}', ConfigError, "must start with 'torchvision."),
+        ('{"arch": "test_resnet", "num_classes": 4}', CheckpointError, "shape mismatches"),
+    ]:
+        description.write_text(text)
+        with pytest.raises(error, match=message):
+            load_network(tmp_path / "n")
+    description.write_text('{"arch": "test_resnet", "arch_kwargs": {}, "num_classes": 3}')
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(load_network(tmp_path / "n")(x), net(x), rtol=0, atol=0)
+
+
 def _fit(tmp_path: Path, arch: str, arch_kwargs: dict) -> Path:
     """A real one-epoch Lightning fit of a few digits batches; the checkpoint it wrote."""
     import lightning.pytorch as pl

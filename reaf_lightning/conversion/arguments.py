@@ -17,7 +17,7 @@ from numbers import Real
 from torch import nn
 
 from reaf_lightning.errors import one_line
-from reaf_lightning.layers import REAF_IMPLS
+from reaf_lightning.layers import check_impl
 from reaf_lightning.layers.spec import is_int
 from reaf_lightning.models.complexity import count_macs
 
@@ -96,8 +96,7 @@ def check_choices(match: object, impl: object) -> None:
     """``match`` and ``impl`` are one of their names."""
     if match not in MATCHES:
         raise ValueError(f"convert: match={match!r} must be 'flops', 'params' or None")
-    if impl not in REAF_IMPLS:
-        raise ValueError(f"convert: impl={impl!r} is not one of {', '.join(REAF_IMPLS)}")
+    check_impl(impl)
 
 
 # Ours: a network whose forward reads tensor values cannot run on the meta device and is run
@@ -116,12 +115,12 @@ def count_runnable(
     """
     try:
         return count_macs(meta, input_size), True
-    except Exception as err:  # noqa: BLE001 - any failure of a forward we did not write
+    except Exception as err:  # any failure of a forward we did not write
         failure = err
     if math.prod(input_size) <= _REAL_RUN_LIMIT:
         try:  # a forward that reads values (x.item(), x.tolist()) runs only for real
             return count_macs(model, input_size), False
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             failure = err
     raise ValueError(
         f"convert: {type(model).__name__} cannot run one image of input_size={input_size} "

@@ -139,7 +139,8 @@ def convert(
         pointwise: also convert 1x1 convolutions.
         grouped: also convert grouped (not depthwise) convolutions, replacing the grouping.
         input_size: ``(C, H, W)`` of one image, for tracing and counting cost.
-        impl: execution strategy of the new REAF convs (``reaf_lightning.layers.REAF_IMPLS``).
+        impl: execution strategy of the new REAF convs (``"auto"`` or a name of
+            ``reaf_lightning.layers.STRATEGIES``).
         tolerance: with ``match``, the relative cost difference (finite, ``>= 0``) accepted
             from one ``C`` for all classes; beyond it, each class is rounded on its own.
 
@@ -193,7 +194,7 @@ def convert(
     report.skipped = dict(sorted(report.skipped.items()))
     try:
         macs = count_macs(meta_copy(converted) if on_meta else converted, input_size)
-    except Exception as err:  # noqa: BLE001 - a forward we did not write, on layers we replaced
+    except Exception as err:  # a forward we did not write, on layers we replaced
         replaced = ", ".join(list(layout)[:5]) + (", ..." if len(layout) > 5 else "")
         raise ValueError(
             f"convert: the converted {type(model).__name__} does not run "

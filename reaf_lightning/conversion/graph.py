@@ -192,7 +192,7 @@ def trace_channels(model: nn.Module, input_size: tuple[int, int, int]) -> Channe
     try:
         graph = _LeafTracer().trace(model)
         module = fx.GraphModule(model, graph).eval()
-    except Exception as err:  # noqa: BLE001 - fx raises many types; all mean "not traceable"
+    except Exception as err:  # fx raises many types; all mean "not traceable"
         raise ValueError(
             f"convert: cannot trace {type(model).__name__} with torch.fx "
             f"({type(err).__name__}: {_first_line(err)}); {redo}"
@@ -202,7 +202,7 @@ def trace_channels(model: nn.Module, input_size: tuple[int, int, int]) -> Channe
     try:
         with torch.no_grad():
             recorder.run(torch.zeros(1, *input_size, device=device))
-    except Exception as err:  # noqa: BLE001 - the failing node's own error, whatever it is
+    except Exception as err:  # the failing node's own error, whatever it is
         where = f"node {recorder.node.name}" if recorder.node is not None else "its input"
         raise ValueError(
             f"convert: cannot trace {type(model).__name__}: its traced graph fails on the "
@@ -221,7 +221,7 @@ def read_attributes(model: nn.Module) -> set[str]:
     in ``F.conv2d(x, self.conv.weight)``), from a symbolic trace; empty if it cannot be traced."""
     try:
         graph = _LeafTracer().trace(model)
-    except Exception:  # noqa: BLE001 - not traceable: nothing more can be known
+    except Exception:  # not traceable: nothing more can be known
         return set()
     return {str(node.target) for node in graph.nodes if node.op == "get_attr"}
 

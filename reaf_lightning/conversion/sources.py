@@ -7,6 +7,10 @@ classification builders (``torchvision.models.list_models``, built with
 ``weights=None``: nothing is downloaded) as ``torchvision.<name>``, and timm's
 models (``timm.list_models``, ``pretrained=False``) as ``timm.<name>`` when timm
 is installed. A ``convert`` setting then applies :func:`reaf_lightning.convert`.
+
+:func:`build_network` is the one function that turns a network name from a config
+or a checkpoint into a network: the training module, the run's cost count, the
+export and ``reaf-analysis`` all build through it.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ checkpoint loader), :mod:`.outputs` (the output rules and all-or-nothing writes)
 
 * Reading untrusted files: :func:`read_bounded` (a regular file of bounded size, never a
   FIFO or device that could hang or never end), :func:`read_yaml` and
-  :func:`check_yaml_keys` (duplicate keys refused, merge keys ``<<:`` accepted), and
-  :func:`load_checkpoint` (the safe unpickler).
+  :func:`check_yaml_keys` (duplicate keys refused, merge keys ``<<:`` accepted),
+  :func:`load_checkpoint` (the safe unpickler), and :func:`import_class` (a class
+  named in a file only from an allow-list).
 * Writing outputs: :func:`check_outputs` (the rules every command's outputs follow) and
   :func:`atomic_outputs` (all of a command's files replaced together or none).
 
@@ -25,7 +26,7 @@ from .config import (
     install_strict_yaml,
     read_yaml,
 )
-from .inputs import file_kind, load_checkpoint, read_bounded, shown
+from .inputs import file_kind, import_class, load_checkpoint, read_bounded, shown
 from .outputs import atomic_outputs, check_outputs, check_stem, ensure_writable
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "check_yaml_keys",
     "ensure_writable",
     "file_kind",
+    "import_class",
     "install_strict_yaml",
     "load_checkpoint",
     "read_bounded",

@@ -1,23 +1,26 @@
 """Reading untrusted files: a regular file of bounded size, never a FIFO or a device; checkpoints
-only through the safe unpickler.
+only through the safe unpickler; a class named in a file only from an allow-list.
 
 Not part of the paper: every command reads files it did not write (checkpoints,
-metrics, configs); none of them may hang the command or fill its memory.
+metrics, configs); none of them may hang the command or fill its memory, and what
+they name is a name, never code to run (:func:`import_class`).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import re
 import stat
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from reaf_lightning.errors import CheckpointError, DataError, ReafError, one_line
+from reaf_lightning.errors import CheckpointError, ConfigError, DataError, ReafError, one_line
 
-__all__ = ["file_kind", "load_checkpoint", "read_bounded", "shown"]
+__all__ = ["file_kind", "import_class", "load_checkpoint", "read_bounded", "shown"]
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -163,3 +166,47 @@ def _damaged(file: Path, err: BaseException) -> str:
         f"corrupt checkpoint {file}: torch.load fails ({type(err).__name__}: {first[:200]}); "
         "the file is damaged or incomplete"
     )
+
+
+def import_class(
+    class_path: str,
+    what: str,
+    allowed: Mapping[str, str] | None = None,
+    source: str = "",
+    option: str = "",
+) -> type:
+    """The class ``class_path`` names: the one place where a class path becomes a class.
+
+    A class path read from a file is untrusted input: it is only matched against
+    ``allowed``, and the allow-list's own path is imported, never the file's text. A
+    class the user names on the command line (``allowed=None``) is imported as asked.
+
+    Args:
+        class_path: ``"package.module.Class"``.
+        what: what the class is, for messages (``"data module"``).
+        allowed: for a path read from a file: class name -> the package's own class
+            path; the file's path must give that name in that package or one of its
+            modules (``reaf_lightning.data.digits.DigitsDataModule`` matches
+            ``reaf_lightning.data.DigitsDataModule``).
+        source: where a path read from a file came from, for messages.
+        option: the command-line option that names such a class instead.
+
+    Raises:
+        ConfigError: a path off the allow-list (nothing imported), or one that cannot be
+            imported.
+    """
+    if allowed is not None:
+        module, _, name = class_path.rpartition(".")
+        home = allowed.get(name, "").rpartition(".")[0]
+        if not home or not (module == home or module.startswith(home + ".")):
+            instead = f": name the class yourself with {option}" if option else ""
+            raise ConfigError(
+                f"{source} names the {what} {class_path!r}, which is not one of this "
+                f"package's ({', '.join(allowed)}); it is not imported{instead}"
+            )
+        class_path = allowed[name]
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"cannot import the {what} {class_path!r}: {one_line(err)}") from err

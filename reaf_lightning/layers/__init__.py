@@ -9,13 +9,12 @@ strategy), ``autotune`` (``impl="auto"``), ``strategies`` (the table of kernels)
 from reaf_lightning.layers.autotune import autotune_cache, resolve_auto_impl
 from reaf_lightning.layers.create import create_conv2d
 from reaf_lightning.layers.plan import REAFPlan, make_plan
-from reaf_lightning.layers.reaf_conv import REAF_IMPLS, REAFConv2d, reaf_conv2d
+from reaf_lightning.layers.reaf_conv import REAFConv2d, reaf_conv2d
 from reaf_lightning.layers.reaf_plus import REAFPlusConv2d
 from reaf_lightning.layers.spec import REAFSpec, parse_reaf
-from reaf_lightning.layers.strategies import STRATEGIES, Strategy
+from reaf_lightning.layers.strategies import STRATEGIES, Strategy, check_impl
 
 __all__ = [
-    "REAF_IMPLS",
     "STRATEGIES",
     "REAFConv2d",
     "REAFPlan",
@@ -23,6 +22,7 @@ __all__ = [
     "REAFSpec",
     "Strategy",
     "autotune_cache",
+    "check_impl",
     "create_conv2d",
     "make_plan",
     "parse_reaf",

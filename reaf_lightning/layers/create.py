@@ -39,5 +39,5 @@ def create_conv2d(
             f"REAF {reaf} replaces channel grouping; groups={groups} must be 1 for a REAF conv"
         )
     return REAFConv2d(
-        in_channels, out_channels, kernel_size, *reaf, stride=stride, padding=padding, impl=impl
+        in_channels, out_channels, kernel_size, reaf, stride=stride, padding=padding, impl=impl
     )

@@ -42,9 +42,8 @@ _LIBRARY.define(
 
 
 def reaf_conv(x: Tensor, weight: Tensor, bias: Tensor | None, plan: REAFPlan, impl: str) -> Tensor:
-    """The REAF convolution of the batched ``x`` by strategy ``impl`` (or ``"auto"``)."""
-    if impl != "auto" and impl not in STRATEGIES:
-        raise ValueError(f"REAF impl={impl!r} is not one of auto, {', '.join(STRATEGIES)}")
+    """The REAF convolution of the batched ``x`` by strategy ``impl`` (or ``"auto"``, already
+    checked by :func:`~reaf_lightning.layers.strategies.check_impl` where it entered)."""
     if _tracing():
         name = impl if impl != "auto" else resolve_auto_impl(plan, x.device.type)
         return STRATEGIES[name].forward(x, weight, bias, plan)

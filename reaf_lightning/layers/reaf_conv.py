@@ -39,12 +39,10 @@ from torch import Tensor, nn
 from reaf_lightning.layers.arguments import check_ints, resolve_padding, square
 from reaf_lightning.layers.dispatch import reaf_conv, register_flop_formulas, resolve_impl
 from reaf_lightning.layers.plan import INDEX_FIELDS, REAFPlan, make_plan
-from reaf_lightning.layers.spec import REAFSpec, parse_reaf
-from reaf_lightning.layers.strategies import STRATEGIES, scatter_dense
+from reaf_lightning.layers.spec import REAFSpec, is_int, parse_reaf
+from reaf_lightning.layers.strategies import check_impl, scatter_dense
 
-__all__ = ["REAF_IMPLS", "REAFConv2d", "REAFSpec", "parse_reaf", "reaf_conv2d"]
-
-REAF_IMPLS = ("auto", *STRATEGIES)
+__all__ = ["REAFConv2d", "REAFSpec", "parse_reaf", "reaf_conv2d"]
 
 
 def reaf_conv2d(
@@ -88,7 +86,8 @@ class REAFConv2d(nn.Module):
         in_channels: ``C_in``; must be divisible by ``g_i``.
         out_channels: ``C_out``; must be divisible by ``g_o``.
         kernel_size: ``k`` or ``(k, k)``: kernels are square (see below).
-        g_i: number of input-channel groups ``G_I``.
+        g_i: number of input-channel groups ``G_I``; or the whole setting, a
+            :class:`REAFSpec` (or its text ``"4-3-4"``), with ``g_m`` and ``g_o`` left out.
         g_m: number of input groups merged per output group ``G_M``.
         g_o: number of output groups; defaults to, and must equal, ``C(g_i, g_m)``.
         stride: ``s`` or ``(s, s)``.
@@ -118,8 +117,8 @@ class REAFConv2d(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int | tuple[int, int],
-        g_i: int,
-        g_m: int,
+        g_i: int | REAFSpec | str,
+        g_m: int | None = None,
         g_o: int | None = None,
         stride: int | tuple[int, int] = 1,
         padding: int | tuple[int, int] | str | None = None,
@@ -128,7 +127,10 @@ class REAFConv2d(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        spec = REAFSpec(g_i, g_m, g_o)
+        if g_m is None and g_o is None and not is_int(g_i):
+            spec = parse_reaf(g_i)  # the whole setting; a REAFSpec is taken as it is
+        else:
+            spec = REAFSpec(g_i, g_m, g_o)
         kernel_size = square(spec, "kernel_size", kernel_size)
         stride = square(spec, "stride", stride)
         dilation = square(spec, "dilation", dilation)
@@ -154,9 +156,6 @@ class REAFConv2d(nn.Module):
             raise ValueError(
                 f"REAF {spec}: out_channels={out_channels} is not divisible by G_O={spec.g_o}"
             )
-        if impl != "auto" and impl not in STRATEGIES:
-            names = ", ".join(("auto", *STRATEGIES))
-            raise ValueError(f"REAF impl={impl!r} is not one of {names}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -164,7 +163,7 @@ class REAFConv2d(nn.Module):
         self.stride = stride
         self.padding = padding
         self.dilation = dilation
-        self.impl = impl
+        self.impl = check_impl(impl)
         self.in_per_group = in_channels // spec.g_i  # A_in
         self.out_per_group = out_channels // spec.g_o  # B_out
         self.merged_channels = spec.g_m * self.in_per_group
@@ -220,8 +219,7 @@ class REAFConv2d(nn.Module):
             conv.in_channels,
             conv.out_channels,
             conv.kernel_size,
-            spec.g_i,
-            spec.g_m,
+            spec,
             stride=conv.stride,
             padding=conv.padding,
             dilation=conv.dilation,
@@ -292,7 +290,7 @@ class REAFConv2d(nn.Module):
     def compute(self, impl: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """Strategy ``impl`` (or ``"auto"``) on a batched, already padded input with the given
         parameters in place of the layer's (tests and benchmarks compare strategies this way)."""
-        return reaf_conv(x, weight, bias, self.plan, impl)
+        return reaf_conv(x, weight, bias, self.plan, check_impl(impl))
 
     def _check_input(self, x: Tensor) -> None:
         """Refuse, in one line, what no strategy could compute (they would differ in how)."""

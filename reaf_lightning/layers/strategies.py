@@ -47,7 +47,14 @@ from torch import Tensor
 
 from reaf_lightning.layers.plan import REAFPlan
 
-__all__ = ["STRATEGIES", "Strategy", "recompute_backward", "run_backward", "scatter_dense"]
+__all__ = [
+    "STRATEGIES",
+    "Strategy",
+    "check_impl",
+    "recompute_backward",
+    "run_backward",
+    "scatter_dense",
+]
 
 Grads = tuple[Tensor | None, Tensor | None, Tensor | None]
 Needs = tuple[bool, bool, bool]
@@ -296,3 +303,17 @@ STRATEGIES: dict[str, Strategy] = {
     "decompose_loop": _decomposed(per_group=True),
     "loop": Strategy(loop_forward, loop_backward),
 }
+
+
+def check_impl(impl: object) -> str:
+    """``impl`` when it is ``"auto"`` or a name of :data:`STRATEGIES` (added ones included).
+
+    The one check of an execution-strategy name, made where one enters: a
+    ``REAFConv2d``, ``create_model`` and ``convert``.
+
+    Raises:
+        ValueError: naming the value and the valid names.
+    """
+    if impl != "auto" and not (isinstance(impl, str) and impl in STRATEGIES):
+        raise ValueError(f"REAF impl={impl!r} is not one of auto, {', '.join(STRATEGIES)}")
+    return impl

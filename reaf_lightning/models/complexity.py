@@ -12,11 +12,15 @@ the first 1x1 conv against the paper's 3.86.
 
 Counting runs one forward pass of a single image with forward hooks;
 :func:`network_cost` builds the network under ``torch.device("meta")`` first,
-which makes this free of real compute. It is the one place that does.
+which makes this free of real compute. It is the one place that does. It builds
+with the builder it is given: the registry's :func:`create_model` by default, and
+:func:`reaf_lightning.conversion.sources.build_network` for a run's network, which
+may be any network a config can name (this module never imports the conversion).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from reaf_lightning.layers import REAFConv2d, REAFPlusConv2d
+from reaf_lightning.models.registry import create_model
 
 __all__ = [
     "NetworkCost",
@@ -93,7 +98,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
 
 @dataclass(frozen=True)
 class NetworkCost:
-    """What a registry network costs for one image, and the architecture it resolved to.
+    """What a network built by name costs for one image, and the architecture it resolved to.
 
     Attributes:
         params: parameter elements.
@@ -122,33 +127,45 @@ _ARCHITECTURE = (
 
 
 def network_cost(
-    arch: str, arch_kwargs: dict[str, Any] | None, input_size: tuple[int, ...]
+    arch: str,
+    arch_kwargs: dict[str, Any] | None,
+    input_size: tuple[int, ...],
+    build: Callable[..., nn.Module] = create_model,
 ) -> NetworkCost:
-    """Build registry network ``arch`` on the ``meta`` device and count it: the one place.
+    """Build network ``arch`` on the ``meta`` device and count it: the one place.
 
     The ``meta`` device holds shapes only: no compute, no memory, and a trained
     network (and its BatchNorm statistics) stays untouched. ``reaf-zoo``, the
     width solver, the run's complexity record and ``reaf-report`` all count here.
 
     Args:
-        arch: a registry name (:func:`~reaf_lightning.models.list_models`).
-        arch_kwargs: its ``create_model`` arguments (``num_classes``, ``stem``, ...).
+        arch: a name ``build`` knows: for the default, a registry name
+            (:func:`~reaf_lightning.models.list_models`).
+        arch_kwargs: its arguments (``num_classes``, ``stem``, ...).
         input_size: one image's ``(channels, height, width)``.
+        build: ``build(arch, **arch_kwargs)`` makes the network.
     """
-    from reaf_lightning.models.registry import create_model
-
     with torch.device("meta"):
-        net = create_model(arch, **(arch_kwargs or {}))
+        net = build(arch, **(arch_kwargs or {}))
     architecture = {name: getattr(net, name) for name in _ARCHITECTURE if hasattr(net, name)}
     size = tuple(input_size)
     return NetworkCost(count_parameters(net), count_macs(net, size), size, architecture)
 
 
 def network_complexity(
-    arch: str, arch_kwargs: dict[str, Any] | None, num_classes: int, input_size: tuple[int, ...]
+    arch: str,
+    arch_kwargs: dict[str, Any] | None,
+    num_classes: int,
+    input_size: tuple[int, ...],
+    build: Callable[..., nn.Module],
 ) -> dict[str, Any]:
-    """#params and multiply-accumulates of a registry network, as a run records them."""
-    cost = network_cost(arch, {**(arch_kwargs or {}), "num_classes": num_classes}, input_size)
+    """#params and multiply-accumulates of a run's network, as a run records them.
+
+    ``build`` is :func:`reaf_lightning.conversion.sources.build_network` for a run: a
+    run's ``arch`` is any name a config can give.
+    """
+    kwargs = {**(arch_kwargs or {}), "num_classes": num_classes}
+    cost = network_cost(arch, kwargs, input_size, build)
     return {
         "complexity/params": cost.params,
         "complexity/params_M": cost.params / 1e6,

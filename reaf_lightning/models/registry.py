@@ -1,4 +1,10 @@
-"""Name -> constructor registry, as timm's: ``create_model("reaf_resnet50", width=72)``."""
+"""Name -> constructor registry, as timm's: ``create_model("reaf_resnet50", width=72)``.
+
+Only this package's networks are registered here. A config may also name
+``torchvision.<model>`` or ``timm.<model>`` and ask for REAF in it (``convert``):
+:func:`reaf_lightning.conversion.sources.build_network` builds every name a config
+can give, this registry's among them.
+"""
 
 from __future__ import annotations
 
@@ -31,21 +37,14 @@ def create_model(name: str, **kwargs) -> nn.Module:
     Args:
         name: a name from :func:`list_models`, e.g. ``"reaf_resnet50"``.
         **kwargs (Any): architecture arguments: ``num_classes``, ``stem`` (``"cifar"`` or
-            ``"imagenet"``), ``width`` (C), ``out_width`` (C'), ``reaf`` (``"4-3-4"`` or a
-            tuple), ``reaf_convs`` (``"middle"``/``"all"``), ``reaf_plus_groups``, ``impl``;
-            ``convert`` (settings of ``reaf_lightning.convert``) for any network, which
-            may also be ``torchvision.<model>`` or ``timm.<model>``.
+            ``"imagenet"``), ``width`` (C), ``out_width`` (C'), ``reaf`` (``"4-3-4"``, a
+            tuple or a ``REAFSpec``), ``reaf_convs`` (``"middle"``/``"all"``),
+            ``reaf_plus_groups``, ``impl``.
 
     Raises:
         ValueError: unknown name (the message lists the valid ones) or invalid arguments.
     """
-    if "." in name or "convert" in kwargs:
-        # ``torchvision.<name>``/``timm.<name>`` (allow-listed builders) and ``convert=``
-        # (REAF in any network) are built by reaf_lightning.conversion, which itself uses
-        # this registry: imported only when asked for, never when the registry loads.
-        from reaf_lightning.conversion.sources import build_network
-
-        return build_network(name, **kwargs)
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+        dotted = " (a dotted name: conversion.sources.build_network)" if "." in name else ""
+        raise ValueError(f"unknown model {name!r}{dotted}; valid names: {', '.join(list_models())}")
     return _MODELS[name](**kwargs)

@@ -27,13 +27,14 @@ in ``timm.models.FeatureListNet``, see ``reaf_lightning.timm``) are ours.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reaf_lightning.layers import REAFPlusConv2d, REAFSpec, create_conv2d
+from reaf_lightning.layers import REAFPlusConv2d, REAFSpec, create_conv2d, parse_reaf
 from reaf_lightning.models.head import check_head, global_pool_layer
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
@@ -169,12 +170,15 @@ class ResNet(nn.Module):
         width: ``C``, channels of the first conv of a stage-1 block (times ``s`` later).
         out_width: ``C'``, output channels of the (REAF) 3x3 conv; defaults to ``width``.
         groups: ordinary grouped 3x3 conv (ResNeXt cardinality).
-        reaf: the REAF setting of the 3x3 conv, or ``None`` for a plain network.
+        reaf: the REAF setting of the 3x3 conv (``"4-3-4"``, a tuple or a ``REAFSpec``;
+            parsed once, here, and handed to every layer as a ``REAFSpec``), or ``None``
+            for a plain network.
         reaf_convs: ``"middle"`` (the paper's default) or ``"all"`` convs of a block.
         group_convs: ``"middle"`` (ResNeXt) or ``"all"`` (the paper's Table 2 / 6 ResNeXt:
             the three bottleneck convs grouped, paper §IV-C) convs carry ``groups``.
         reaf_plus_groups: ``g_O`` of REAF+ on each bottleneck's third conv; ``None`` = off.
-        impl: REAF execution strategy, one of ``REAF_IMPLS`` (default ``"auto"``, timed per layer).
+        impl: REAF execution strategy, ``"auto"`` (the default, timed per layer) or a name of
+            ``reaf_lightning.layers.STRATEGIES``.
         base_channels: stem width; stage ``s`` outputs ``base * s * expansion``
             channels (64 in every paper model; smaller for tests).
         zero_init_residual: zero the last BN of each block (Goyal et al.); off, as in the paper.
@@ -194,7 +198,7 @@ class ResNet(nn.Module):
         width: int = 64,
         out_width: int | None = None,
         groups: int = 1,
-        reaf: REAFSpec | None = None,
+        reaf: str | Sequence[int] | REAFSpec | None = None,
         reaf_convs: REAFConvs = "middle",
         group_convs: REAFConvs = "middle",
         reaf_plus_groups: int | None = None,
@@ -231,6 +235,7 @@ class ResNet(nn.Module):
         if out_width < 1:
             raise ValueError(f"out_width={out_width} must be a positive integer")
         block_cls = blocks[block]
+        reaf = None if reaf is None else parse_reaf(reaf)
         self.stem = stem
         self.reaf = reaf
         # The resolved architecture, as reaf-zoo reports it.

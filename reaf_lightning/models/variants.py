@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from reaf_lightning.layers import REAF_IMPLS, parse_reaf
+from reaf_lightning.layers import check_impl
 from reaf_lightning.models.mobilenetv2 import MobileNetV2
 from reaf_lightning.models.registry import register_model
 from reaf_lightning.models.resnet import ResNet
@@ -45,12 +45,8 @@ def _build(
             raise ValueError(
                 f"{name}: unexpected argument {key!r}{why}; valid: {', '.join(sorted(valid))}"
             )
-    impl = kwargs.get("impl", "auto")
-    if impl not in REAF_IMPLS:
-        raise ValueError(f"{name}: impl={impl!r} is not one of {', '.join(REAF_IMPLS)}")
+    check_impl(kwargs.get("impl", "auto"))  # where it enters: a plain network has no REAF conv
     args = {**defaults, **kwargs, **fixed}
-    if args.get("reaf") is not None:
-        args["reaf"] = parse_reaf(args["reaf"])
     if cls is MobileNetV2:
         args.pop("impl", None)
     return cls(**args)

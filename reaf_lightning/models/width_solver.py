@@ -110,7 +110,7 @@ def solve_width(
             model,
             metric,
             size,
-            reaf=str(spec),
+            reaf=spec,
             width=width,
             out_width=out_width,
             **common,

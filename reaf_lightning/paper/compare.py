@@ -52,10 +52,6 @@ class TrainedRun(Protocol):
     """What a run trained, as far as the comparison needs it (``reaf-report``'s runs have it)."""
 
     @property
-    def legacy(self) -> bool:
-        """Written before run records: network, data and epochs unknown."""
-
-    @property
     def network_arch(self) -> str | None: ...
 
     @property
@@ -107,8 +103,6 @@ def paper_diff_note(row: PaperRow, members: Sequence[TrainedRun]) -> str | None:
         return f"no paper recipe known for {row.dataset}"
     notes: list[str] = []
     for run in members:
-        if run.legacy:
-            return "written before run records: network, data and epochs unknown"
         notes += _differences(row, run, data_class, epochs)
     return "; ".join(dict.fromkeys(notes)) or None
 

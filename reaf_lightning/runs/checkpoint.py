@@ -1,39 +1,93 @@
-"""Reading a run's checkpoint: what it holds, and the rule for when a run may use one.
+"""Reading a run's checkpoint: its network and what it is, and when a run may use one.
 
 Not part of the paper. A checkpoint is untrusted input, read by the safe loader
-(:func:`reaf_lightning.io.load_checkpoint`). :func:`check_checkpoint` is the one
-policy for ``--ckpt_path`` (a file, ``last`` or ``best`` alike): the file must be
-a Lightning checkpoint of the network the configuration builds, and a resumed
-``fit`` must not change the optimiser or schedule settings, which the restored
-optimiser and scheduler state would otherwise silently override.
+(:func:`reaf_lightning.io.load_checkpoint`).
+
+* :func:`read_network` is the one reader of a checkpoint's network: the settings
+  that rebuild it (``arch``, ``arch_kwargs``, ``num_classes``), its own ``state_dict``
+  (the ``net.`` prefix of :class:`~reaf_lightning.ImageClassifier` is stripped here
+  and nowhere else), the run record (``reaf_run``), epoch and step. The resume check,
+  ``reaf-analysis`` and the export read checkpoints through it, and
+  :func:`rebuild_network` builds what it read (by
+  :func:`~reaf_lightning.conversion.sources.build_network`, the one builder).
+* :func:`check_checkpoint` is the one policy for ``--ckpt_path`` (a file, ``last`` or
+  ``best`` alike): the file must be a Lightning checkpoint of the network the
+  configuration builds, and a resumed ``fit`` must not change the optimiser or
+  schedule settings, which the restored optimiser and scheduler state would
+  otherwise silently override.
+* :func:`check_finite` is the one check for NaN/inf weights: before a checkpoint is
+  saved, before one is used, and before a network is analysed.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from reaf_lightning.errors import CheckpointError, NumericalError
+from reaf_lightning.conversion.sources import build_network
+from reaf_lightning.errors import CheckpointError, ConfigError, NumericalError, one_line
 from reaf_lightning.io import load_checkpoint
+from reaf_lightning.layers.spec import is_int
 from reaf_lightning.runs.layout import RunDir
+from reaf_lightning.runs.record import RunRecord, record_from_dict
 
 #: Keys every Lightning checkpoint has (``Trainer.save_checkpoint``).
 LIGHTNING_KEYS = ("state_dict", "epoch", "global_step", "pytorch-lightning_version")
 
-
 #: The model settings that decide which network a checkpoint holds.
 NETWORK_KEYS = ("arch", "arch_kwargs", "num_classes")
 
+#: Where :class:`~reaf_lightning.ImageClassifier` keeps its network: its weights' prefix.
+PREFIX = "net."
 
 #: Model settings a resumed ``fit`` may change: nothing of them is restored from the
 #: checkpoint, so the configured value is the one used (and logged). Every other
 #: setting (lr, momentum, weight decay, schedule, warm-up ...) must stay as it was.
 RESUME_MAY_CHANGE = ("label_smoothing",)
+
+
+@dataclass(frozen=True)
+class SavedNetwork:
+    """A saved network and what the file says about it.
+
+    Attributes:
+        path: the file read.
+        state_dict: the network's own tensors (no ``net.`` prefix).
+        arch: its name for :func:`~reaf_lightning.conversion.sources.build_network`;
+            ``None`` for a plain ``state_dict`` file, which does not say.
+        arch_kwargs: the network's keyword arguments.
+        num_classes: classifier outputs (``None``: not said).
+        record: the run record stored in the checkpoint (``reaf_run``), validated.
+        epoch: training epoch of the checkpoint.
+        global_step: optimiser step of the checkpoint.
+        checkpoint: the whole Lightning checkpoint (empty for a plain file).
+    """
+
+    path: Path
+    state_dict: dict[str, Tensor] = field(repr=False)
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    record: RunRecord | None = None
+    epoch: int | None = None
+    global_step: int | None = None
+    checkpoint: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """``arch``, ``arch_kwargs`` and ``num_classes``: what rebuilds the network."""
+        return {"arch": self.arch, "arch_kwargs": self.arch_kwargs, "num_classes": self.num_classes}
+
+    def rebuild(self) -> nn.Module:
+        """The network built from its settings with these weights (:func:`rebuild_network`)."""
+        kwargs = {**self.arch_kwargs, "num_classes": self.num_classes}
+        return rebuild_network(str(self.arch), kwargs, self.state_dict, str(self.path))
 
 
 def read_lightning_checkpoint(path: str | os.PathLike[str], weights_only: bool) -> dict[str, Any]:
@@ -42,7 +96,10 @@ def read_lightning_checkpoint(path: str | os.PathLike[str], weights_only: bool) 
     Raises:
         CheckpointError: naming the file and what is wrong with it.
     """
-    content = load_checkpoint(path, weights_only=weights_only)
+    return _lightning(load_checkpoint(path, weights_only=weights_only), path)
+
+
+def _lightning(content: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(content, Mapping):
         raise CheckpointError(
             f"{path} is not a Lightning checkpoint (it holds a {type(content).__name__}, "
@@ -50,17 +107,123 @@ def read_lightning_checkpoint(path: str | os.PathLike[str], weights_only: bool) 
         )
     missing = [k for k in LIGHTNING_KEYS if k not in content]
     if missing:
-        bare = content and all(isinstance(v, torch.Tensor) for v in content.values())
-        hint = "; it looks like a bare state_dict (load it with load_state_dict)" if bare else ""
+        hint = "; it looks like a bare state_dict (load it with load_state_dict)"
         raise CheckpointError(
-            f"{path} is not a Lightning checkpoint: missing {', '.join(missing)}{hint}"
+            f"{path} is not a Lightning checkpoint: missing {', '.join(missing)}"
+            + (hint if _is_state_dict(content) else "")
         )
     state = content["state_dict"]
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: 'state_dict' is not a mapping of tensors")
     return dict(content)
+
+
+def _is_state_dict(content: Any) -> bool:
+    """A non-empty mapping of names to tensors, as ``torch.save(net.state_dict())`` writes."""
+    return (
+        isinstance(content, Mapping)
+        and bool(content)
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in content.items())
+    )
+
+
+def read_network(
+    path: str | os.PathLike[str], *, weights_only: bool = True, plain: bool = False
+) -> SavedNetwork:
+    """The network a checkpoint holds, and what it is: the one reader of a checkpoint's network.
+
+    Args:
+        path: a Lightning checkpoint of :class:`~reaf_lightning.ImageClassifier`.
+        weights_only: ``torch.load``'s safe mode (``False`` only for trusted files).
+        plain: also accept a plain ``state_dict`` file (``torch.save(net.state_dict())``),
+            which says nothing but its tensors.
+
+    Raises:
+        CheckpointError: not such a file (one line naming it and what is wrong).
+        RecordError: its run record is off the schema.
+    """
+    content = load_checkpoint(path, weights_only=weights_only)
+    if plain and _is_state_dict(content):
+        return SavedNetwork(Path(path), dict(content))
+    if plain and not (isinstance(content, Mapping) and "state_dict" in content):
+        raise CheckpointError(
+            f"incompatible checkpoint {path}: expected a state_dict (parameter name -> tensor) "
+            f"or a Lightning checkpoint, got {type(content).__name__}"
+        )
+    content = _lightning(content, path)
+    hparams = content.get("hyper_parameters")
+    hparams = hparams if isinstance(hparams, Mapping) else {}
+    arch, kwargs, classes = (hparams.get(k) for k in NETWORK_KEYS)
+    kwargs = {} if kwargs is None else kwargs
+    if not (isinstance(arch, str) and isinstance(kwargs, Mapping) and is_int(classes)):
+        raise CheckpointError(
+            f"{path}: its hyper_parameters do not say which network it holds "
+            f"({', '.join(NETWORK_KEYS)}); only checkpoints of reaf_lightning.ImageClassifier "
+            "can be read"
+        )
+    state = {k[len(PREFIX) :]: v for k, v in content["state_dict"].items() if k.startswith(PREFIX)}
+    if not state:
+        raise CheckpointError(f"{path}: no '{PREFIX}*' weights in its state_dict")
+    record = content.get("reaf_run")
+    return SavedNetwork(
+        path=Path(path),
+        state_dict=state,
+        arch=arch,
+        arch_kwargs=dict(kwargs),
+        num_classes=classes,
+        record=None if record is None else record_from_dict(record, f"{path} (reaf_run)"),
+        epoch=content["epoch"] if is_int(content["epoch"]) else None,
+        global_step=content["global_step"] if is_int(content["global_step"]) else None,
+        checkpoint=content,
+    )
+
+
+def rebuild_network(
+    arch: str, kwargs: Mapping[str, Any], state_dict: Mapping[str, Tensor], source: str
+) -> nn.Module:
+    """``build_network(arch, **kwargs)`` with ``state_dict`` loaded strictly, in eval mode.
+
+    Raises:
+        ConfigError: ``arch`` with ``kwargs`` cannot be built (unknown name, bad argument).
+        CheckpointError: the weights of ``source`` do not fit it (one line: what differs).
+    """
+    try:
+        net = build_network(arch, **kwargs)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ConfigError(
+            f"{source}: cannot build {arch!r} with {dict(kwargs)}: {one_line(err)}"
+        ) from err
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        details = describe_mismatch(_shapes(net.state_dict()), _shapes(state_dict))
+        raise CheckpointError(
+            f"incompatible checkpoint {source} for arch {arch!r}: {details or one_line(err)}"
+        ) from err
+    return net.eval()
+
+
+def check_finite(tensors: Mapping[str, Any], message: Callable[[str], str]) -> None:
+    """Refuse NaN or inf in the floating-point tensors of ``tensors``: the one such check.
+
+    Args:
+        tensors: a ``state_dict`` (or a checkpoint's).
+        message: the error's text for ``where``, which names the first non-finite
+            tensor and how many others there are.
+
+    Raises:
+        NumericalError: ``message(where)`` (exit status 3).
+    """
+    bad = [
+        name
+        for name, value in tensors.items()
+        if isinstance(value, Tensor)
+        and value.is_floating_point()
+        and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        more = f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
+        raise NumericalError(message(f"{bad[0]}{more}"))
 
 
 def check_checkpoint(
@@ -85,45 +248,38 @@ def check_checkpoint(
             another network than configured (both named); for ``resume``, a
             changed optimiser/schedule setting (each named, old and new value).
     """
-    content = read_lightning_checkpoint(path, weights_only)
+    saved = read_network(path, weights_only=weights_only)
+    content = saved.checkpoint
     if resume and not content.get("optimizer_states"):
         raise CheckpointError(
             f"{path} holds only the model weights (saved with save_weights_only), so it cannot "
             "resume training; use it with validate/test/predict, or resume from a full checkpoint"
         )
-    saved = dict(content.get("hyper_parameters") or {})
     current = dict(getattr(model, "hparams", {}))
-    if any(_plain(saved.get(k)) != _plain(current.get(k)) for k in NETWORK_KEYS if k in saved):
+    configured = {**current, "arch_kwargs": current.get("arch_kwargs") or {}}
+    if any(_plain(saved.settings[k]) != _plain(configured.get(k)) for k in NETWORK_KEYS):
         raise CheckpointError(
-            f"{path} holds a {_network(saved)} network, but the configuration builds a "
-            f"{_network(current)}; pass the config the checkpoint was trained with"
+            f"{path} holds a {_network(saved.settings)} network, but the configuration builds a "
+            f"{_network(configured)}; pass the config the checkpoint was trained with"
         )
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    mismatch = describe_mismatch(
-        expected, {k: tuple(v.shape) for k, v in content["state_dict"].items()}
-    )
+    mismatch = describe_mismatch(_shapes(model.state_dict()), _shapes(content["state_dict"]))
     if mismatch:
         raise CheckpointError(f"{path} does not fit the configured {_network(current)}: {mismatch}")
-    bad = [
-        name
-        for name, value in content["state_dict"].items()
-        if isinstance(value, torch.Tensor)
-        and value.is_floating_point()
-        and not bool(torch.isfinite(value).all())
-    ]
-    if bad:
-        more = f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
-        raise NumericalError(
-            f"{path} holds non-finite values (NaN or inf) in {bad[0]}{more}; its results would "
-            "be meaningless: use an earlier checkpoint of the run"
-        )
+    check_finite(
+        content["state_dict"],
+        lambda where: (
+            f"{path} holds non-finite values (NaN or inf) in {where}; its results "
+            "would be meaningless: use an earlier checkpoint of the run"
+        ),
+    )
     if resume:
+        saved_hparams = dict(content["hyper_parameters"])
         changed = [
-            f"model.{k}: {saved[k]!r} -> {current[k]!r}"
-            for k in saved
+            f"model.{k}: {saved_hparams[k]!r} -> {current[k]!r}"
+            for k in saved_hparams
             if k in current
             and k not in NETWORK_KEYS + RESUME_MAY_CHANGE
-            and _plain(saved[k]) != _plain(current[k])
+            and _plain(saved_hparams[k]) != _plain(current[k])
         ]
         if changed:
             raise CheckpointError(
@@ -134,8 +290,12 @@ def check_checkpoint(
     return content
 
 
+def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
 def _plain(value: Any) -> Any:
-    """Compare settings as YAML would write them (tuples as lists, no ``arch_kwargs`` = ``{}``)."""
+    """Compare settings as YAML would write them (tuples as lists)."""
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -152,8 +312,8 @@ def describe_mismatch(expected: dict[str, tuple[int, ...]], got: dict[str, tuple
     """One line on how state_dict shapes ``got`` differ from ``expected`` ("" if they fit).
 
     Counts missing/unexpected keys and shape mismatches with an example of each,
-    instead of ``load_state_dict``'s multi-screen message. Shared by the training
-    CLI and ``reaf-analysis``.
+    instead of ``load_state_dict``'s multi-screen message. Used by
+    :func:`check_checkpoint` and :func:`rebuild_network`.
     """
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]

@@ -1,15 +1,12 @@
 """Runs, read back from their ``metrics.json`` run records, trusting nothing in them.
 
 Every file under the log roots named ``metrics.json`` is untrusted input: it is
-read by :func:`reaf_lightning.runs.record.read_record_file` (a regular file of bounded
+read by :func:`reaf_lightning.runs.record.read_record` (a regular file of bounded
 size, through :func:`reaf_lightning.io.read_bounded`, and bounded nesting, so a
 FIFO, a link to ``/dev/zero``, a huge or deeply nested file is refused without
 waiting or filling memory) and validated by the run
 record's pydantic schema (:class:`reaf_lightning.runs.record.RunRecord`). A file that
-fails gives one line naming it; the other runs are still reported. Files written
-before run records existed (no ``format`` key) are read through the same schema
-with what they hold (seed, complexity, fit metrics); they record neither network
-arguments, data nor recipe, so they are never compared with the paper.
+fails gives one line naming it; the other runs are still reported.
 
 Each run's *experiment* is its run directory with the trailing ``seed<N>`` part
 removed (``logs/table3/resnet50/seed2`` -> ``table3/resnet50``), and its
@@ -33,9 +30,9 @@ from typing import Any
 from reaf_lightning.errors import ConfigError
 from reaf_lightning.io import shown
 from reaf_lightning.runs.layout import METRICS, is_seed_dir
-from reaf_lightning.runs.record import RecordError, RunRecord, read_record_file, record_from_dict
+from reaf_lightning.runs.record import RecordError, RunRecord, read_record
 
-__all__ = ["FILENAME", "Run", "experiment_of", "find_runs", "read_run_record"]
+__all__ = ["FILENAME", "Run", "experiment_of", "find_runs"]
 
 FILENAME = METRICS
 #: The splits a run record counts images of, in the order they are shown.
@@ -46,20 +43,13 @@ PLACE_AND_SPEED = frozenset({"root", "num_workers", "pin_memory", "download", "p
 
 @dataclass(frozen=True)
 class Run:
-    """One run directory's validated record and the experiment it belongs to.
-
-    Attributes:
-        legacy: the file predates run records (``arch`` is then all that is known
-            of the network).
-    """
+    """One run directory's validated record and the experiment it belongs to."""
 
     run_dir: Path
     experiment: str
     experiment_dir: Path
     record: RunRecord
     path: Path = field(compare=False)
-    legacy: bool = False
-    arch: str | None = None
 
     @property
     def seed(self) -> int | None:
@@ -80,7 +70,7 @@ class Run:
 
     @property
     def network_arch(self) -> str | None:
-        return self.record.network.arch if self.record.network else self.arch
+        return self.record.network.arch if self.record.network else None
 
     @property
     def network_arguments(self) -> dict[str, Any] | None:
@@ -168,10 +158,8 @@ class Run:
             parts.append(("recipe", _canonical(rec.recipe)))
         if rec.epochs.planned is not None:
             parts.append(("epochs planned", str(rec.epochs.planned)))
-        if not self.legacy:  # a fit stopped early by its own rule trained fewer epochs
-            parts.append(("epochs trained", str(rec.epochs.reached)))
-        if self.legacy:
-            parts.append(("record", "none (written before run records)"))
+        # a fit stopped early by its own rule trained fewer epochs
+        parts.append(("epochs trained", str(rec.epochs.reached)))
         return tuple(parts)
 
 
@@ -193,47 +181,6 @@ def experiment_of(run_dir: Path, root: Path) -> tuple[str, Path]:
     except ValueError:
         name = experiment_dir.name
     return shown(name if name not in ("", ".") else experiment_dir.name), experiment_dir
-
-
-def _from_legacy(content: dict[str, Any], source: str) -> RunRecord:
-    """A ``metrics.json`` written before run records, through the record's schema.
-
-    Such a file holds ``seed``, ``arch``, ``params_m``, ``gmacs`` and
-    ``fit.final`` (with the last ``epoch`` inside) / ``fit.best``; a fit was
-    written only when it ended, so its presence means the run finished.
-    """
-    fit = content.get("fit")
-    stage = None
-    if isinstance(fit, dict):
-        final = fit.get("final")
-        final = dict(final) if isinstance(final, dict) else {}
-        epoch = final.pop("epoch", None)
-        stage = {"epoch": epoch, "final": final, "best": fit.get("best", {})}
-    epoch = stage["epoch"] if stage else None
-    reached = epoch + 1 if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
-    converted = {
-        "seed": content.get("seed"),
-        "params_m": content.get("params_m"),
-        "gmacs": content.get("gmacs"),
-        "fit": stage,
-        "finished": bool(stage and stage["final"]),
-        "epochs": {"planned": None, "reached": reached},
-    }
-    return record_from_dict(converted, source)
-
-
-def read_run_record(path: Path) -> tuple[RunRecord, bool, str | None]:
-    """One ``metrics.json``, validated: ``(record, written before records, legacy arch)``.
-
-    Raises:
-        RecordError: one line naming the file and what is wrong with it.
-    """
-    source = shown(path)
-    content = read_record_file(path)
-    if "format" in content:
-        return record_from_dict(content, source), False, None
-    arch = content.get("arch")
-    return _from_legacy(content, source), True, arch if isinstance(arch, str) else None
 
 
 def find_runs(
@@ -275,10 +222,10 @@ def find_runs(
                 continue
             seen.add(run_dir.resolve())
             try:
-                record, legacy, arch = read_run_record(path)
+                record = read_record(path)
             except RecordError as err:
                 skipped.append(shown(str(err)))
                 continue
             name, experiment_dir = experiment_of(run_dir, root)
-            runs.append(Run(run_dir, name, experiment_dir, record, path, legacy, arch))
+            runs.append(Run(run_dir, name, experiment_dir, record, path))
     return runs, skipped, inputs

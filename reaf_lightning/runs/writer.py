@@ -22,6 +22,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from reaf_lightning.conversion.sources import build_network
 from reaf_lightning.io import atomic_outputs
 from reaf_lightning.models.complexity import network_complexity
 from reaf_lightning.runs.layout import RunDir
@@ -203,8 +204,9 @@ class MetricsFile(Callback):
     def _complexity(self, hp: dict[str, Any]) -> dict[str, Any] | None:
         """#params and MACs of the run's network at the fed image size, counted once."""
         if self._cost is None and "arch" in hp and self._input_size is not None:
+            size, kwargs = self._input_size, hp.get("arch_kwargs")
             self._cost = network_complexity(
-                hp["arch"], hp.get("arch_kwargs"), hp["num_classes"], self._input_size
+                hp["arch"], kwargs, hp["num_classes"], size, build_network
             )
         return self._cost
 

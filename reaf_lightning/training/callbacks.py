@@ -28,6 +28,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from reaf_lightning.conversion.sources import build_network
 from reaf_lightning.errors import ConfigError, NumericalError
 from reaf_lightning.models.complexity import network_complexity
 from reaf_lightning.runs.provenance import provenance
@@ -172,7 +173,7 @@ class LogComplexity(Callback):
             return
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         self.values = network_complexity(
-            hp["arch"], hp.get("arch_kwargs"), hp["num_classes"], tuple(x.shape[1:])
+            hp["arch"], hp.get("arch_kwargs"), hp["num_classes"], tuple(x.shape[1:]), build_network
         )
         for logger in trainer.loggers:
             logger.log_hyperparams(self.values)

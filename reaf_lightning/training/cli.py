@@ -31,7 +31,6 @@ of the paper, the reasons are in ``docs/reliability.md``:
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -67,7 +66,7 @@ from reaf_lightning.errors import (
     ReafError,
     message_of,
 )
-from reaf_lightning.io import check_outputs, check_seed, ensure_writable
+from reaf_lightning.io import check_outputs, check_seed, ensure_writable, import_class
 from reaf_lightning.runs.checkpoint import (
     check_checkpoint,
     find_best_checkpoint,
@@ -346,8 +345,7 @@ def _loggers(value: Any) -> Iterator[tuple[type, Namespace]]:
     """``(class, init_args)`` of each ``class_path`` logger in a ``trainer.logger`` value."""
     for item in value if isinstance(value, list) else [value]:
         if isinstance(item, Namespace) and isinstance(item.get("init_args"), Namespace):
-            module, _, name = item.class_path.rpartition(".")
-            yield getattr(importlib.import_module(module), name), item.init_args
+            yield import_class(item.class_path, "logger"), item.init_args
 
 
 @rank_zero_only

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from reaf_lightning.conversion.sources import build_network
 from reaf_lightning.errors import ConfigError
-from reaf_lightning.models import create_model
 from reaf_lightning.training.private_api import forget_train_dataloader
 
 __all__ = ["ImageClassifier", "lr_factor"]
@@ -146,7 +146,7 @@ class ImageClassifier(pl.LightningModule):
         super().__init__()
         _check_settings(dict(locals()))
         self.save_hyperparameters()
-        self.net = create_model(arch, num_classes=num_classes, **(arch_kwargs or {}))
+        self.net = build_network(arch, num_classes=num_classes, **(arch_kwargs or {}))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # One collection per split: their states must never mix (a sanity-check
         # validation must not leak into the first training epoch's numbers).

@@ -41,8 +41,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from reaf_lightning.errors import NumericalError
 from reaf_lightning.io import atomic_outputs
+from reaf_lightning.runs.checkpoint import check_finite
 from reaf_lightning.runs.layout import RunDir
 from reaf_lightning.training.private_api import (
     save_last_checkpoint,
@@ -189,15 +189,11 @@ class FiniteCheckpointGuard(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        bad = [
-            name
-            for name, value in checkpoint["state_dict"].items()
-            if value.is_floating_point() and not bool(torch.isfinite(value).all())
-        ]
-        if bad:
-            more = f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
-            raise NumericalError(
-                f"non-finite values in {bad[0]}{more} at epoch {trainer.current_epoch}, "
+        check_finite(
+            checkpoint["state_dict"],
+            lambda where: (
+                f"non-finite values in {where} at epoch {trainer.current_epoch}, "
                 f"global step {trainer.global_step}: not saving this checkpoint, and "
                 f"{kept_checkpoint(trainer)}; {NUMERICAL_ADVICE}"
-            )
+            ),
+        )

@@ -220,7 +220,7 @@ class WandbLogger(LightningWandbLogger):
         name: str | None = None,
         save_dir: str | None = None,
         version: str | None = None,
-        id: str | None = None,  # noqa: A002 (wandb's and Lightning's name)
+        id: str | None = None,  # wandb's and Lightning's name
         project: str = "reaf-lightning",
         entity: str | None = None,
         group: str | None = None,

@@ -38,6 +38,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningCLI
 
+    from reaf_lightning.runs.writer import MetricsFile
     from reaf_lightning.training.module import ImageClassifier
 
     root = tmp_path_factory.mktemp("analysis_run")
@@ -52,7 +53,9 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu",
         "--trainer.default_root_dir", str(root),
     ]  # fmt: skip
-    cli = LightningCLI(ImageClassifier, LightningDataModule, subclass_mode_data=True, args=args)
+    # MetricsFile: the run record (reaf_run) in the checkpoint says which data the run used
+    cli = LightningCLI(ImageClassifier, LightningDataModule, subclass_mode_data=True, args=args,
+                       trainer_defaults={"callbacks": [MetricsFile()]})  # fmt: skip
     assert (root / "config.yaml").is_file()
     checkpoint = root / "checkpoints" / "last.ckpt"
     cli.trainer.save_checkpoint(checkpoint)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import reaf_lightning
+from reaf_lightning.conversion.sources import build_network
 from reaf_lightning.layers import REAFConv2d
 from reaf_lightning.models import create_model
 from reaf_lightning.models.complexity import count_macs, count_parameters
@@ -214,9 +215,9 @@ def test_bad_settings_are_named(settings, message):
         reaf_lightning.convert(nn.Conv2d(4, 4, 3), **settings)
 
 
-def test_create_model_builds_allow_listed_networks_converted():
+def test_build_network_builds_allow_listed_networks_converted():
     with torch.device("meta"):
-        net = create_model(
+        net = build_network(
             "torchvision.resnet18",
             num_classes=5,
             convert={"reaf": "4-3-4", "match": "flops", "input_size": [3, 32, 32]},
@@ -227,6 +228,8 @@ def test_create_model_builds_allow_listed_networks_converted():
         ("torchvision.utils", "unknown torchvision classification model 'utils'"),
     ]:
         with pytest.raises(ValueError, match=message):
-            create_model(name)
+            build_network(name)
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['ratio'\]"):
-        create_model("resnet18", convert={"ratio": 2})
+        build_network("resnet18", convert={"ratio": 2})
+    with pytest.raises(ValueError, match="unknown model 'torchvision.resnet18'"):
+        create_model("torchvision.resnet18")  # the registry builds its own names only

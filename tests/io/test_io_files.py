@@ -11,12 +11,15 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reaf_lightning.errors import ConfigError, DataError, OutputError
 from reaf_lightning.io import (
     atomic_outputs,
     check_outputs,
     check_stem,
+    import_class,
     install_strict_yaml,
     read_bounded,
     read_yaml,
@@ -92,6 +95,75 @@ def test_jsonargparse_loader_refuses_duplicate_keys_after_install(tmp_path):
     merged.write_text("<<: {lr: 0.1, wd: 0.2}\nwd: 0.5\n")
     cfg = parser.parse_args(["--config", str(merged)])
     assert (cfg.lr, cfg.wd) == (0.1, 0.5)
+
+
+# -- class paths --------------------------------------------------------------------------------
+ALLOWED = {"DigitsDataModule": "reaf_lightning.data.DigitsDataModule"}
+
+
+@pytest.mark.parametrize(
+    "class_path",
+    [
+        "os.system",
+        "reaf_evil_module.DigitsDataModule",  # the allowed name in another package
+        "reaf_lightning.dataevil.DigitsDataModule",  # a package whose name only starts alike
+        "reaf_lightning.data.CIFAR10DataModule",  # the package's, but not on this list
+        "DigitsDataModule",
+        "",
+        "reaf_lightning.data.DigitsDataModule.__init__",
+    ],
+)
+def test_a_class_path_from_a_file_off_the_allow_list_is_never_imported(class_path):
+    import sys
+
+    before = set(sys.modules)
+    with pytest.raises(ConfigError, match="run.json names the data module .* it is not imported"):
+        import_class(class_path, "data module", ALLOWED, "run.json", "--data.class_path")
+    assert set(sys.modules) == before
+
+
+_NAMES = ["reaf_lightning", "data", "digits", "os", "system", "DigitsDataModule", "", "__init__"]
+_PART = st.sampled_from([*_NAMES, "..", "dataevil", "évil"]) | st.text(max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_PART, min_size=1, max_size=5).map(".".join))
+def test_any_class_path_from_a_file_is_the_allowed_class_or_refused_importing_nothing(path):
+    import sys
+
+    from reaf_lightning.data import DigitsDataModule
+
+    before = set(sys.modules)
+    try:
+        found = import_class(path, "data module", ALLOWED, "run.json")
+    except ConfigError as err:
+        assert "it is not imported" in str(err) and "\n" not in str(err)
+    else:
+        assert found is DigitsDataModule and path.rpartition(".")[2] == "DigitsDataModule"
+        assert path.startswith("reaf_lightning.data.")
+    assert set(sys.modules) == before
+
+
+def test_an_allowed_class_path_imports_the_allow_lists_own_path():
+    """A file's path is only matched: the class comes from the allow-list's path, so a file
+    naming a module of the package that does not exist imports nothing of the file's text."""
+    import sys
+
+    from reaf_lightning.data import DigitsDataModule
+
+    for recorded in ("reaf_lightning.data.digits.DigitsDataModule",
+                     "reaf_lightning.data.not_a_module.DigitsDataModule"):  # fmt: skip
+        assert import_class(recorded, "data module", ALLOWED, "run.json") is DigitsDataModule
+    assert "reaf_lightning.data.not_a_module" not in sys.modules
+    # a class the user names is imported as asked, or one line says why not
+    assert (
+        import_class("collections.OrderedDict", "data module")
+        is __import__("collections").OrderedDict
+    )
+    with pytest.raises(
+        ConfigError, match="cannot import the data module 'nowhere.Data': No module"
+    ):
+        import_class("nowhere.Data", "data module")
 
 
 # -- writing ----------------------------------------------------------------------------------

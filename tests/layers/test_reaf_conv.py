@@ -94,11 +94,64 @@ def test_gm1_weights_copy_to_grouped_conv() -> None:
         ((8, 8, 3, 4, 3), {"dilation": 0}, ValueError, "dilation must be a positive integer"),
         ((0, 8, 3, 4, 3), {}, ValueError, "in_channels must be a positive integer, got 0"),
         ((8, 8, 3, 4, 3), {"impl": "fast"}, ValueError, "impl='fast' is not one of"),
+        ((8, 8, 3, 4), {}, ValueError, "G_M must be a positive integer, got None"),
+        (
+            (8, 8, 3, parse_reaf("4-3"), 3),
+            {},
+            ValueError,
+            "G_I must be a positive integer, got REAFSpec('4-3-4')",
+        ),
+        ((8, 8, 3, "4x3"), {}, ValueError, "'4x3' is not of the form 'G_I-G_M-G_O'"),
     ],
 )
 def test_invalid_construction_raises(args, kwargs, error, message) -> None:
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         REAFConv2d(*args, **kwargs)
+
+
+def test_the_reaf_setting_is_taken_whole_as_given() -> None:
+    """``REAFConv2d(in, out, k, spec)`` is ``REAFConv2d(in, out, k, g_i, g_m)``, and keeps the
+    very spec it was given (it is parsed where it enters, never unpacked and rebuilt)."""
+    spec = parse_reaf("4-3-4")
+    torch.manual_seed(3)
+    by_ints = REAFConv2d(8, 8, 3, 4, 3, stride=2)
+    torch.manual_seed(3)
+    by_spec = REAFConv2d(8, 8, 3, spec, stride=2)
+    assert by_spec.spec is spec and repr(by_spec) == repr(by_ints)
+    x = torch.randn(2, 8, 7, 7)
+    torch.testing.assert_close(by_spec(x), by_ints(x), rtol=0, atol=0)
+    assert REAFConv2d(8, 8, 3, "4-3").spec == spec
+    assert REAFConv2d.from_conv(nn.Conv2d(8, 8, 3), spec).spec is spec
+
+
+def test_one_check_of_a_strategy_name_wherever_it_enters(monkeypatch) -> None:
+    """A layer, ``create_model`` (a plain network too) and ``convert`` accept an added strategy
+    and refuse an unknown one with the same line."""
+    from reaf_lightning import convert
+    from reaf_lightning.layers import STRATEGIES
+    from reaf_lightning.models import create_model
+
+    monkeypatch.setitem(STRATEGIES, "added", STRATEGIES["masked"])
+    assert REAFConv2d(8, 8, 3, 4, 3, impl="added").impl == "added"
+    create_model("test_resnet", impl="added")
+    net = create_model("test_reaf_resnet", impl="added")
+    assert {m.impl for m in net.modules() if isinstance(m, REAFConv2d)} == {"added"}
+    size = (8, 8, 8)
+    new, _ = convert(nn.Sequential(nn.Conv2d(8, 8, 3)), match=None, input_size=size, impl="added")
+    assert new[0].impl == "added"
+    entries = [
+        lambda impl: REAFConv2d(8, 8, 3, 4, 3, impl=impl),
+        lambda impl: create_model("test_resnet", impl=impl),
+        lambda impl: create_model("test_reaf_resnet", impl=impl),
+        lambda impl: convert(nn.Sequential(nn.Conv2d(8, 8, 3)), input_size=size, impl=impl),
+    ]
+    messages = set()
+    for build in entries:
+        with pytest.raises(ValueError) as refused:
+            build("fast")
+        messages.add(str(refused.value))
+    (message,) = messages
+    assert message.startswith("REAF impl='fast' is not one of auto, ") and "added" in message
 
 
 def test_parse_reaf_strings() -> None:

@@ -302,3 +302,26 @@ def test_reaf_all_and_reaf_plus_structure() -> None:
     assert isinstance(plus.layer1[0].conv3, REAFPlusConv2d) and not hasattr(plus.layer1[0], "bn2")
     mb = create_model("reaf_plus_mobilenet_v2", stem="cifar")
     assert sum(isinstance(m, REAFPlusConv2d) for m in mb.modules()) == 17
+
+
+def test_the_reaf_setting_is_parsed_once_and_reaches_every_layer() -> None:
+    model = create_model("test_reaf_resnet", num_classes=10, reaf=(4, 2))
+    specs = [m.spec for m in model.modules() if isinstance(m, REAFConv2d)]
+    assert str(model.reaf) == "4-2-6" and len(specs) == 4
+    assert all(spec is model.reaf for spec in specs)  # one REAFSpec, never rebuilt from ints
+
+
+def test_a_runs_network_is_counted_as_the_builder_it_is_given_builds() -> None:
+    """A run's network may be any name a config gives: counted on the meta device as
+    ``build_network`` builds it, against the same network built for real and counted."""
+    from reaf_lightning.conversion.sources import build_network
+    from reaf_lightning.models.complexity import network_complexity, network_cost
+
+    kwargs = {"convert": {"reaf": "4-3-4", "match": None}}
+    counted = network_complexity("torchvision.resnet18", kwargs, 10, (3, 32, 32), build_network)
+    real = build_network("torchvision.resnet18", num_classes=10, **kwargs)
+    assert sum(isinstance(m, REAFConv2d) for m in real.modules()) > 0
+    assert counted["complexity/macs"] == count_macs(real, (3, 32, 32))
+    assert counted["complexity/params"] == count_parameters(real)
+    with pytest.raises(ValueError, match="unknown model 'torchvision.resnet18'"):
+        network_cost("torchvision.resnet18", {}, (3, 32, 32))  # the registry's own builder

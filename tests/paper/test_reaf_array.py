@@ -30,8 +30,16 @@ SCRIPT = REPO / "scripts" / "slurm" / "reaf_array.sh"
 SWEEPS = REPO / "configs" / "sweeps"
 
 
+@pytest.fixture(autouse=True)
+def _outside_the_repository(tmp_path, monkeypatch):
+    """Run where a checkout's configs/ is (the script's paths are relative to it), but not in
+    the repository itself: the script creates logs/slurm where it runs."""
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    monkeypatch.chdir(tmp_path)
+
+
 def _array(
-    *args: str, task: int | str | None = None, cwd: Path = REPO, **env: str
+    *args: str, task: int | str | None = None, cwd: Path | None = None, **env: str
 ) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     environ.update({"REAF_DRY_RUN": "1", **env})

@@ -140,6 +140,7 @@ def _malformed(logs: Path) -> dict[str, str]:
         "metric_bool": ('{"fit": {"final": {"val/err1": true}}}', "fit.final.val/err1"),
         "fit_list": ('{"format": "reaf-run/1", "fit": [1]}', "fit: Input should be"),
         "old_seed": ('{"seed": [0], "fit": {"final": {"val/err1": 0.2}}}', "seed: Input"),
+        "no_record": ('{"seed": 0, "arch": "resnet50"}', "arch: Extra inputs are not permitted"),
         "deep": ("[" * 100_000 + "]" * 100_000, "nested deeper than 32 levels"),
         "deep_record": (
             '{"format": "reaf-run/1", "recipe": {"a": ' + "[" * 40 + "]" * 40 + "}}",
@@ -272,19 +273,3 @@ def test_report_config_refuses_duplicate_keys_and_accepts_merge_keys(tmp_path, l
     code, _, stderr = report(capsys, "--config", str(merged))
     assert code == 0, stderr
     assert rows_of(out)["mine"]["n_seeds"] == "1"
-
-
-def test_a_file_written_before_run_records_is_reported_but_never_compared(tmp_path, capsys):
-    logs = tmp_path / "logs"
-    fit = {"final": {"epoch": 199, "val/err1": 0.2}, "best": {"val/err1": 0.19}}
-    old = {"seed": 0, "arch": "resnet50", "params_m": 23.7, "gmacs": 1.3, "fit": fit}
-    write(logs, "table3/resnet50", 0, old)
-    write(logs, "table3/resnet50", 1, record(1, 0.21))
-    out = tmp_path / "r.csv"
-    code, _, stderr = report(capsys, "--log_roots", f"[{logs}]", "--csv", str(out))
-    assert code == 0, stderr
-    rows = rows_of(out)
-    legacy = rows["table3/resnet50 [record none (written before run records)]"]
-    assert legacy["n_seeds"] == "1" and float(legacy["top1_err_mean"]) == pytest.approx(20.0)
-    assert legacy["top1_err_diff"] == "" and "written before run records" in legacy["diff_note"]
-    assert float(legacy["best_top1_err_mean"]) == pytest.approx(19.0)

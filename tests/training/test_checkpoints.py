@@ -32,7 +32,12 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from reaf_lightning import ImageClassifier
 from reaf_lightning.errors import CheckpointError, OutputError
-from reaf_lightning.runs.checkpoint import check_checkpoint, read_lightning_checkpoint
+from reaf_lightning.runs.checkpoint import (
+    check_checkpoint,
+    read_lightning_checkpoint,
+    read_network,
+)
+from reaf_lightning.runs.record import RecordError, RunRecord
 from reaf_lightning.training.cli import run
 from reaf_lightning.training.saving import AtomicCheckpointIO
 
@@ -336,3 +341,40 @@ def test_a_resume_reads_its_checkpoint_once(trained_run, tmp_path, monkeypatch):
     loads.clear()
     run(["validate", *args, "--ckpt_path", "last"])
     assert len(loads) == 1
+
+
+def test_read_network_is_the_checkpoints_network_and_what_it_is(trained_run, tmp_path):
+    """The one reader against Lightning's own: ``load_from_checkpoint``'s network."""
+    checkpoint = trained_run / "checkpoints" / "last.ckpt"
+    content = _ckpt(checkpoint)
+    saved = read_network(checkpoint)
+    hp = content["hyper_parameters"]
+    assert saved.settings == {
+        "arch": hp["arch"],
+        "arch_kwargs": dict(hp["arch_kwargs"]),
+        "num_classes": hp["num_classes"],
+    }
+    assert (saved.epoch, saved.global_step) == (content["epoch"], content["global_step"])
+    assert saved.record == RunRecord.model_validate(content["reaf_run"])
+    assert saved.record.data.class_path.endswith("DigitsDataModule")
+    reference = ImageClassifier.load_from_checkpoint(checkpoint, weights_only=True).net.eval()
+    net = saved.rebuild()
+    assert list(saved.state_dict) == list(reference.state_dict())  # no "net." left
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(net(x), reference(x), rtol=0, atol=0)
+
+    plain = tmp_path / "plain.pt"
+    torch.save(net.state_dict(), plain)
+    with pytest.raises(CheckpointError, match="not a Lightning checkpoint.*bare state_dict"):
+        read_network(plain)
+    bare = read_network(plain, plain=True)
+    assert (bare.arch, bare.record, bare.epoch) == (None, None, None)
+    assert bare.state_dict.keys() == saved.state_dict.keys()
+
+    other = tmp_path / "other.ckpt"
+    torch.save({**content, "hyper_parameters": {"lr": 0.1}}, other)
+    with pytest.raises(CheckpointError, match="do not say which network it holds"):
+        read_network(other)
+    torch.save({**content, "reaf_run": {"data": "digits"}}, other)
+    with pytest.raises(RecordError, match=r"other.ckpt \(reaf_run\): not a reaf-run/1"):
+        read_network(other)

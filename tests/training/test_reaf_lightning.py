@@ -260,7 +260,7 @@ def test_help_and_argument_errors_build_no_model(monkeypatch, capsys):
     def no_model(*args, **kwargs):
         raise AssertionError("a network was built")
 
-    monkeypatch.setattr("reaf_lightning.training.module.create_model", no_model)
+    monkeypatch.setattr("reaf_lightning.training.module.build_network", no_model)
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--help"])
     assert exc.value.code == 0 and "--model.arch" in capsys.readouterr().out
