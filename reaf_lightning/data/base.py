@@ -12,6 +12,16 @@ read, by filling ``train_dataset``, ``val_dataset``, ``test_dataset`` and
 ``DistributedSampler`` into these plain loaders (shuffling for training, in
 order for evaluation and prediction).
 
+Evaluation order (ours): the validation and test loaders visit their split in
+one fixed, class-mixed order (:func:`class_mixed_order`), so that a limited
+evaluation (``trainer.limit_val_batches``) sees every class in proportion
+rather than the first classes of a split stored in class order (an image
+folder, a label-sorted file); a full evaluation's metrics do not depend on the
+order. Under DDP Lightning wraps the order's sampler in its
+``DistributedSamplerWrapper``: rank ``r`` of ``W`` takes positions ``r, r + W,
+...`` of the same order, so the ranks' first batches together are again its
+first images. Prediction stays in file order (``predictions.csv`` follows it).
+
 ``num_workers=None`` (the default of every module but digits; ours) follows the machine:
 :func:`default_num_workers` gives each training process
 ``min(max_auto_workers, cpus // processes_on_this_machine - 1)`` workers (at
@@ -25,19 +35,27 @@ the machine's total.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.fabric.utilities import suggested_max_num_workers
-from torch.utils.data import Dataset, RandomSampler
+from torch.utils.data import Dataset, RandomSampler, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler as ResumableRandomSampler
 
 from reaf_lightning.errors import ConfigError
 
-__all__ = ["BaseDataModule", "ShuffleSampler", "check_positive_int", "default_num_workers"]
+__all__ = [
+    "BaseDataModule",
+    "ClassMixedSampler",
+    "ShuffleSampler",
+    "check_positive_int",
+    "class_mixed_order",
+    "default_num_workers",
+]
 
 
 class ShuffleSampler(ResumableRandomSampler, RandomSampler):
@@ -51,6 +69,43 @@ class ShuffleSampler(ResumableRandomSampler, RandomSampler):
     order) instead of giving every rank a ``DistributedSampler(shuffle=True)``.
     The behaviour is torchdata's (first base class); torch's class is only the type.
     """
+
+
+def class_mixed_order(labels: Sequence[int]) -> list[int]:
+    """A fixed order of ``labels``' indices that interleaves the classes in proportion.
+
+    The ``j``-th of a class's ``n`` items (in file order) is placed at ``(j + 1/2) / n``
+    of the way through, ties in label order: every prefix holds each class in about
+    its share of the split (equal classes: one of each, in turn). No randomness: the
+    same labels always give the same order.
+    """
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if y.size == 0:
+        return []
+    _, klass, counts = np.unique(y, return_inverse=True, return_counts=True)
+    grouped = np.argsort(klass, kind="stable")  # each class's items, in file order
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    rank = np.empty(y.size, dtype=np.float64)
+    rank[grouped] = np.arange(y.size) - starts
+    return np.lexsort((klass, (rank + 0.5) / counts[klass])).tolist()
+
+
+class ClassMixedSampler(Sampler[int]):
+    """The evaluation order of a split: :func:`class_mixed_order` of its labels.
+
+    Not a ``SequentialSampler``, so under DDP Lightning shards it with its
+    ``DistributedSamplerWrapper`` (every rank takes every ``world_size``-th position
+    of this order, none shuffled).
+    """
+
+    def __init__(self, labels: Sequence[int]) -> None:
+        self.order = class_mixed_order(labels)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
@@ -104,6 +159,9 @@ class BaseDataModule(pl.LightningDataModule):
     """
 
     num_classes: int
+    #: The data set's name in the run record and the W&B tags (a subclass sets its own;
+    #: ``None``: the class name).
+    dataset_name: str | None = None
     #: The most workers ``num_workers=None`` gives a process (a subclass sets its own).
     max_auto_workers: int = 4
 
@@ -143,18 +201,41 @@ class BaseDataModule(pl.LightningDataModule):
         processes = self.trainer.num_devices if self.trainer is not None else 1
         return default_num_workers(self.max_auto_workers, processes)
 
+    def augmentation_summary(self) -> str | None:
+        """The training images' augmentation, in words (each subclass describes its own)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """The data set as the run record holds it: name, classes, image size,
+        augmentation and the images in each split set up so far."""
+        splits = (("train", self.train_dataset), ("val", self.val_dataset))
+        splits += (("test", self.test_dataset),)
+        return {
+            "dataset": self.dataset_name or type(self).__name__,
+            "num_classes": int(self.num_classes),
+            "image_size": self.image_size,
+            "augmentation": self.augmentation_summary(),
+            "sizes": {name: len(data) for name, data in splits if data is not None},
+        }
+
     def _dataloader(self, dataset: Dataset | None, split: str) -> StatefulDataLoader:
         """A ``DataLoader`` whose position Lightning saves in every checkpoint and restores,
-        so a fit resumed mid-epoch sees the rest of that epoch's order, not a new one."""
+        so a fit resumed mid-epoch sees the rest of that epoch's order, not a new one;
+        evaluation in the class-mixed order of the module doc (when the dataset has
+        ``targets``)."""
         if dataset is None:
             raise RuntimeError(f"call setup() before asking for the {split} loader")
         train = split == "train"
+        sampler = ShuffleSampler(dataset) if train else None
+        labels = getattr(dataset, "targets", None)
+        if split in ("val", "test") and labels is not None:
+            sampler = ClassMixedSampler(labels)
         with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch telemetry hook
             warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
             return StatefulDataLoader(
                 dataset,
                 batch_size=self.batch_size,
-                sampler=ShuffleSampler(dataset) if train else None,
+                sampler=sampler,
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory,
                 drop_last=self.drop_last and train,

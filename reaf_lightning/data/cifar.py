@@ -89,6 +89,11 @@ class CIFARDataset(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def targets(self) -> list[int]:
+        """The labels in file order (torchvision's name; the evaluation order reads them)."""
+        return self.labels.tolist()
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.images[index]
         if self.augment is not None:
@@ -189,6 +194,9 @@ class _CIFARDataModule(BaseDataModule):
         """The dataset's number of classes; the CLI links this into the model."""
         return self.FORMAT.num_classes
 
+    def augmentation_summary(self) -> str:
+        return "random crop 32 (zero padding 4), horizontal flip" if self.augment else "none"
+
     @property
     def classes(self) -> list[str]:
         """Class names in label order (read from the ``meta`` file)."""
@@ -269,6 +277,7 @@ class CIFAR100DataModule(_CIFARDataModule):
     """
 
     FORMAT = CIFAR100
+    dataset_name = "cifar100"
 
     def __init__(
         self,
@@ -302,6 +311,7 @@ class CIFAR10DataModule(_CIFARDataModule):
     """
 
     FORMAT = CIFAR10
+    dataset_name = "cifar10"
 
     def __init__(
         self,

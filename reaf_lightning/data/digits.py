@@ -23,6 +23,14 @@ from .base import BaseDataModule, check_positive_int
 __all__ = ["DigitsDataModule"]
 
 
+class _Labelled(TensorDataset):
+    """Images and labels as tensors, the labels also as ``targets`` (the evaluation order)."""
+
+    @property
+    def targets(self) -> list[int]:
+        return self.tensors[1].tolist()
+
+
 class _ShiftDataset(Dataset):
     """Random translation by up to ``shift`` pixels (zero fill), no flip (digits are chiral)."""
 
@@ -73,6 +81,7 @@ class DigitsDataModule(BaseDataModule):
 
     num_classes = 10
     classes = [str(i) for i in range(10)]
+    dataset_name = "digits"
 
     def __init__(
         self,
@@ -102,15 +111,18 @@ class DigitsDataModule(BaseDataModule):
         self.save_hyperparameters()
         images = (images - mean) / std
         val = torch.from_numpy(self.val_indices)
+        self.shift = max(1, image_size // 16) if augment else 0
         if augment:
             fill = torch.full((1, 3, 1, 1), -mean / std)  # a black pixel, normalised
-            shift = max(1, image_size // 16)
-            self.train_dataset = _ShiftDataset(images[train], labels[train], shift, fill)
+            self.train_dataset = _ShiftDataset(images[train], labels[train], self.shift, fill)
         else:
             self.train_dataset = TensorDataset(images[train], labels[train])
-        self.val_dataset = self.test_dataset = self.predict_dataset = TensorDataset(
+        self.val_dataset = self.test_dataset = self.predict_dataset = _Labelled(
             images[val], labels[val]
         )
+
+    def augmentation_summary(self) -> str:
+        return f"random shift up to {self.shift} px" if self.shift else "none"
 
 
 def _load(

@@ -53,6 +53,11 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def targets(self) -> list[int]:
+        """The labels in ``samples`` order (as ``torchvision.datasets.ImageFolder.targets``)."""
+        return [label for _, label in self.samples]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         n = len(self.samples)
         for step in range(n):

@@ -128,6 +128,7 @@ class ImageFolderDataModule(BaseDataModule):
     """
 
     max_auto_workers = 8  # decoding files is the bottleneck
+    dataset_name = "imagefolder"
 
     def __init__(
         self,
@@ -194,6 +195,15 @@ class ImageFolderDataModule(BaseDataModule):
     def num_classes(self) -> int:  # type: ignore[override]
         """Number of class folders; the CLI links this into the model."""
         return len(self.classes)
+
+    def augmentation_summary(self) -> str:
+        size = self.image_size
+        if self.augmentation == "cifar":
+            return f"resize {size}, random crop {size} (zero padding 4), horizontal flip"
+        if self.augmentation == "scale_jitter":
+            low, high = self.scale_jitter_range
+            return f"shorter side in [{low}, {high}], random crop {size}, horizontal flip"
+        return f"RandomResizedCrop {size}, horizontal flip"
 
     def train_transform(self) -> v2.Compose:
         if self.augmentation == "cifar":
@@ -322,6 +332,8 @@ class ImageNetDataModule(ImageFolderDataModule):
     The paper's batch of 256 is the *global* batch: ``batch_size`` is per
     device, so on 8 GPUs use ``batch_size=32``.
     """
+
+    dataset_name = "imagenet"
 
     def __init__(
         self,

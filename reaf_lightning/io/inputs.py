@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import re
 import stat
 import zipfile
 from collections.abc import Mapping
@@ -20,6 +21,9 @@ from typing import Any
 from reaf_lightning.errors import CheckpointError, ConfigError, DataError, ReafError, one_line
 
 __all__ = ["file_kind", "import_class", "load_checkpoint", "read_bounded", "shown"]
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def read_bounded(
@@ -72,8 +76,10 @@ def read_bounded(
 
 
 def shown(path: str | os.PathLike[str]) -> str:
-    """``path`` printable on any terminal: bytes of a file name that are not UTF-8 as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """``path`` printable on any terminal, on one line: bytes of a file name that are not
+    UTF-8 as ``\\xNN``, control characters (a newline, a tab) as Python escapes them."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def file_kind(mode: int) -> str:

@@ -26,7 +26,7 @@ from typing import NoReturn
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from reaf_lightning.commands import parse, prepare_arguments, run_main
-from reaf_lightning.errors import DataError
+from reaf_lightning.errors import ConfigError, DataError
 
 __all__ = ["build_parser", "main"]
 
@@ -37,7 +37,8 @@ def build_parser() -> ArgumentParser:
     """The command's flags (``--config`` YAML files and flags compose, later wins)."""
     parser = ArgumentParser(
         prog=PROG,
-        description="The paper's tables from finished runs: mean ± std over seeds vs the paper.",
+        description="The paper's tables from finished runs: mean ± std and a 95% interval over "
+        "seeds, REAF rows vs their baselines, beside the paper's numbers.",
         exit_on_error=False,
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) of these flags.")
@@ -82,9 +83,14 @@ def _outputs(csv: str | None, latex: str | None, figure: str | None) -> dict[str
 def _report(argv: list[str]) -> None:
     argv = prepare_arguments(argv)
     cfg = parse(build_parser(), argv)
+    if not cfg.log_roots or not all(cfg.log_roots):
+        raise ConfigError(
+            f"--log_roots {cfg.log_roots!r} names no directory; give the directories "
+            "runs were written to, e.g. --log_roots '[logs]'"
+        )
     outputs = _outputs(cfg.csv, cfg.latex, cfg.figure)
 
-    from reaf_lightning.io import check_outputs
+    from reaf_lightning.io import check_outputs, shown
     from reaf_lightning.report.summary import (
         format_markdown,
         format_unfinished,
@@ -100,7 +106,7 @@ def _report(argv: list[str]) -> None:
         print(f"{PROG}: skipped {line}", file=sys.stderr)
     finished = [run for run in runs if run.finished]
     if not finished and not cfg.tables:
-        roots = ", ".join(cfg.log_roots)
+        roots = ", ".join(shown(root) for root in cfg.log_roots)
         raise DataError(f"no finished runs (metrics.json with a finished fit) under {roots}")
     twice = Counter((run.experiment, run.identity, run.seed) for run in finished)
     for (experiment, _, seed), count in sorted(twice.items(), key=str):
@@ -108,7 +114,7 @@ def _report(argv: list[str]) -> None:
             print(f"{PROG}: note: {experiment} has {count} runs with seed {seed}", file=sys.stderr)
     frame, notes = report_frame(runs, cfg.tables)
     for note in notes:
-        print(f"{PROG}: note: {note}", file=sys.stderr)
+        print(f"{PROG}: note: {shown(note)}", file=sys.stderr)
     print(format_markdown(frame), end="")
     unfinished = format_unfinished(unfinished_frame(runs))
     if unfinished:

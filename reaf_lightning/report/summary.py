@@ -1,28 +1,33 @@
-"""Finished runs -> the paper's tables: mean ± std over seeds next to the paper's numbers.
+"""Finished runs -> the paper's tables: mean, std and interval over seeds beside the paper.
 
 Errors are in percent (``100 * val/err1`` of the final epoch, as the paper
 reports the error at the end of training; ``best_*`` is the best epoch of each
 run), the standard deviation is over seeds with ``n - 1`` (the sample
-standard deviation; undefined, so empty, for one seed). ``params_m`` and
+standard deviation; undefined, so empty, for one seed), and each mean has its
+95% Student t interval over seeds; a REAF row's difference to its baseline row
+has Welch's interval (:mod:`reaf_lightning.report.intervals`). ``params_m`` and
 ``gmacs`` are our counts for the image size the runs were fed; the paper's
 GFLOPs are about 0.94x our MACs (see ``reaf-zoo``), so they are shown side by
 side, not subtracted.
 
 Like with like (ours): runs are averaged only when they are one experiment
 (same directory but for ``seed<N>``) *and* trained the same thing
-(:attr:`~reaf_lightning.runs.find.Run.identity`: network and arguments,
-data module and what it feeds the network, recipe, epochs planned); runs that
-differ form separate rows, labelled by what differs. ``n`` counts the seeds
-with a final top-1 error; a finished seed without one (no validation, NaN, a
-missing key) or with one outside [0, 100] % is listed in ``missing`` instead.
-Unfinished runs are listed apart, never averaged. Which paper row an experiment
-ran, and whether its mean may be compared with the paper's number, is the paper's
-knowledge: :mod:`reaf_lightning.paper.compare`.
+(:attr:`~reaf_lightning.runs.find.Run.identity`: network and arguments, data
+module, data set, image size, augmentation, how much of each split was trained
+and validated on, precision, recipe, epochs); runs that differ form separate
+rows, labelled by what differs. ``n`` counts the seeds with a final top-1 error;
+a finished seed without one (no validation, NaN, a missing key) or with one
+outside [0, 100] % is listed in ``missing`` instead. A row trained or validated
+on part of its splits, or validated on part of the classes, says so in
+``data_note``. Unfinished runs are listed apart, never averaged. Which paper
+row an experiment ran, and whether its mean may be compared with the paper's
+number, is the paper's knowledge: :mod:`reaf_lightning.paper.compare`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +35,7 @@ import pandas as pd
 
 from reaf_lightning.io import shown
 from reaf_lightning.paper.compare import compare_with_paper, experiment_key, table_titles
+from reaf_lightning.report.intervals import LEVEL, difference_interval, mean_interval
 from reaf_lightning.runs.find import Run
 
 __all__ = [
@@ -56,7 +62,7 @@ COLUMNS = [
     "n_seeds",
     "seeds",
     "missing",
-    *(f"{name}_{stat}" for name in _ERRORS for stat in ("mean", "std")),
+    *(f"{name}_{stat}" for name in _ERRORS for stat in ("mean", "std", "ci_low", "ci_high")),
     "params_m",
     "gmacs",
     "paper_top1_err",
@@ -65,7 +71,16 @@ COLUMNS = [
     "paper_gflops",
     "top1_err_diff",
     "diff_note",
+    "baseline",
+    "vs_baseline_top1_err",
+    "vs_baseline_ci_low",
+    "vs_baseline_ci_high",
+    "vs_baseline_note",
+    "data_note",
 ]
+#: What a run trained beside its network: the identity aspects a REAF row and its
+#: baseline must share to be compared.
+_NETWORK_ASPECTS = ("network", "network arguments")
 
 
 def _percent(value: Any) -> float:
@@ -150,12 +165,16 @@ def _summary(experiment: str, variant: str, members: list[Run]) -> dict[str, Any
         "missing": "; ".join(missing),
         "params_m": _mean([r.record.params_m for r in members]),
         "gmacs": _mean([r.record.gmacs for r in members]),
+        "data_note": "; ".join(dict.fromkeys(n for r in members for n in r.partial_data)),
+        "setting": tuple(p for p in first.identity if p[0] not in _NETWORK_ASPECTS),
         "runs": members,
+        "top1_values": values["top1_err"],
     }
     for name, series in values.items():
         finite = pd.Series(series, dtype=float).dropna()
         row[f"{name}_mean"] = finite.mean() if len(finite) else math.nan
         row[f"{name}_std"] = finite.std(ddof=1) if len(finite) > 1 else math.nan
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = mean_interval(list(finite))
     return row
 
 
@@ -189,6 +208,11 @@ def report_frame(
     """
     summary, notes = summarize_runs(runs)
     out = compare_with_paper(summary, tables)
+    for row in out:
+        base = row.pop("baseline_runs", None)
+        if base is not None:
+            diff, low, high = difference_interval(row["top1_values"], base["top1_values"])
+            row.update(vs_baseline_top1_err=diff, vs_baseline_ci_low=low, vs_baseline_ci_high=high)
     frame = pd.DataFrame.from_records(out).reindex(columns=COLUMNS)
     frame["n_seeds"] = frame["n_seeds"].fillna(0).astype(int)
     return frame, notes
@@ -209,6 +233,7 @@ _HEADER = [
     "row",
     "n",
     "top-1 err %",
+    "top-1 95% CI (t)",
     "top-5 err %",
     "top-1 best",
     "top-5 best",
@@ -216,9 +241,16 @@ _HEADER = [
     "GMACs",
     "paper top-1",
     "Δ top-1",
+    "vs baseline, 95% CI (Welch)",
     "paper params M",
     "paper GFLOPs",
 ]
+#: Under every table: how its intervals were computed.
+METHOD = (
+    f"{LEVEL:.0%} CI (t): Student t interval of the mean over seeds (n - 1 degrees of "
+    "freedom); vs baseline: our top-1 error minus our baseline row's, with Welch's t "
+    f"interval ({LEVEL:.0%}); no interval from one seed"
+)
 
 
 def _number(value: Any, digits: int = 2, sign: bool = False) -> str:
@@ -232,32 +264,58 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{text} ± {_number(std)}" if text and not math.isnan(std) else text
 
 
+def _text(value: Any) -> str:
+    """A note or label of the frame ('' for an empty cell)."""
+    return value if isinstance(value, str) else ""
+
+
 def _diff_cell(row: dict[str, Any]) -> str:
     """The difference to the paper, or why there is none although both numbers exist."""
-    note = row.get("diff_note")
-    if isinstance(note, str) and note:
+    note = _text(row.get("diff_note"))
+    return f"n/a ({note})" if note else _number(row["top1_err_diff"], sign=True)
+
+
+def _interval(low: float, high: float, sign: bool = False) -> str:
+    low_text, high_text = _number(low, sign=sign), _number(high, sign=sign)
+    return f"[{low_text}, {high_text}]" if low_text and high_text else ""
+
+
+def _baseline_cell(row: dict[str, Any]) -> str:
+    """Our difference to our baseline row, with its interval, or why there is none."""
+    note = _text(row.get("vs_baseline_note"))
+    if note:
         return f"n/a ({note})"
-    return _number(row["top1_err_diff"], sign=True)
+    diff = _number(row["vs_baseline_top1_err"], sign=True)
+    if not diff:
+        return ""
+    interval = _interval(row["vs_baseline_ci_low"], row["vs_baseline_ci_high"], sign=True)
+    return f"{diff} {interval}" if interval else f"{diff} (one seed: no interval)"
 
 
 def _notes(part: pd.DataFrame) -> list[str]:
-    """One line per row with seeds left out of its mean."""
-    return [
-        f"{r['row']}: not counted: {r['missing']}"
-        for r in part.to_dict("records")
-        if isinstance(r.get("missing"), str) and r["missing"]
-    ]
+    """One line per row with seeds left out of its mean or data short of whole splits,
+    then how the intervals were computed."""
+    notes = []
+    for r in part.to_dict("records"):
+        if _text(r.get("missing")):
+            notes.append(f"{r['row']}: not counted: {r['missing']}")
+        if _text(r.get("data_note")):
+            notes.append(f"{r['row']}: {r['data_note']}")
+    return [*notes, METHOD]
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
     return [
         row["row"],
         str(row["n_seeds"]) if row["n_seeds"] else "missing",
-        *(_mean_std(row[f"{name}_mean"], row[f"{name}_std"]) for name in _ERRORS),
+        _mean_std(row["top1_err_mean"], row["top1_err_std"]),
+        _interval(row["top1_err_ci_low"], row["top1_err_ci_high"]),
+        *(_mean_std(row[f"{name}_mean"], row[f"{name}_std"]) for name in list(_ERRORS)[1:]),
         _number(row["params_m"]),
         f"{row['gmacs']:.2g}" if row["gmacs"] < 0.01 else _number(row["gmacs"], 3),
         _number(row["paper_top1_err"]),
         _diff_cell(row),
+        _baseline_cell(row),
         _number(row["paper_params_m"]),
         _number(row["paper_gflops"]),
     ]
@@ -274,14 +332,19 @@ def _groups(frame: pd.DataFrame) -> list[tuple[str, list[list[str]], list[str]]]
     return groups
 
 
+def _markdown(text: str) -> str:
+    """``text`` inside a Markdown table or list: on one line, a ``|`` not a column break."""
+    return shown(text).replace("|", "\\|")
+
+
 def format_markdown(frame: pd.DataFrame) -> str:
     """One Markdown table per group, with the group's title as a heading."""
     blocks = []
     for title, rows, notes in _groups(frame):
         lines = [f"### {title}", "", "| " + " | ".join(_HEADER) + " |"]
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(_HEADER) - 1)) + "|")
-        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-        lines += [""] + [f"* {note}" for note in notes] if notes else []
+        lines += ["| " + " | ".join(_markdown(c) for c in cells) + " |" for cells in rows]
+        lines += [""] + [f"* {_markdown(note)}" for note in notes] if notes else []
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -298,9 +361,15 @@ def format_unfinished(unfinished: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: LaTeX's special characters in text, each as LaTeX writes it.
+_LATEX = {
+    "\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}  # fmt: skip
+
+
 def _latex_escape(text: str) -> str:
-    for plain, latex in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&")):
-        text = text.replace(plain, latex)
+    text = re.sub(r"[\\_%&#$\{\}~^]", lambda m: _LATEX[m.group()], shown(text))
     return text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
 
 
@@ -310,7 +379,7 @@ def format_latex(frame: pd.DataFrame) -> str:
     for title, rows, notes in _groups(frame):
         lines = [
             f"% {title}",
-            *(f"% {note}" for note in notes),
+            *(f"% {shown(note)}" for note in notes),
             r"\begin{tabular}{l" + "r" * (len(_HEADER) - 1) + "}",
             r"\toprule",
         ]

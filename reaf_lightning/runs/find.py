@@ -11,10 +11,11 @@ fails gives one line naming it; the other runs are still reported.
 Each run's *experiment* is its run directory with the trailing ``seed<N>`` part
 removed (``logs/table3/resnet50/seed2`` -> ``table3/resnet50``), and its
 :attr:`Run.identity` says what was trained (network and its arguments, data
-module and the settings that change what the network sees, recipe, epochs
-planned), so that :mod:`reaf_lightning.report.summary` never averages across a
-difference; a :class:`Run` is what :mod:`reaf_lightning.paper.compare` checks against
-the paper's recipe (:class:`~reaf_lightning.paper.compare.TrainedRun`).
+module and the settings that change what the network sees, the data set, image
+size and augmentation, how much of each split was trained and validated on,
+precision, recipe, epochs), so that :mod:`reaf_lightning.report.summary` never
+averages across a difference; a :class:`Run` is what :mod:`reaf_lightning.paper.compare`
+checks against the paper's recipe (:class:`~reaf_lightning.paper.compare.TrainedRun`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from reaf_lightning.runs.record import RecordError, RunRecord, read_record
 __all__ = ["FILENAME", "Run", "experiment_of", "find_runs"]
 
 FILENAME = METRICS
+#: The splits a run record counts images of, in the order they are shown.
+SPLITS = ("train", "val", "test")
 #: Data settings that say where the data is or how fast it loads, not what the network sees.
 PLACE_AND_SPEED = frozenset({"root", "num_workers", "pin_memory", "download", "persistent_workers"})
 
@@ -80,6 +83,54 @@ class Run:
         return self.record.data.class_path.rsplit(".", 1)[-1] if self.record.data else None
 
     @property
+    def dataset(self) -> str | None:
+        """The data set's name as its data module gave it (``cifar100``), ``None``: not given."""
+        return self.record.data.dataset if self.record.data else None
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes the network was built for (those of the data where it is not known)."""
+        rec = self.record
+        return (
+            rec.network.num_classes if rec.network else rec.data.num_classes if rec.data else None
+        )
+
+    def data_seen(self, split: str) -> str | None:
+        """What the fit's last pass over ``split`` (``train``, ``val``) fed, in words."""
+        seen = self.record.fit.seen.get(split) if self.record.fit else None
+        if seen is None:
+            return None
+        size = self.record.data.sizes.get(split) if self.record.data else None
+        text = f"{seen.images} of {'?' if size is None else size} images"
+        text += f" in {seen.batches} batches (limit_{split}_batches={seen.limit})"
+        if split != "train" and seen.classes is not None:  # a training pass is random
+            text += f", {seen.classes} of {self.num_classes} classes"
+        return text
+
+    @property
+    def partial_data(self) -> list[str]:
+        """How the fit fell short of whole splits: part of the training images per epoch,
+        part of the validation images, part of the classes in validation."""
+        fit, data = self.record.fit, self.record.data
+        notes = []
+        for split, what in (("train", "training images per epoch"), ("val", "validation images")):
+            seen = fit.seen.get(split) if fit else None
+            if seen is None:
+                continue
+            size = data.sizes.get(split) if data else None
+            limit = f"limit_{split}_batches={seen.limit}"
+            verb = "trained on" if split == "train" else "validated on"
+            if size is not None and seen.images < size:  # (DDP padding only ever adds)
+                if split == "val" or seen.limit not in (None, 1.0):  # not drop_last's rest
+                    notes.append(f"{verb} {seen.images} of {size} {what} ({limit})")
+            elif size is None and seen.limit not in (None, 1.0):
+                notes.append(f"{verb} part of the {what} ({limit})")
+        seen, classes = (fit.seen.get("val") if fit else None), self.num_classes
+        if seen is not None and seen.classes is not None and classes and seen.classes < classes:
+            notes.append(f"validated on {seen.classes} of {classes} classes")
+        return notes
+
+    @property
     def identity(self) -> tuple[tuple[str, str], ...]:
         """What was trained, as ``(aspect, value)`` pairs: runs differing here are not averaged."""
         rec = self.record
@@ -89,6 +140,20 @@ class Run:
         if rec.data:
             seen = {k: v for k, v in rec.data.init_args.items() if k not in PLACE_AND_SPEED}
             parts.append(("data", f"{self.data_class} {_canonical(seen)}"))
+            data = rec.data
+            splits = ", ".join(f"{k} {data.sizes[k]}" for k in SPLITS if k in data.sizes)
+            described = {
+                "data set": f"{data.dataset} ({data.num_classes} classes; {splits or '?'})",
+                "image size": data.image_size,
+                "augmentation": data.augmentation,
+            }
+            if data.dataset is not None:
+                parts += [(k, str(v)) for k, v in described.items() if v is not None]
+        for split, aspect in (("train", "trained on"), ("val", "validated on")):
+            if self.data_seen(split) is not None:
+                parts.append((aspect, str(self.data_seen(split))))
+        if rec.precision is not None:
+            parts.append(("precision", rec.precision))
         if rec.recipe:
             parts.append(("recipe", _canonical(rec.recipe)))
         if rec.epochs.planned is not None:

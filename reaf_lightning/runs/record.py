@@ -12,18 +12,23 @@ bounded in size and depth, regular files only, every failure one line naming
 the file (:class:`RecordError`, exit status 2).
 
 An example (``fit.final`` and ``fit.best`` as logged, fractions in [0, 1], a
-metric that was not finite is ``null``; ``fit.epoch`` is the last validated epoch)::
+metric that was not finite is ``null``; ``fit.epoch`` is the last validated epoch;
+``seen`` is what the last pass over each split fed the network)::
 
     {"format": "reaf-run/1", "seed": 0, "finished": true,
      "network": {"arch": "reaf_resnet18", "kwargs": {"reaf": "4-3-4"}, "num_classes": 10},
      "data": {"class_path": "reaf_lightning.data.DigitsDataModule",
-              "init_args": {"batch_size": 64, "image_size": 16}},
+              "init_args": {"batch_size": 64, "image_size": 16},
+              "dataset": "digits", "num_classes": 10, "image_size": 16,
+              "augmentation": "none", "sizes": {"train": 1437, "val": 360, "test": 360}},
      "recipe": {"lr": 0.1, "schedule": "cosine", "accumulate_grad_batches": 1, ...},
      "epochs": {"planned": 4, "reached": 4}, "precision": "32-true",
      "provenance": {"package_version": "0.1.0", "git_commit": "...", "git_dirty": false,
                     "command": "reaf-lightning fit --config ..."},
      "params_m": 0.17, "gmacs": 0.012,
-     "fit": {"epoch": 3, "final": {"val/acc1": 0.96, ...}, "best": {"val/acc1": 0.97, ...}},
+     "fit": {"epoch": 3, "final": {"val/acc1": 0.96, ...}, "best": {"val/acc1": 0.97, ...},
+             "seen": {"train": {"limit": 1.0, "batches": 23, "images": 1437, "classes": 10},
+                      "val": {"limit": 2, "batches": 2, "images": 128, "classes": 10}}},
      "validate": {"final": {...}}, "test": {"final": {"test/err1": ...}}}
 
 The data module is recorded by the class path of its class and the init
@@ -54,6 +59,7 @@ __all__ = [
     "Provenance",
     "RecordError",
     "RunRecord",
+    "SplitSeen",
     "StageMetrics",
     "read_record",
     "read_record_file",
@@ -88,10 +94,17 @@ class NetworkSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    """The data module: its class path and the init settings it saved."""
+    """The data module: its class path, the init settings it saved, and the data set it fed
+    (as the module describes it: name, classes, image size, training augmentation in
+    words, images per split; ``None``/empty where the module does not say)."""
 
     class_path: str
     init_args: dict[str, Any] = Field(default_factory=dict)
+    dataset: str | None = None
+    num_classes: int | None = None
+    image_size: int | None = None
+    augmentation: str | None = None
+    sizes: dict[str, int] = Field(default_factory=dict)
 
 
 class EpochCount(_Strict):
@@ -110,13 +123,30 @@ class Provenance(_Strict):
     command: str | None = None
 
 
+class SplitSeen(_Strict):
+    """What one pass over a split fed the network, all processes together.
+
+    ``limit`` is the trainer's ``limit_<split>_batches`` (``1.0``: all), ``batches``
+    the batches of one process, ``images`` the images of all processes (under DDP
+    including the few a ``DistributedSampler`` repeats to even out the ranks),
+    ``classes`` how many distinct labels they held (``None``: not counted).
+    """
+
+    limit: int | float | None = None
+    batches: int = 0
+    images: int = 0
+    classes: int | None = None
+
+
 class StageMetrics(_Strict):
     """The metrics of one stage: ``final`` as last logged (in ``epoch``), ``best`` over a
-    fit's validation epochs (each metric on its own: max for accuracies, min otherwise)."""
+    fit's validation epochs (each metric on its own: max for accuracies, min otherwise),
+    and ``seen``, what the last pass over each split (``train``, ``val``, ``test``) fed."""
 
     epoch: int | None = None
     final: dict[str, Metric] = Field(default_factory=dict)
     best: dict[str, Metric] = Field(default_factory=dict)
+    seen: dict[str, SplitSeen] = Field(default_factory=dict)
 
     @field_validator("final", "best", mode="after")
     @classmethod

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
@@ -34,6 +35,7 @@ from reaf_lightning.runs.record import (
     Provenance,
     RecordError,
     RunRecord,
+    SplitSeen,
     StageMetrics,
     read_record,
     write_record,
@@ -63,12 +65,27 @@ def _json_plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _described(datamodule: Any) -> dict[str, Any]:
+    """The data set as the data module describes it (``describe()``, as the package's data
+    modules do); of another module only an integer ``num_classes``."""
+    describe = getattr(datamodule, "describe", None)
+    if callable(describe):
+        return _json_plain(describe())
+    classes = getattr(datamodule, "num_classes", None)
+    return {"num_classes": classes} if type(classes) is int else {}
+
+
 class MetricsFile(Callback):
     """Write the run record (:class:`~reaf_lightning.runs.record.RunRecord`) to ``metrics.json``
     after every finished fit/validate/test, and into every checkpoint as ``reaf_run``.
 
     ``fit.best`` is the best value of every ``val/`` metric over the fit's
-    validation epochs (each metric on its own). Best and final are kept in the
+    validation epochs (each metric on its own). Each stage's ``seen`` counts what
+    the last pass over each split fed the network: batches, images and distinct
+    labels, summed over the DDP processes at the pass's end (one all-reduce per
+    pass; the labels are counted where they lie, without a copy to the host), with
+    the trainer's ``limit_<split>_batches``; an evaluation that misses classes of
+    the model gets a warning. Best, final and seen are kept in the
     checkpoint (:meth:`state_dict`), so a resumed fit still knows the epochs
     before the interruption. A fit stopped by ``SIGTERM`` writes its record with
     ``finished: false``; a later stage updates only its own key and keeps the
@@ -89,27 +106,100 @@ class MetricsFile(Callback):
         self._epoch: int | None = None
         self._input_size: tuple[int, ...] | None = None
         self._cost: dict[str, Any] | None = None
+        self._seen: dict[str, SplitSeen] = {}  # the last finished pass over each split
+        self._tally: dict[str, tuple[torch.Tensor, list[int]]] = {}  # passes under way
+        self._warned: set[str] = set()
+
+    # -- what each pass feeds the network ------------------------------------------------------
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start("train", pl_module)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._start("val", pl_module)
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start("test", pl_module)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._see(batch)
+        self._see(batch, "train")
 
     def on_validation_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *args: int
     ) -> None:
-        self._see(batch)
+        self._see(batch, None if trainer.sanity_checking else "val")
 
     def on_test_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *args: int
     ) -> None:
-        self._see(batch)
+        self._see(batch, "test")
 
-    def _see(self, batch: Any) -> None:
-        """Remember the image size actually fed (the first batch's)."""
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish("train", trainer)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._finish("val", trainer)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish("test", trainer)
+
+    def _start(self, split: str, pl_module: pl.LightningModule) -> None:
+        """A new pass: images and a histogram of the labels, on the module's device."""
+        classes = pl_module.hparams.get("num_classes") if hasattr(pl_module, "hparams") else None
+        size = 1 + (classes if isinstance(classes, int) and classes > 0 else 0)
+        self._tally[split] = (torch.zeros(size, dtype=torch.long, device=pl_module.device), [0])
+
+    def _see(self, batch: Any, split: str | None) -> None:
+        """Count the batch's images and labels; remember the image size first fed."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
         if self._input_size is None:
-            images = batch[0] if isinstance(batch, (tuple, list)) else batch
             self._input_size = tuple(images.shape[1:])
+        if split is None or split not in self._tally:
+            return
+        counts, batches = self._tally[split]
+        batches[0] += 1
+        counts[0] += int(images.shape[0])
+        labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        classes = counts.numel() - 1
+        if classes and isinstance(labels, torch.Tensor) and not labels.is_floating_point():
+            # scatter_add_, not bincount: on a GPU bincount reads the maximum label back
+            index = labels.reshape(-1).to(counts.device).long().clamp(0, classes - 1) + 1
+            counts.scatter_add_(0, index, torch.ones_like(index))
+
+    def _finish(self, split: str, trainer: pl.Trainer) -> None:
+        """Sum the pass over the processes (every rank calls this) and keep it."""
+        if split not in self._tally:
+            return
+        counts, (batches,) = self._tally.pop(split)
+        counts = trainer.strategy.reduce(counts, reduce_op="sum").cpu()
+        if split == "train" and batches < trainer.fit_loop.epoch_loop.batch_progress.current.ready:
+            return  # resumed mid-epoch: a part of the pass; the last whole one stays
+        limit = getattr(trainer, f"limit_{split}_batches", None)
+        classes = int((counts[1:] > 0).sum()) if counts.numel() > 1 else None
+        seen = SplitSeen(
+            limit=limit if isinstance(limit, (int, float)) else None,
+            batches=batches,
+            images=int(counts[0]),
+            classes=classes,
+        )
+        self._seen[split] = seen
+        if split != "train" and classes is not None and classes < counts.numel() - 1:
+            self._warn_missing(split, seen, counts.numel() - 1)
+
+    def _warn_missing(self, split: str, seen: SplitSeen, of: int) -> None:
+        if split in self._warned:
+            return
+        self._warned.add(split)
+        stage = "validation" if split == "val" else "the test"
+        rank_zero_warn(
+            f"{stage} saw {seen.classes} of the model's {of} classes ({seen.images} images, "
+            f"trainer.limit_{split}_batches={seen.limit}): its {split}/ "
+            "metrics describe those classes only; the run record says so and reaf-report "
+            "flags the run"
+        )
 
     def _complexity(self, hp: dict[str, Any]) -> dict[str, Any] | None:
         """#params and MACs of the run's network at the fed image size, counted once."""
@@ -121,12 +211,19 @@ class MetricsFile(Callback):
         return self._cost
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": dict(self._best), "final": dict(self._final), "epoch": self._epoch}
+        seen = {split: s.model_dump() for split, s in self._seen.items()}
+        return {
+            "best": dict(self._best),
+            "final": dict(self._final),
+            "epoch": self._epoch,
+            "seen": seen,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._best = dict(state_dict.get("best", {}))
         self._final = dict(state_dict.get("final", {}))
         self._epoch = state_dict.get("epoch")
+        self._seen = {k: SplitSeen(**v) for k, v in state_dict.get("seen", {}).items()}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -138,7 +235,8 @@ class MetricsFile(Callback):
                 if _better(name, value, self._best.get(name)):
                     self._best[name] = value
         elif trainer.state.fn == TrainerFn.VALIDATING:
-            self._write(trainer, pl_module, "validate", StageMetrics(final=metrics))
+            seen = {"val": self._seen["val"]} if "val" in self._seen else {}
+            self._write(trainer, pl_module, "validate", StageMetrics(final=metrics, seen=seen))
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -156,10 +254,13 @@ class MetricsFile(Callback):
             self._write(trainer, pl_module, "fit", self._fit_metrics(), finished=False)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer, pl_module, "test", StageMetrics(final=_logged(trainer, "test/")))
+        seen = {"test": self._seen["test"]} if "test" in self._seen else {}
+        metrics = StageMetrics(final=_logged(trainer, "test/"), seen=seen)
+        self._write(trainer, pl_module, "test", metrics)
 
     def _fit_metrics(self) -> StageMetrics:
-        return StageMetrics(epoch=self._epoch, final=self._final, best=self._best)
+        seen = {k: v for k, v in self._seen.items() if k in ("train", "val")}
+        return StageMetrics(epoch=self._epoch, final=self._final, best=self._best, seen=seen)
 
     def _write(
         self,
@@ -205,6 +306,7 @@ class MetricsFile(Callback):
             data = DataSpec(
                 class_path=f"{kind.__module__}.{kind.__qualname__}",
                 init_args=_json_plain(dict(getattr(datamodule, "hparams", {}))),
+                **_described(datamodule),
             )
         recipe = {k: v for k, v in hp.items() if k not in ("arch", "arch_kwargs", "num_classes")}
         batch = getattr(datamodule, "batch_size", None)

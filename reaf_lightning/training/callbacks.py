@@ -8,7 +8,8 @@ part of the paper; they keep long runs safe, resumable and traceable.
   loss stops the run (exit 3) or skips the batch, and a checkpoint with
   non-finite weights is never written, so the last good one survives.
 * :class:`LogComplexity` and :class:`LogProvenance` record #params/MACs and
-  what produced the run (package version, git commit, command line).
+  what produced the run (package version, git commit, command line);
+  :class:`TagDataSet` tags the W&B run with the data set actually used.
 * :class:`~reaf_lightning.training.predictions.PredictionWriter` writes
   ``predictions.csv`` into the run directory after ``predict``.
 * :class:`~reaf_lightning.runs.writer.MetricsFile` writes the run record
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
@@ -189,6 +191,27 @@ class LogProvenance(Callback):
                 logger.log_hyperparams(record)
 
 
+class TagDataSet(Callback):
+    """Tag every W&B run with the data set the trainer's data module feeds
+    (``dataset_name``: ``cifar100``, ``cifar10``, ``imagenet``, ``digits``...).
+
+    The tag comes from the data actually used, not from a config file: a recipe's
+    tag would follow a row's config even when ``--data`` swaps the data set. W&B
+    starts its run before the callbacks' ``setup`` (Lightning starts the loggers'
+    experiments first), so the tag is added to the running run.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        name = getattr(trainer.datamodule, "dataset_name", None)
+        if not isinstance(name, str) or not name or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment
+                if name not in (run.tags or ()):
+                    run.tags = (*(run.tags or ()), name)
+
+
 def standard_callbacks(seed: int | None = None) -> list[Callback]:
     """The callbacks every ``reaf-lightning`` run gets, in addition to those of its config.
 
@@ -204,6 +227,7 @@ def standard_callbacks(seed: int | None = None) -> list[Callback]:
         FiniteCheckpointGuard(),
         LogComplexity(),
         LogProvenance(),
+        TagDataSet(),
         PredictionWriter(),
         MetricsFile(seed),
     ]

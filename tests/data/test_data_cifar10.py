@@ -57,7 +57,7 @@ def test_cifar10_module_batches_are_normalised_test_images(cifar10):
     dm.setup("fit")
     assert (dm.num_classes, dm.classes[3], len(dm.train_dataset)) == (10, "label_3", 30)
     assert dm.val_dataset is dm.test_dataset is dm.predict_dataset
-    x, y = next(iter(dm.val_dataloader()))
+    x, y = next(iter(dm.predict_dataloader()))  # the test set in file order
     test = written["test_batch"]
     assert y.tolist() == test[b"labels"][:4]
     mean = torch.tensor(CIFAR10_MEAN).view(3, 1, 1)

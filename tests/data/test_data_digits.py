@@ -67,9 +67,9 @@ def test_digits_stratified(digits, digits_dm):
 
 def test_digits_batches_are_3x32x32_with_correct_labels_and_pixels(digits, digits_dm):
     images, target = digits
-    x, y = next(iter(digits_dm.val_dataloader()))
+    x, y = next(iter(digits_dm.predict_dataloader()))
     assert x.shape == (50, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
-    # the val loader is unshuffled, in sorted index order
+    # the predict loader (the validation images) is in sorted index order
     idx = digits_dm.val_indices[:50]
     assert torch.equal(y, torch.from_numpy(target[idx]))
     mean, std = digits_dm.mean, digits_dm.std

@@ -48,7 +48,7 @@ def test_image_folder_labels_follow_torchvision_imagefolder(tmp_path):
         ref = torchvision.datasets.ImageFolder(str(tmp_path / split))
         got = [(str(p), y) for p, y in getattr(dm, f"{split}_dataset").samples]
         assert got == [(str(p), y) for p, y in ref.samples]
-    x, y = next(iter(dm.val_dataloader()))
+    x, y = next(iter(dm.predict_dataloader()))  # file order
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
     assert y.tolist() == [s[1] for s in dm.val_dataset.samples[:4]]
     xt, _ = next(iter(dm.train_dataloader()))
@@ -76,8 +76,8 @@ def test_imagenet_module_uses_paper_transforms_and_reads_jpeg(tmp_path):
     assert dm.num_classes == 2 and dm.image_size == 224 and dm.resize_size == 256
     assert dm.mean == IMAGENET_MEAN and dm.std == IMAGENET_STD
     dm.setup("fit")
-    x, y = next(iter(dm.val_dataloader()))
-    assert x.shape == (2, 3, 224, 224) and y.tolist() == [0, 0]
+    x, y = next(iter(dm.val_dataloader()))  # one image of each class first
+    assert x.shape == (2, 3, 224, 224) and y.tolist() == [0, 1]
     names = [type(t).__name__ for t in dm.train_transform().transforms]
     assert names[:2] == ["RandomResizedCrop", "RandomHorizontalFlip"]  # ours, the default
     paper = ImageNetDataModule(str(tmp_path), augmentation="scale_jitter", verify_cache=None)
@@ -154,7 +154,7 @@ def test_corrupt_image_skipped_with_warning_naming_file_and_count(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ((x, y),) = list(dm_val.val_dataloader())
-    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 0, 1, 1]
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 1, 0, 1]  # classes interleaved
 
 
 def test_corrupt_image_error_mode_refuses_at_setup_naming_every_file(tmp_path):

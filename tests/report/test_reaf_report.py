@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import scipy.stats
 import yaml
 from helpers import REPO
 
@@ -109,6 +110,19 @@ def test_metrics_file_holds_final_and_best_as_logged(tiny_runs):
         assert record["seed"] == seed
         assert record["network"]["arch"] == "test_reaf_resnet"
         assert record["data"]["class_path"].endswith("DigitsDataModule")
+        # the data set as its module describes it: digits' 1797 images, 20% (360) held out
+        data = {k: v for k, v in record["data"].items() if k not in ("class_path", "init_args")}
+        assert data == {
+            "dataset": "digits", "num_classes": 10, "image_size": 8, "augmentation": "none",
+            "sizes": {"train": 1437, "val": 360, "test": 360},
+        }  # fmt: skip
+        # what the last epoch fed: 2 batches of 16 (limit 2), the validation images in the
+        # class-mixed order, whose first 32 hold every class (about 36 images of each)
+        seen = record["fit"]["seen"]
+        assert seen["val"] == {"limit": 2, "batches": 2, "images": 32, "classes": 10}
+        assert {k: seen["train"][k] for k in ("limit", "batches", "images")} == {
+            "limit": 2, "batches": 2, "images": 32,
+        }  # fmt: skip
         assert record["epochs"] == {"planned": 2, "reached": 2} and record["finished"]
         net = create_model("test_reaf_resnet", num_classes=10)
         assert record["params_m"] == pytest.approx(count_parameters(net) / 1e6, rel=1e-12)
@@ -160,10 +174,6 @@ def _expected(records: list[dict], kind: str, metric: str) -> tuple[float, float
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def _number(cell: str) -> float | None:
-    return float(cell) if cell != "" else None
-
-
 def test_report_recomputes_mean_and_std_over_seeds(tiny_runs, tmp_path, capsys):
     extra = tmp_path / "extra"  # a second log root, with a run that matches no paper row
     shutil.copytree(next((tiny_runs / "logs" / PLAIN).rglob("seed1")), extra / "mine" / "seed1")
@@ -179,8 +189,6 @@ def test_report_recomputes_mean_and_std_over_seeds(tiny_runs, tmp_path, capsys):
     )
     assert code == 0, stderr
     rows = {r["experiment"]: r for r in csv.DictReader(out_csv.open())}
-    paper = {f"{r.table}/{r.id}": r.paper for r in paper_rows("table3")}
-    assert paper[PLAIN]["top1_err"] == 22.06  # the paper's Table 3, ResNet50
     for experiment in (PLAIN, REAF):
         records = _metrics_files(tiny_runs / "logs", experiment)
         row = rows[experiment]
@@ -193,28 +201,35 @@ def test_report_recomputes_mean_and_std_over_seeds(tiny_runs, tmp_path, capsys):
             mean, std = _expected(records, kind, metric)
             assert float(row[f"{column}_mean"]) == pytest.approx(mean, rel=1e-9)
             assert float(row[f"{column}_std"]) == pytest.approx(std, rel=1e-9)
-        assert float(row["paper_top1_err"]) == paper[experiment]["top1_err"]
-        # 2-epoch toy runs on digits are not the paper's recipe: no difference, and why
-        assert row["top1_err_diff"] == "" and row["diff_note"] != ""
-    # every other Table 3 row is listed as missing, with the paper's numbers
-    assert len([r for r in rows.values() if r["table"] == "table3"]) == len(paper)
-    missing = rows["table3/reaf_resnet50_c88_70_8-4-70"]
-    assert missing["n_seeds"] == "0" and missing["top1_err_mean"] == ""
-    assert (
-        _number(missing["paper_top1_err"])
-        == paper["table3/reaf_resnet50_c88_70_8-4-70"]["top1_err"]
-    )
-    # the run that matches no row: reported, one seed, std undefined (empty)
+            values = [100 * r["fit"][kind][metric] for r in records]
+            low, high = scipy.stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+            assert float(row[f"{column}_ci_low"]) == pytest.approx(low, rel=1e-9)
+            assert float(row[f"{column}_ci_high"]) == pytest.approx(high, rel=1e-9)
+        # digits runs in a Table 3 row's folder are not that row: listed apart, every
+        # difference from the row's recipe named
+        assert row["table"] == "other" and row["paper_top1_err"] == ""
+        assert row["diff_note"].startswith(f"not the paper's {experiment}: network test_")
+        for part in (
+            "trained on digits (DigitsDataModule), the paper on cifar100",
+            "10 classes, the paper's 100",
+            "2 epochs planned, the paper trains 200",
+            "trained on 32 of 1437 training images per epoch (limit_train_batches=2)",
+            "validated on 32 of 360 validation images (limit_val_batches=2)",
+        ):
+            assert part in row["diff_note"], part  # fmt: skip
+    assert not [r for r in rows.values() if r["table"] == "table3"]
+    # the run that matches no row: reported, one seed, std and interval undefined (empty)
     mine = rows["mine"]
     assert mine["table"] == "other" and mine["n_seeds"] == "1" and mine["top1_err_std"] == ""
-    assert mine["paper_top1_err"] == ""
+    assert mine["paper_top1_err"] == "" and mine["top1_err_ci_low"] == ""
     # Markdown on stdout, LaTeX in the file
-    assert "### Table 3" in stdout and "| missing |" in stdout
+    assert "### Table 3" not in stdout
     assert "Other runs (no row of the tables shown)" in stdout and "| mine | 1 |" in stdout
     mean, std = _expected(_metrics_files(tiny_runs / "logs", PLAIN), "final", "val/err1")
-    assert f"| resnet50 | 3 | {mean:.2f} ± {std:.2f} |" in stdout
+    assert f"| {PLAIN} | 3 | {mean:.2f} ± {std:.2f} |" in stdout
+    assert "Student t interval of the mean over seeds" in stdout
     tex = out_tex.read_text()
-    assert tex.count(r"\begin{tabular}") == 2 and r"$\pm$" in tex
+    assert tex.count(r"\begin{tabular}") == 1 and r"$\pm$" in tex
 
 
 def test_report_chosen_tables_list_rows_without_runs(tiny_runs, capsys):

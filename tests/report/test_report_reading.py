@@ -1,81 +1,19 @@
 """``reaf-report`` on crafted run folders: like with like, untrusted files, and its outputs.
 
-Every metrics file here is written by hand (:func:`record`), so each case is exactly the one
-named; the expected means are computed here with :mod:`statistics` from the values written.
+Every metrics file here is written by hand (:func:`helpers.run_records.record`), so each case
+is exactly the one named; the expected means are computed here with :mod:`statistics` from the
+values written.
 """
 
 from __future__ import annotations
 
-import csv
 import errno
-import json
 import os
 import statistics
 from pathlib import Path
 
 import pytest
-
-from reaf_lightning.paper.tables import paper_rows
-from reaf_lightning.report.cli import main as report_main
-
-CIFAR = "reaf_lightning.data.CIFAR100DataModule"
-DIGITS = "reaf_lightning.data.DigitsDataModule"
-RESNET50 = next(r for r in paper_rows("table3") if r.id == "resnet50")
-
-
-def record(
-    seed: int | None,
-    err1: float | None,
-    *,
-    arch: str = "resnet50",
-    epochs: int = 200,
-    reached: int | None = None,
-    data: str = CIFAR,
-    finished: bool = True,
-    root: str = "/data/cifar100",
-) -> dict:
-    """A metrics.json as a finished (or not) run writes it: a run record."""
-    reached = epochs if reached is None else reached
-    final = {"val/err5": 0.05}
-    if err1 is not None:
-        final["val/err1"] = err1
-    return {
-        "format": "reaf-run/1",
-        "seed": seed,
-        "finished": finished,
-        "network": {"arch": arch, "kwargs": {"stem": "cifar"}, "num_classes": 100},
-        "data": {"class_path": data, "init_args": {"root": root, "batch_size": 128}},
-        "recipe": {"lr": 0.1, "momentum": 0.9},
-        "epochs": {"planned": epochs, "reached": reached},
-        "params_m": 23.7,
-        "gmacs": 1.3,
-        "fit": {
-            "epoch": reached - 1,
-            "final": final,
-            "best": {"val/err1": err1} if err1 is not None else {},
-        },
-    }
-
-
-def write(root: Path, experiment: str, seed: int, content: dict | str | bytes) -> Path:
-    path = root / experiment / f"seed{seed}" / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, dict):
-        path.write_text(json.dumps(content))
-    else:
-        path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    return path
-
-
-def report(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        report_main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
-def rows_of(path: Path) -> dict[str, dict[str, str]]:
-    return {r["row"]: r for r in csv.DictReader(path.open())}
+from helpers.run_records import DIGITS, RESNET50, record, report, rows_of, write
 
 
 # -- 19.2: like with like -----------------------------------------------------------------------
@@ -175,7 +113,6 @@ def test_unfinished_runs_are_listed_apart_and_not_averaged(tmp_path, capsys):
 @pytest.mark.parametrize(
     "kwargs, why",
     [
-        ({"data": DIGITS, "epochs": 2}, "trained on DigitsDataModule, the paper on cifar100"),
         ({"epochs": 2}, "2 epochs planned, the paper trains 200"),
         ({"reached": 150}, "150 of the paper's 200 epochs trained"),
     ],

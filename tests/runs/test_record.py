@@ -11,9 +11,11 @@ import pytest
 from reaf_lightning.runs.record import (
     MAX_DEPTH,
     MAX_RECORD_BYTES,
+    DataSpec,
     NetworkSpec,
     RecordError,
     RunRecord,
+    SplitSeen,
     StageMetrics,
     read_record,
     record_from_dict,
@@ -26,7 +28,17 @@ def _record() -> RunRecord:
         seed=3,
         finished=True,
         network=NetworkSpec(arch="reaf_resnet18", kwargs={"reaf": "4-3-4"}, num_classes=10),
-        fit=StageMetrics(epoch=1, final={"val/acc1": 0.5, "val/loss": math.nan}),
+        data=DataSpec(
+            class_path="reaf_lightning.data.DigitsDataModule",
+            dataset="digits",
+            num_classes=10,
+            sizes={"train": 1437, "val": 360},
+        ),
+        fit=StageMetrics(
+            epoch=1,
+            final={"val/acc1": 0.5, "val/loss": math.nan},
+            seen={"val": SplitSeen(limit=2, batches=2, images=32, classes=9)},
+        ),
     )
 
 
@@ -39,6 +51,8 @@ def test_round_trip_and_non_finite_is_null(tmp_path):
     back = read_record(path)
     assert back.seed == 3 and back.finished and back.fit.epoch == 1
     assert back.fit.final["val/loss"] is None
+    assert on_disk["fit"]["seen"] == {"val": {"limit": 2, "batches": 2, "images": 32, "classes": 9}}
+    assert back.data.sizes == {"train": 1437, "val": 360} and back.fit.seen["val"].classes == 9
     assert not [p for p in tmp_path.iterdir() if p.name != "metrics.json"]  # no temporaries
 
 
@@ -51,6 +65,9 @@ def test_round_trip_and_non_finite_is_null(tmp_path):
         ('{"seed": true}', "seed"),
         ('{"seed": "0"}', "seed"),
         ('{"fit": {"final": {"val/acc1": "0.9"}}}', "fit.final.val/acc1"),
+        ('{"fit": {"seen": {"val": {"images": true}}}}', "fit.seen.val.images"),
+        ('{"fit": {"seen": {"val": {"classes": 2.5}}}}', "fit.seen.val.classes"),
+        ('{"data": {"class_path": "x", "sizes": {"val": "360"}}}', "data.sizes.val"),
         ('{"unknown": 1}', "unknown"),
         ("{", "not valid JSON"),
         ("[" * 100_000 + "]" * 100_000, "nested deeper"),

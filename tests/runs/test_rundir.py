@@ -66,6 +66,7 @@ def test_sigterm_mid_epoch_and_resume_ends_bit_identical_and_last_is_newest(tmp_
     run = RunDir(root / "seed0")
     preempted = read_record(run.metrics)
     assert not preempted.finished and preempted.epochs.reached == 0
+    assert preempted.fit.seen == {}  # no pass over a split has ended yet
     code, err = _finish(start_fit(config, "--ckpt_path", "last"))
     assert code == 0, err[-3000:]
     assert "not resumable" not in err  # Lightning's warning about plain DataLoaders
@@ -84,6 +85,11 @@ def test_sigterm_mid_epoch_and_resume_ends_bit_identical_and_last_is_newest(tmp_
     record = read_record(run.metrics)
     assert record.finished and (record.epochs.planned, record.epochs.reached) == (EPOCHS, EPOCHS)
     assert last["reaf_run"]["network"]["arch"] == "test_reaf_resnet"
+    # what the last epoch fed is counted as in the run never stopped (the resumed half of
+    # the first epoch is no whole pass and is not recorded as one)
+    whole_record = read_record(RunDir(tmp_path / "whole" / "seed0").metrics)
+    assert record.fit.seen == whole_record.fit.seen
+    assert record.fit.seen["train"].batches == BATCHES
 
 
 @pytest.mark.slow

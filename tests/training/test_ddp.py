@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -175,3 +176,13 @@ def test_cli_fit_with_ddp_strategy_two_processes(tmp_path, monkeypatch):
     for key in ("val/loss", "val/acc1", "val/acc5", "val/err1", "val/err5"):
         expected = single.trainer.callback_metrics[key].item()
         assert ddp_metrics[key] == pytest.approx(expected, rel=1e-5, abs=1e-6), key
+    # The run record counts what both ranks fed (one all-reduce): the ranks' shards of the
+    # class-mixed evaluation order are together its first 32 images, which the single
+    # process validated; its classes are counted here from that loader's first 32 labels.
+    record = json.loads((root / "metrics.json").read_text())
+    labels = torch.cat([y for _, y in single.datamodule.val_dataloader()])[:32]
+    val = {"limit": 2, "batches": 2, "images": 32, "classes": len(set(labels.tolist()))}
+    assert record["fit"]["seen"]["val"] == record["validate"]["seen"]["val"] == val
+    train = record["fit"]["seen"]["train"]  # 2 batches of 8 per rank; which classes is random
+    assert (train["limit"], train["batches"], train["images"]) == (2, 2, 32)
+    assert run_contents(run_file)["run"]["tags"] == ["quickstart", "digits"]

@@ -96,7 +96,8 @@ def test_fit_and_resume_are_one_wandb_run_and_validate_its_own(tmp_path, monkeyp
     assert len({r["run"]["id"] for r in fits}) == 1  # one W&B run, resumed once
     first = fits[0]["run"]
     assert (first["name"], first["group"], first["job_type"]) == ("tiny/seed0", "tables", "train")
-    assert (first["tags"], first["notes"]) == (["a", "b"], "one experiment")
+    # the configured tags, and the data set the run trained on (from its data module)
+    assert (first["tags"], first["notes"]) == (["a", "b", "digits"], "one experiment")
     own = validation["run"]
     assert own["id"] != first["id"]
     assert (own["name"], own["group"], own["job_type"]) == (
@@ -104,6 +105,7 @@ def test_fit_and_resume_are_one_wandb_run_and_validate_its_own(tmp_path, monkeyp
         "tables",
         "validate",
     )
+    assert own["tags"] == ["a", "b", "digits"]
 
     steps = [[h["trainer/global_step"] for h in r["history"] if "val/acc1" in h] for r in runs]
     assert steps[:2] == [[1], [3]]  # the resumed fit continues at epoch 1 (2 steps per epoch)
@@ -122,6 +124,45 @@ def test_fit_and_resume_are_one_wandb_run_and_validate_its_own(tmp_path, monkeyp
         assert record["command"] == shlex.join(["reaf-lightning", *command])
         assert (record["package_version"], record["git_commit"]) == (version, head)
         assert isinstance(record["git_dirty"], bool)
+
+
+def test_a_cifar10_run_of_a_table3_row_config_is_tagged_and_reported_as_cifar10(
+    tmp_path, monkeypatch, capsys
+):
+    """The paper's CIFAR-100 recipe and a Table 3 row's config, with CIFAR-10 as the data: the
+    W&B run is tagged with the data actually used, and ``reaf-report`` lists it apart."""
+    from helpers.fake_data import write_cifar10
+
+    from reaf_lightning.report.cli import main as report_main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("REAF_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    write_cifar10(tmp_path / "cifar10", n_per_batch=8, n_test=16)
+    configs = REPO / "configs"
+    _launch(
+        monkeypatch, "fit", "--config", str(configs / "recipes" / "cifar100.yaml"),
+        "--config", str(configs / "table3" / "resnet50.yaml"),
+        "--data", "CIFAR10DataModule", "--data.init_args.root", "cifar10",
+        "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+        "--model.arch", "test_resnet", "--model.arch_kwargs", "{}",
+        "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "3",
+        "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+    )  # fmt: skip
+    wandb.finish()
+    wandb.teardown()
+    run_dir = tmp_path / "logs" / "table3" / "resnet50" / "seed0"
+    (run_file,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert run_contents(run_file)["run"]["tags"] == ["cifar10"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        report_main(["--log_roots", "[logs]", "--csv", "r.csv"])
+    stdout = capsys.readouterr().out
+    assert "### Table 3" not in stdout and "| table3/resnet50 | 1 |" in stdout
+    note = (tmp_path / "r.csv").read_text()
+    assert "trained on cifar10 (CIFAR10DataModule), the paper on cifar100" in note
+    assert "10 classes, the paper's 100" in note and "1 epoch planned" in note
 
 
 def test_the_run_id_is_the_one_recorded_in_the_run_directory(tmp_path, monkeypatch):
