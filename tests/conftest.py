@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,13 @@ def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def finished_run(trained_run, tmp_path, monkeypatch) -> Path:
+    """A copy of :func:`trained_run` at ``<tmp>/exp/seed0``, W&B off, to train on or break."""
+    monkeypatch.delenv("REAF_DEBUG", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    copy = tmp_path / "exp" / "seed0"
+    shutil.copytree(trained_run, copy, symlinks=True)
+    return copy
