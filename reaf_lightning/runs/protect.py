@@ -78,7 +78,8 @@ def protect_run(
         OutputError: an output is a link or not a regular file, or the deletion failed
             (nothing deleted).
     """
-    if subcommand != "fit" and overwrite:
+    fit = subcommand == "fit"
+    if not fit and overwrite:
         raise ConfigError(f"--overwrite_run applies to fit only, not to {subcommand}")
     if smoke:
         if overwrite:
@@ -86,16 +87,16 @@ def protect_run(
                 f"--overwrite_run with a smoke run ({smoke}) would delete {run.path} for a run "
                 "that writes nothing; drop one of them"
             )
-        return [f"smoke run ({smoke}): nothing is written into {run.path}"] * (subcommand == "fit")
+        return [f"smoke run ({smoke}): nothing is written into {run.path}"] if fit else []
     if overwrite and resuming:
         raise ConfigError("--overwrite_run starts anew; it cannot be combined with --ckpt_path")
     written = [run.config(subcommand), run.metrics]
-    check_outputs(written + [run.predictions] * (subcommand == "predict"))
+    check_outputs([*written, run.predictions] if subcommand == "predict" else written)
     record = _record(run)
     in_the_way = foreign_outputs(run, record, subcommand)
     if in_the_way:
         raise ConfigError(_in_the_way(run, record, subcommand, in_the_way))
-    if subcommand != "fit" or record is None:
+    if not fit or record is None:
         return []
     if overwrite:
         count = remove_owned(run, record)

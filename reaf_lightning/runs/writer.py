@@ -20,13 +20,14 @@ import lightning.pytorch as pl
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from reaf_lightning.io import atomic_outputs
 from reaf_lightning.models.complexity import network_complexity
-from reaf_lightning.runs.layout import RunDir
+from reaf_lightning.runs.layout import WANDB, RunDir
 from reaf_lightning.runs.owned import claim
 from reaf_lightning.runs.protect import trainer_smoke_reason
 from reaf_lightning.runs.provenance import provenance
@@ -279,6 +280,24 @@ def claim_for(trainer: pl.Trainer, paths: list[Path]) -> None:
     with only an output callback gets no record for it."""
     if any(isinstance(callback, MetricsFile) for callback in trainer.callbacks):
         claim(trainer.default_root_dir, paths)
+
+
+def claim_logger_folders(trainer: pl.Trainer, stage: str) -> None:
+    """List the folders the loggers will write into the run directory, before they start:
+    W&B's ``wandb/`` (``wandb_<stage>/``, its own ``save_dir``, for a later stage), a CSV or
+    TensorBoard logger's ``<name>/version_<N>``. Folders outside the run directory are not
+    the run's."""
+    run = RunDir(Path(trainer.default_root_dir))
+    folders = []
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger.save_dir is not None:
+            save_dir = Path(logger.save_dir)
+            own = stage != "fit" and save_dir == run.wandb_save_dir(stage)
+            folders.append(save_dir if own else save_dir / WANDB)
+        elif isinstance(getattr(logger, "log_dir", None), str):
+            folders.append(Path(logger.log_dir))
+    inside = os.path.abspath(run.path) + os.sep
+    claim(run.path, [f for f in folders if os.path.abspath(f).startswith(inside)])
 
 
 class LogConfigCallback(SaveConfigCallback):

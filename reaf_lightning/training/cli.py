@@ -76,15 +76,13 @@ from reaf_lightning.runs.checkpoint import (
 from reaf_lightning.runs.layout import (
     BEST_FILENAME,
     DEFAULT_ROOT,
-    WANDB,
     RunDir,
     run_dir_for_seed,
     seed_name,
 )
 from reaf_lightning.runs.lock import lock_run_dir
-from reaf_lightning.runs.owned import claim
 from reaf_lightning.runs.protect import protect_run, smoke_reason
-from reaf_lightning.runs.writer import LogConfigCallback
+from reaf_lightning.runs.writer import LogConfigCallback, claim_logger_folders
 from reaf_lightning.training.callbacks import NonFiniteLossPolicy, standard_callbacks
 from reaf_lightning.training.console import quiet_lightning
 from reaf_lightning.training.module import ImageClassifier
@@ -311,23 +309,7 @@ class ReafLightningCLI(ConfigDecidesTheModel, LightningCLI):
                 ensure_writable(directory, what)
         self._checkpoint(subcommand, dirs)
         if trainer.is_global_zero and not self.smoke:
-            claim(trainer.default_root_dir, self._logger_folders(subcommand))
-
-    def _logger_folders(self, stage: str) -> list[Path]:
-        """The folders the loggers will write into the run directory (W&B's ``wandb/`` or
-        ``wandb_<stage>/``, a CSV or TensorBoard logger's ``<name>/version_<N>``), listed in
-        the run record before the loggers start."""
-        run = RunDir(Path(self.trainer.default_root_dir))
-        folders = []
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger) and logger.save_dir is not None:
-                save_dir = Path(logger.save_dir)
-                own = save_dir == run.wandb_save_dir(stage) and stage != "fit"
-                folders.append(save_dir if own else save_dir / WANDB)
-            elif isinstance(getattr(logger, "log_dir", None), str):
-                folders.append(Path(logger.log_dir))
-        inside = os.path.abspath(run.path)
-        return [f for f in folders if os.path.abspath(f).startswith(inside + os.sep)]
+            claim_logger_folders(trainer, subcommand)  # before the loggers start writing
 
     def _checkpoint(self, subcommand: str, dirs: list[str]) -> None:
         """Resolve ``--ckpt_path`` (``last``/``best`` on disk), check it, read it once.

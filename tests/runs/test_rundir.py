@@ -182,5 +182,7 @@ def test_sigterm_during_validation_is_validated_again_on_resume(tmp_path, uninte
     record, expected = read_record(run.metrics), read_record(uninterrupted.metrics)
     assert record.finished and record.missing is None and record.fit == expected.fit
     assert [p.name for p in run.checkpoints()] == [p.name for p in uninterrupted.checkpoints()]
+    listed = {entry for entry in record.files if entry.endswith(".ckpt")}
+    assert listed == {f"checkpoints/{p.name}" for p in run.checkpoints()}  # older bests unlisted
     got, want = _weights(run.last_checkpoint), _weights(uninterrupted.last_checkpoint)
     assert [k for k in want if not torch.equal(want[k], got[k])] == []
