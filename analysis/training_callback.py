@@ -31,9 +31,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
-from reaf_lightning.errors import ConfigError, NumericalError
-from reaf_lightning.io import atomic_outputs, ensure_writable
+from reaf_lightning.errors import ConfigError, DataError, NumericalError
+from reaf_lightning.io import atomic_outputs, check_outputs, ensure_writable, read_bounded
 from reaf_lightning.runs.layout import SELECTIVITY
+from reaf_lightning.runs.writer import claim_for
 
 from .hooks import DEFAULT_LAYERS, LayerCapture, raise_on_negative, split_batch
 from .nonnegative import check_measurable_layers
@@ -42,6 +43,8 @@ from .streaming import ClassSums, ShardPadding, distributed_sampler
 __all__ = ["SelectivityCallback"]
 
 CSV_COLUMNS = ("epoch", "step", "layer", "unit", "si")
+#: Largest ``selectivity.csv`` read back (ours: 200 epochs x 5 layers x 2048 channels is ~80 MB).
+MAX_CSV_BYTES = 1 << 30
 
 
 class SelectivityCallback(Callback):
@@ -56,7 +59,9 @@ class SelectivityCallback(Callback):
             (per process); ``None`` = all.
         reduction: ``"mean"`` (one unit per channel, the paper) or ``"none"``.
         filename: CSV in ``trainer.default_root_dir`` (columns ``epoch, step,
-            layer, unit, si``; rows of a recomputed epoch are replaced).
+            layer, unit, si``; rows of a recomputed epoch are replaced). One already
+            there (a resumed run's) is read and checked at set-up, before anything is
+            written, and listed in the run record before it is rewritten.
         log_histograms: Log one W&B histogram per layer to every W&B logger.
     """
 
@@ -88,6 +93,7 @@ class SelectivityCallback(Callback):
         self._padding: ShardPadding | None = None
         self._batches = 0
         self._checked = False
+        self._earlier: Any = None  # the rows already in the CSV (a pandas DataFrame) or None
 
     # ------------------------------------------------------------------ schedule
 
@@ -105,7 +111,8 @@ class SelectivityCallback(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Fail at set-up, not after N epochs: unknown or empty layer names, a layer that runs
-        twice per forward pass or whose output can be negative, an unwritable run dir.
+        twice per forward pass or whose output can be negative, an unwritable run dir, a CSV
+        path that is a link or not a file, an earlier CSV that is not one of ours.
 
         The last two need one forward pass of two blank images of the data module's
         ``image_size``; without one (a data module that does not say its image size)
@@ -118,6 +125,9 @@ class SelectivityCallback(Callback):
             self._check_layers(pl_module, torch.zeros(2, 3, size, size))
         if trainer.is_global_zero:
             ensure_writable(trainer.default_root_dir, what="run directory")
+            path = self.csv_path(trainer)
+            check_outputs([path])
+            self._earlier = _read_csv(path) if path.exists() else None
 
     def _check_layers(self, pl_module: pl.LightningModule, example: torch.Tensor) -> None:
         net = self._network(pl_module)
@@ -235,6 +245,7 @@ class SelectivityCallback(Callback):
         import pandas as pd
 
         path = self.csv_path(trainer)
+        claim_for(trainer, [path])
         rows = pd.concat(
             [
                 pd.DataFrame(
@@ -249,8 +260,37 @@ class SelectivityCallback(Callback):
                 for layer, si in selectivity.items()
             ]
         )
-        if path.is_file():  # a resumed run keeps earlier epochs; a redone epoch is replaced
-            old = pd.read_csv(path)
+        old = self._earlier  # a resumed run keeps earlier epochs; a redone epoch is replaced
+        if old is not None:
             rows = pd.concat([old[old["epoch"] != trainer.current_epoch], rows])
         with atomic_outputs([path]) as (tmp,):
             rows.to_csv(tmp, index=False, columns=list(CSV_COLUMNS), float_format="%.8g")
+        self._earlier = rows
+
+
+def _read_csv(path: Path) -> Any:
+    """The rows of an earlier ``selectivity.csv``, or one line saying why it is not one."""
+    import io
+
+    import pandas as pd
+
+    raw = read_bounded(path, MAX_CSV_BYTES, "selectivity table", error=DataError)
+    why = None
+    try:
+        rows = pd.read_csv(io.BytesIO(raw), dtype={"layer": str})
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        rows, why = None, str(err).strip().splitlines()[0][:200] if str(err).strip() else "empty"
+    if rows is not None and list(rows.columns) != list(CSV_COLUMNS):
+        why = f"its columns are {list(rows.columns)[:8]}, not {list(CSV_COLUMNS)}"
+    elif rows is not None and len(rows):
+        numeric = ["epoch", "step", "unit"]
+        if not all(pd.api.types.is_integer_dtype(rows[c]) for c in numeric):
+            why = "epoch, step and unit are not all whole numbers"
+        elif not pd.api.types.is_numeric_dtype(rows["si"]):
+            why = "si is not a number everywhere"
+    if why is not None:
+        raise DataError(
+            f"{path} is not a selectivity table of SelectivityCallback ({why}); it is left as "
+            "it is: move it away, or train into another --trainer.default_root_dir"
+        )
+    return rows

@@ -4,6 +4,7 @@ the hypothesis profile."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,13 @@ def one_thread(monkeypatch):
 settings.register_profile("reaf", derandomize=True, database=None, deadline=None)
 settings.register_profile("explore", database=None, deadline=None, max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reaf"))
+
+
+@pytest.fixture
+def finished_run(trained_run, tmp_path, monkeypatch) -> Path:
+    """A copy of :func:`trained_run` at ``<tmp>/exp/seed0``, W&B off, to train on or break."""
+    monkeypatch.delenv("REAF_DEBUG", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    copy = tmp_path / "exp" / "seed0"
+    shutil.copytree(trained_run, copy, symlinks=True)
+    return copy

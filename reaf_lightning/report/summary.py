@@ -219,13 +219,15 @@ def report_frame(
 
 
 def unfinished_frame(runs: Sequence[Run]) -> pd.DataFrame:
-    """The runs whose fit has not finished: run dir, seed, epochs reached of planned."""
+    """The runs whose fit has not finished: run dir, seed, epochs reached of planned, and
+    what is missing as the record says it (``""`` when it does not)."""
     records = []
     for run in (r for r in runs if not r.finished):
         reached, planned = run.epochs
         epochs = f"{'?' if reached is None else reached} of {'?' if planned is None else planned}"
-        records.append({"run_dir": shown(run.run_dir), "seed": _seed(run), "epochs": epochs})
-    return pd.DataFrame.from_records(records, columns=["run_dir", "seed", "epochs"])
+        row = {"run_dir": shown(run.run_dir), "seed": _seed(run), "epochs": epochs}
+        records.append({**row, "missing": run.record.missing or ""})
+    return pd.DataFrame.from_records(records, columns=["run_dir", "seed", "epochs", "missing"])
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -356,6 +358,7 @@ def format_unfinished(unfinished: pd.DataFrame) -> str:
     lines = ["### Unfinished runs (not averaged)", ""]
     lines += [
         f"* {r['run_dir']} ({r['seed']}): {r['epochs']} epochs"
+        + (f"; missing: {r['missing']}" if r["missing"] else "")
         for r in unfinished.to_dict("records")
     ]
     return "\n".join(lines) + "\n"

@@ -12,6 +12,9 @@ with the seed appended by ``reaf-lightning``)::
       wandb/                 W&B's files of the fit; their run id is the run's W&B id
       wandb_<stage>/         W&B's files of a later stage's own run (validate, test, predict)
       .lock, .lock.holder    held by the one process working on the run, and who that is
+                             (both removed when it ends)
+
+What of this a run owns is what its record lists (:mod:`reaf_lightning.runs.owned`).
 
 Everything else asks this module for these names, so the layout can be read
 in one place (and in ``docs/runs.md``).
@@ -142,13 +145,12 @@ class RunDir:
         found = self.checkpoint_dir.glob("*" + CHECKPOINT_SUFFIX)
         return sorted(p for p in found if not p.name.startswith("."))
 
-    def run_files(self) -> list[Path]:
-        """The files and folders that make this a run (config, checkpoints, record, outputs)."""
-        candidates = [self.config(), self.metrics, self.predictions, self.selectivity, self.wandb]
-        for stage in ("validate", "test", "predict"):
-            candidates += [self.config(stage), self.wandb_save_dir(stage)]
-        return [p for p in candidates if p.exists()] + self.checkpoints()
-
-    def holds_run(self) -> bool:
-        """Whether a run was started here: a fit's config, record or checkpoint exists."""
-        return self.config().is_file() or self.metrics.is_file() or bool(self.checkpoints())
+    def outputs(self, stage: str = "fit") -> list[Path]:
+        """The files and folders of fixed name that ``stage`` writes into the run directory,
+        besides the record (``metrics.json``), checkpoints and the loggers' numbered folders:
+        ``fit`` its config, ``selectivity.csv`` and ``wandb/``; a later stage its
+        ``config_<stage>.yaml`` and ``wandb_<stage>/``, and ``predict`` ``predictions.csv``."""
+        if stage == "fit":
+            return [self.config(), self.selectivity, self.wandb]
+        named = [self.config(stage), self.wandb_save_dir(stage)]
+        return named + [self.predictions] if stage == "predict" else named

@@ -4,18 +4,21 @@ Not part of the paper. A reproduction compares many runs (several seeds per
 row of the paper's tables, whose gaps are 0.2-0.5 points of top-1 error), so
 each run says what it is instead of leaving readers to guess from folder names:
 the network and its arguments, the data module and its settings, the recipe,
-epochs planned and reached, the seed, whether it finished, the precision that
-actually ran and what produced it (package version and commit), beside the
-metrics. :class:`RunRecord` is its schema (pydantic), :func:`write_record`
-writes it atomically and :func:`read_record` reads one back as untrusted input:
-bounded in size and depth, regular files only, every failure one line naming
-the file (:class:`RecordError`, exit status 2).
+epochs planned and reached, the seed, whether it finished (and if not, what is
+missing), the precision that actually ran and what produced it (package version
+and commit), beside the metrics, and the files the run wrote (the only files any
+clean-up of the run may delete, :mod:`reaf_lightning.runs.owned`).
+:class:`RunRecord` is its schema (pydantic), with bounds on every number (no
+negative epochs, no 309-digit GMACs); :func:`write_record` writes it atomically
+and :func:`read_record` reads one back as untrusted input: bounded in size and
+depth, regular files only, a key given twice refused, every failure one line
+naming the file (:class:`RecordError`, exit status 2).
 
 An example (``fit.final`` and ``fit.best`` as logged, fractions in [0, 1], a
 metric that was not finite is ``null``; ``fit.epoch`` is the last validated epoch;
 ``seen`` is what the last pass over each split fed the network)::
 
-    {"format": "reaf-run/1", "seed": 0, "finished": true,
+    {"format": "reaf-run/1", "seed": 0, "finished": true, "missing": null,
      "network": {"arch": "reaf_resnet18", "kwargs": {"reaf": "4-3-4"}, "num_classes": 10},
      "data": {"class_path": "reaf_lightning.data.DigitsDataModule",
               "init_args": {"batch_size": 64, "image_size": 16},
@@ -29,7 +32,9 @@ metric that was not finite is ``null``; ``fit.epoch`` is the last validated epoc
      "fit": {"epoch": 3, "final": {"val/acc1": 0.96, ...}, "best": {"val/acc1": 0.97, ...},
              "seen": {"train": {"limit": 1.0, "batches": 23, "images": 1437, "classes": 10},
                       "val": {"limit": 2, "batches": 2, "images": 128, "classes": 10}}},
-     "validate": {"final": {...}}, "test": {"final": {"test/err1": ...}}}
+     "validate": {"final": {...}}, "test": {"final": {"test/err1": ...}},
+     "files": ["config.yaml", "checkpoints/last.ckpt", "checkpoints/best-epoch=003.ckpt",
+               "wandb"]}
 
 The data module is recorded by the class path of its class and the init
 settings it saved; readers must only ever import the package's own data modules
@@ -42,16 +47,18 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reaf_lightning.errors import ConfigError, one_line
-from reaf_lightning.io import atomic_outputs, read_bounded
+from reaf_lightning.io import SEED_RANGE, atomic_outputs, read_bounded
 
 __all__ = [
     "FORMAT",
     "MAX_DEPTH",
+    "MAX_EPOCHS",
+    "MAX_FILES",
     "MAX_RECORD_BYTES",
     "DataSpec",
     "EpochCount",
@@ -74,7 +81,18 @@ MAX_RECORD_BYTES = 1 << 20
 #: Deepest nesting of lists/objects accepted (a record needs about 5).
 MAX_DEPTH = 32
 
+#: Most epochs a record may name (the paper trains 100-200; ours, against impossible values).
+MAX_EPOCHS = 1_000_000
+#: Most files a record may list (a run writes a handful; ``save_top_k: -1`` one per epoch).
+MAX_FILES = 100_000
+#: Bound of ``params_m`` (millions) and ``gmacs`` (billions): 10^12 parameters or MACs, ours,
+#: three orders of magnitude above any network of the paper's kind.
+MAX_COMPLEXITY = 1e6
+
 Metric = float | None  # None: the value was not finite (NaN/inf), or not logged
+Epochs = Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
+Complexity = Annotated[float, Field(ge=0, le=MAX_COMPLEXITY, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1])]
 
 
 class RecordError(ConfigError):
@@ -110,8 +128,8 @@ class DataSpec(_Strict):
 class EpochCount(_Strict):
     """Epochs asked for (``trainer.max_epochs``; ``None`` when only steps bound it) and trained."""
 
-    planned: int | None = None
-    reached: int = 0
+    planned: Epochs | None = None
+    reached: Epochs = 0
 
 
 class Provenance(_Strict):
@@ -141,9 +159,13 @@ class SplitSeen(_Strict):
 class StageMetrics(_Strict):
     """The metrics of one stage: ``final`` as last logged (in ``epoch``), ``best`` over a
     fit's validation epochs (each metric on its own: max for accuracies, min otherwise),
-    and ``seen``, what the last pass over each split (``train``, ``val``, ``test``) fed."""
+    and ``seen``, what the last pass over each split (``train``, ``val``, ``test``) fed.
 
-    epoch: int | None = None
+    A value that is not finite becomes ``None``; an accuracy or error (``.../acc*``,
+    ``.../err*``) must be a fraction in [0, 1].
+    """
+
+    epoch: Epochs | None = None
     final: dict[str, Metric] = Field(default_factory=dict)
     best: dict[str, Metric] = Field(default_factory=dict)
     seen: dict[str, SplitSeen] = Field(default_factory=dict)
@@ -151,34 +173,60 @@ class StageMetrics(_Strict):
     @field_validator("final", "best", mode="after")
     @classmethod
     def _finite_or_none(cls, value: dict[str, Metric]) -> dict[str, Metric]:
-        return {k: (v if v is None or math.isfinite(v) else None) for k, v in value.items()}
+        out = {k: (v if v is None or math.isfinite(v) else None) for k, v in value.items()}
+        for name, number in out.items():
+            fraction = name.rsplit("/", 1)[-1].startswith(("acc", "err"))
+            if fraction and number is not None and not 0.0 <= number <= 1.0:
+                raise ValueError(f"{_short(name)} = {number:.6g} is not a fraction in [0, 1]")
+        return out
+
+
+def _listed_path(entry: str) -> str:
+    """A path as :mod:`~reaf_lightning.runs.owned` lists it: relative to the run directory,
+    or absolute (a checkpoint directory elsewhere); never ``.``, ``..``, an empty part or NUL."""
+    parts = entry.split("/")
+    body = parts[1:] if entry.startswith("/") else parts
+    if len(entry) > 4096 or "\0" in entry or any(p in ("", ".", "..") for p in body):
+        raise ValueError(f"{_short(entry)!r} is not a plain path (no '.', '..', '//' or NUL)")
+    return entry
 
 
 class RunRecord(_Strict):
     """The schema of ``metrics.json`` and of the ``reaf_run`` entry of every checkpoint.
 
-    ``finished`` is true once ``fit`` reached its planned end (``epochs.reached ==
-    epochs.planned``, or the trainer's own stop, e.g. ``max_steps``); a record
-    written by a preempted or interrupted fit has it false. ``recipe`` holds the
-    training settings that change the result: the module's optimizer, schedule
-    and loss settings plus the trainer's ``accumulate_grad_batches``, world size
-    and global batch.
+    ``finished`` is true only when ``fit`` reached its planned end (``epochs.reached
+    == epochs.planned``, or the trainer's own stop, e.g. ``max_steps``) *and* the
+    weights it ends with were validated (``fit.final`` is their validation), or the
+    fit has no validation at all. Otherwise it is false and ``missing`` says what
+    is missing in one line (epochs not trained, the validation of the final
+    weights). ``recipe`` holds the training settings that change the result: the
+    module's optimizer, schedule and loss settings plus the trainer's
+    ``accumulate_grad_batches``, world size and global batch. ``files`` lists what
+    the run wrote (:mod:`reaf_lightning.runs.owned`): paths relative to the run
+    directory, absolute for checkpoints in a checkpoint directory elsewhere.
     """
 
     format: Literal["reaf-run/1"] = FORMAT
-    seed: int | None = None
+    seed: Seed | None = None
     finished: bool = False
+    missing: Annotated[str, Field(max_length=1000)] | None = None
     network: NetworkSpec | None = None
     data: DataSpec | None = None
     recipe: dict[str, Any] = Field(default_factory=dict)
     epochs: EpochCount = Field(default_factory=EpochCount)
     precision: str | None = None
     provenance: Provenance = Field(default_factory=Provenance)
-    params_m: float | None = None
-    gmacs: float | None = None
+    params_m: Complexity | None = None
+    gmacs: Complexity | None = None
     fit: StageMetrics | None = None
     validate_: StageMetrics | None = Field(default=None, alias="validate")
     test: StageMetrics | None = None
+    files: Annotated[list[str], Field(max_length=MAX_FILES)] = Field(default_factory=list)
+
+    @field_validator("files", mode="after")
+    @classmethod
+    def _plain_paths(cls, value: list[str]) -> list[str]:
+        return [_listed_path(entry) for entry in value]
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, strict=True, ser_json_inf_nan="null", populate_by_name=True
@@ -218,10 +266,10 @@ def record_from_dict(content: Any, source: str) -> RunRecord:
         return RunRecord.model_validate(content)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        where = _short(".".join(str(p) for p in first["loc"])) or "(top level)"
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
         raise RecordError(
-            f"{source}: not a {FORMAT} run record: {where}: {first['msg']}{more}"
+            one_line(f"{source}: not a {FORMAT} run record: {where}: {first['msg']}{more}")
         ) from None
 
 
@@ -243,9 +291,14 @@ def read_record_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise RecordError(f"run record {file} is not UTF-8 text (byte {err.start})") from None
     try:
-        content = json.loads(text)
+        content = json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise RecordError(f"{file}: nested deeper than {MAX_DEPTH} levels; not a record") from None
+    except _DuplicateKey as err:
+        raise RecordError(
+            f"run record {file}: key {err.args[0]} is given twice in one object; a record "
+            "gives each key once"
+        ) from None
     except ValueError as err:
         raise RecordError(f"run record {file} is not valid JSON: {one_line(err)}") from None
     if isinstance(content, (dict, list)) and _depth(content, MAX_DEPTH) > MAX_DEPTH:
@@ -269,6 +322,24 @@ def write_record(path: str | os.PathLike[str], record: RunRecord) -> None:
     """Write ``record`` to ``path`` atomically (complete or not at all)."""
     with atomic_outputs([path]) as (temp,):
         temp.write_text(json.dumps(record.to_json_dict(), indent=1) + "\n", encoding="utf-8")
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object gives one key twice (``json`` keeps the last one silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    content = dict(pairs)
+    if len(content) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise _DuplicateKey(repr(_short(twice)))
+    return content
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters, for one-line messages about untrusted values."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _kind(value: Any) -> str:

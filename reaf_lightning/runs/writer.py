@@ -3,13 +3,16 @@
 Not part of the paper. :class:`MetricsFile` writes the run record
 (:mod:`reaf_lightning.runs.record`) and :class:`LogConfigCallback` the resolved
 config; both write atomically, on global rank 0 only, and nothing for a smoke
-run (:func:`~reaf_lightning.runs.protect.smoke_reason`).
+run (:func:`~reaf_lightning.runs.protect.smoke_reason`). The config is listed in
+the record before it is written (:func:`~reaf_lightning.runs.owned.claim`), and a
+rewritten record keeps the list of the files the run wrote.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -25,7 +29,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from reaf_lightning.conversion.sources import build_network
 from reaf_lightning.io import atomic_outputs
 from reaf_lightning.models.complexity import network_complexity
-from reaf_lightning.runs.layout import RunDir
+from reaf_lightning.runs.layout import WANDB, RunDir
+from reaf_lightning.runs.owned import claim
 from reaf_lightning.runs.protect import trainer_smoke_reason
 from reaf_lightning.runs.provenance import provenance
 from reaf_lightning.runs.record import (
@@ -85,14 +90,19 @@ class MetricsFile(Callback):
     labels, summed over the DDP processes at the pass's end (one all-reduce per
     pass; the labels are counted where they lie, without a copy to the host), with
     the trainer's ``limit_<split>_batches``; an evaluation that misses classes of
-    the model gets a warning. Best, final and seen are kept in the
-    checkpoint (:meth:`state_dict`), so a resumed fit still knows the epochs
-    before the interruption. A fit stopped by ``SIGTERM`` writes its record with
-    ``finished: false``; a later stage updates only its own key and keeps the
-    fit's (a record it cannot read is left as it is, with a warning). Smoke runs
+    the model gets a warning. Best, final, seen and the global step validated last
+    are kept in the checkpoint (:meth:`state_dict`), so a resumed fit still knows the
+    epochs before the interruption. ``finished`` is true only when the fit ended as
+    planned and the weights it ends with are the ones ``fit.final`` validated (or the
+    fit has no validation); otherwise ``missing`` says what is missing. A fit stopped
+    by ``SIGTERM`` writes its record with ``finished: false``; a later stage updates
+    only its own key and keeps the fit's. A record it cannot read is left as it is,
+    with a warning (every command refuses one before it starts; this is one replaced
+    while it ran). Smoke runs
     (:func:`~reaf_lightning.runs.protect.smoke_reason`) write nothing. ``params_m`` and
     ``gmacs`` are counted by :func:`reaf_lightning.models.complexity.network_complexity`
-    for the image size of the first batch. Only global rank 0 writes, atomically.
+    for the image size of the first batch. Only global rank 0 writes, atomically,
+    keeping the record's list of files.
 
     Args:
         seed: the run's seed, as configured (``reaf-lightning`` passes its
@@ -104,6 +114,7 @@ class MetricsFile(Callback):
         self._best: dict[str, float] = {}
         self._final: dict[str, float] = {}
         self._epoch: int | None = None
+        self._validated_step: int | None = None  # global step whose weights fit.final measured
         self._input_size: tuple[int, ...] | None = None
         self._cost: dict[str, Any] | None = None
         self._seen: dict[str, SplitSeen] = {}  # the last finished pass over each split
@@ -217,6 +228,7 @@ class MetricsFile(Callback):
             "final": dict(self._final),
             "epoch": self._epoch,
             "seen": seen,
+            "validated_step": self._validated_step,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -224,6 +236,7 @@ class MetricsFile(Callback):
         self._final = dict(state_dict.get("final", {}))
         self._epoch = state_dict.get("epoch")
         self._seen = {k: SplitSeen(**v) for k, v in state_dict.get("seen", {}).items()}
+        self._validated_step = state_dict.get("validated_step")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -231,6 +244,7 @@ class MetricsFile(Callback):
         metrics = _logged(trainer, "val/")
         if trainer.state.fn == TrainerFn.FITTING:
             self._epoch, self._final = trainer.current_epoch, metrics
+            self._validated_step = trainer.global_step
             for name, value in metrics.items():
                 if _better(name, value, self._best.get(name)):
                     self._best[name] = value
@@ -241,22 +255,42 @@ class MetricsFile(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        record = self._record(trainer, pl_module, None, "fit", self._fit_metrics(), False)
+        missing = f"saved during the fit, at global step {trainer.global_step}"
+        record = self._record(trainer, pl_module, None, "fit", self._fit_metrics(), missing)
         checkpoint["reaf_run"] = record.to_json_dict()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer, pl_module, "fit", self._fit_metrics(), finished=True)
+        self._write(trainer, pl_module, "fit", self._fit_metrics(), self._unvalidated(trainer))
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
-            self._write(trainer, pl_module, "fit", self._fit_metrics(), finished=False)
+            during = " (during its validation)" if trainer.validating else ""
+            missing = (
+                f"stopped by SIGTERM at epoch {trainer.current_epoch}, global step "
+                f"{trainer.global_step}{during}; resume with --ckpt_path last"
+            )
+            self._write(trainer, pl_module, "fit", self._fit_metrics(), missing)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seen = {"test": self._seen["test"]} if "test" in self._seen else {}
         metrics = StageMetrics(final=_logged(trainer, "test/"), seen=seen)
         self._write(trainer, pl_module, "test", metrics)
+
+    def _unvalidated(self, trainer: pl.Trainer) -> str | None:
+        """What a fit that ended is missing: the validation of its final weights, if any."""
+        if not trainer.enable_validation or self._validated_step == trainer.global_step:
+            return None
+        last = (
+            "nothing validated"
+            if self._validated_step is None
+            else f"fit.final is from epoch {self._epoch} (global step {self._validated_step})"
+        )
+        return (
+            f"no validation of the final weights (global step {trainer.global_step}): {last}; "
+            "reaf-lightning validate --ckpt_path last measures them"
+        )
 
     def _fit_metrics(self) -> StageMetrics:
         seen = {k: v for k, v in self._seen.items() if k in ("train", "val")}
@@ -268,19 +302,19 @@ class MetricsFile(Callback):
         pl_module: pl.LightningModule,
         stage: str,
         metrics: StageMetrics,
-        finished: bool = False,
+        missing: str | None = None,
     ) -> None:
         if not trainer.is_global_zero or trainer_smoke_reason(trainer):
             return
         path = RunDir(Path(trainer.default_root_dir)).metrics
         old = None
-        if stage != "fit" and path.exists():
+        if os.path.lexists(path):
             try:
                 old = read_record(path)
-            except RecordError as err:  # another program's file, or an older format: keep it
+            except RecordError as err:  # replaced while the command ran: not ours to replace
                 rank_zero_warn(f"the {stage} metrics are not recorded: {err}")
                 return
-        write_record(path, self._record(trainer, pl_module, old, stage, metrics, finished))
+        write_record(path, self._record(trainer, pl_module, old, stage, metrics, missing))
 
     def _record(
         self,
@@ -289,11 +323,13 @@ class MetricsFile(Callback):
         old: RunRecord | None,
         stage: str,
         metrics: StageMetrics,
-        finished: bool,
+        missing: str | None,
     ) -> RunRecord:
-        """The fit's record (or ``old`` with ``stage`` replaced), from the trainer's state."""
-        if old is not None:
-            return old.model_copy(update={{"validate": "validate_"}.get(stage, stage): metrics})
+        """The fit's record (or ``old`` with ``stage`` replaced), from the trainer's state;
+        the files listed in ``old`` stay listed."""
+        key = {"validate": "validate_"}.get(stage, stage)
+        if old is not None and stage != "fit":
+            return old.model_copy(update={key: metrics})
         hp = dict(getattr(pl_module, "hparams", {}))
         network = None
         if "arch" in hp:
@@ -321,7 +357,8 @@ class MetricsFile(Callback):
         planned = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
         return RunRecord(
             seed=self.seed,
-            finished=finished,
+            finished=missing is None,
+            missing=missing,
             network=network,
             data=data,
             recipe=_json_plain(recipe),
@@ -332,8 +369,35 @@ class MetricsFile(Callback):
             provenance=Provenance(**provenance()),
             params_m=counted["complexity/params"] / 1e6 if counted else None,
             gmacs=counted["complexity/macs"] / 1e9 if counted else None,
-            **{{"validate": "validate_"}.get(stage, stage): metrics},
+            files=list(old.files) if old is not None else [],
+            **{key: metrics},
         )
+
+
+def claim_for(trainer: pl.Trainer, paths: list[Path]) -> None:
+    """List ``paths`` in the run record before they are written, when the trainer keeps one
+    (it has a :class:`MetricsFile`, as every ``reaf-lightning`` run); a plain ``Trainer``
+    with only an output callback gets no record for it."""
+    if any(isinstance(callback, MetricsFile) for callback in trainer.callbacks):
+        claim(trainer.default_root_dir, paths)
+
+
+def claim_logger_folders(trainer: pl.Trainer, stage: str) -> None:
+    """List the folders the loggers will write into the run directory, before they start:
+    W&B's ``wandb/`` (``wandb_<stage>/``, its own ``save_dir``, for a later stage), a CSV or
+    TensorBoard logger's ``<name>/version_<N>``. Folders outside the run directory are not
+    the run's."""
+    run = RunDir(Path(trainer.default_root_dir))
+    folders = []
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger.save_dir is not None:
+            save_dir = Path(logger.save_dir)
+            own = stage != "fit" and save_dir == run.wandb_save_dir(stage)
+            folders.append(save_dir if own else save_dir / WANDB)
+        elif isinstance(getattr(logger, "log_dir", None), str):
+            folders.append(Path(logger.log_dir))
+    inside = os.path.abspath(run.path) + os.sep
+    claim(run.path, [f for f in folders if os.path.abspath(f).startswith(inside)])
 
 
 class LogConfigCallback(SaveConfigCallback):
@@ -341,7 +405,7 @@ class LogConfigCallback(SaveConfigCallback):
 
     ``fit`` writes ``config.yaml``; ``validate``/``test``/``predict`` of the same
     run directory write ``config_<stage>.yaml``, so an evaluation never replaces
-    the training's record. Rank 0 only, atomically.
+    the training's record. Rank 0 only, atomically, listed in the run record first.
     """
 
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
@@ -350,7 +414,9 @@ class LogConfigCallback(SaveConfigCallback):
         stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
         config = self.config.clone()
         config.overwrite_run = False  # re-running the saved config must not replace a run
-        with atomic_outputs([RunDir(Path(trainer.default_root_dir)).config(stage)]) as (path,):
+        target = RunDir(Path(trainer.default_root_dir)).config(stage)
+        claim(trainer.default_root_dir, [target])
+        with atomic_outputs([target]) as (path,):
             path.write_text(self.parser.dump(config, skip_unset=False))
         config.pop("config", None)  # the list of --config paths: not a setting
         config.pop("overwrite_run", None)

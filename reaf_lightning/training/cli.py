@@ -66,7 +66,7 @@ from reaf_lightning.errors import (
     ReafError,
     message_of,
 )
-from reaf_lightning.io import check_outputs, check_seed, ensure_writable, import_class
+from reaf_lightning.io import check_seed, ensure_writable, import_class
 from reaf_lightning.runs.checkpoint import (
     check_checkpoint,
     find_best_checkpoint,
@@ -81,7 +81,7 @@ from reaf_lightning.runs.layout import (
 )
 from reaf_lightning.runs.lock import lock_run_dir
 from reaf_lightning.runs.protect import protect_run, smoke_reason
-from reaf_lightning.runs.writer import LogConfigCallback
+from reaf_lightning.runs.writer import LogConfigCallback, claim_logger_folders
 from reaf_lightning.training.callbacks import NonFiniteLossPolicy, standard_callbacks
 from reaf_lightning.training.console import quiet_lightning
 from reaf_lightning.training.module import ImageClassifier
@@ -138,6 +138,7 @@ class ReafLightningCLI(ConfigDecidesTheModel, LightningCLI):
         self.checkpoint_dirs = checkpoint_dirs if checkpoint_dirs is not None else []
         self.locks = locks if locks is not None else []
         self.resumed: tuple[str, int] | None = None  # (checkpoint, its global step) of a fit
+        self.smoke: str | None = None  # why the command writes nothing (a smoke run), if so
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str]) -> None:
@@ -181,18 +182,20 @@ class ReafLightningCLI(ConfigDecidesTheModel, LightningCLI):
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(RunDir(root).checkpoint_dir)
         run = RunDir(root, Path(config.checkpoint.dirpath))
+        trainer = config.trainer
+        self.smoke = smoke_reason(
+            trainer.get("fast_dev_run"), trainer.get("max_epochs"), trainer.get("max_steps")
+        )
+        if self.smoke and stage == "fit" and not trainer.get("fast_dev_run"):
+            trainer.logger = False  # no logs either (fast_dev_run turns them off itself)
         if rank_zero_only.rank == 0:  # DDP's other ranks are this command's own processes
             self.locks.append(lock_run_dir(run, " ".join(sys.argv)))
-            trainer = config.trainer
-            smoke = smoke_reason(
-                trainer.get("fast_dev_run"), trainer.get("max_epochs"), trainer.get("max_steps")
-            )
             for note in protect_run(
                 run,
                 stage,
                 overwrite=bool(config.get("overwrite_run")),
                 resuming=config.get("ckpt_path") is not None,
-                smoke=smoke,
+                smoke=self.smoke,
             ):
                 _info(note)
         for logger_class, init_args in _loggers(config.trainer.logger):
@@ -245,7 +248,8 @@ class ReafLightningCLI(ConfigDecidesTheModel, LightningCLI):
         own = any(isinstance(p, CheckpointIO) for p in plugins) or isinstance(strategy, Strategy)
         sharded = isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed"))
         if not own and not sharded:
-            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
+            io = AtomicCheckpointIO(config.trainer.default_root_dir)  # lists what it writes
+            kwargs.setdefault("plugins", [*plugins, io])
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
@@ -299,10 +303,12 @@ class ReafLightningCLI(ConfigDecidesTheModel, LightningCLI):
             outputs += [(directory, "checkpoint directory") for directory in dirs]
         for directory, what in outputs:
             if directory is not None and "://" not in str(directory):  # remote: not checkable
+                for lock in self.locks:  # an empty folder it made goes again when it ends
+                    lock.creating(directory)
                 ensure_writable(directory, what)
-        run = RunDir(Path(trainer.default_root_dir))
-        check_outputs([run.predictions if subcommand == "predict" else run.metrics])
         self._checkpoint(subcommand, dirs)
+        if trainer.is_global_zero and not self.smoke:
+            claim_logger_folders(trainer, subcommand)  # before the loggers start writing
 
     def _checkpoint(self, subcommand: str, dirs: list[str]) -> None:
         """Resolve ``--ckpt_path`` (``last``/``best`` on disk), check it, read it once.

@@ -22,6 +22,7 @@ from torch.utils.data import Subset
 
 from reaf_lightning.io import atomic_outputs, check_outputs, ensure_writable
 from reaf_lightning.runs.layout import PREDICTIONS
+from reaf_lightning.runs.writer import claim_for
 
 __all__ = ["PredictionWriter", "input_path"]
 
@@ -91,7 +92,9 @@ class PredictionWriter(BasePredictionWriter):
             torch.distributed.all_gather_object(gathered, rows)
             rows = [row for part in gathered for row in part]
         if trainer.is_global_zero:
-            self.write(Path(trainer.default_root_dir) / self.filename, rows)
+            path = Path(trainer.default_root_dir) / self.filename
+            claim_for(trainer, [path])  # the run's file from now on
+            self.write(path, rows)
         self._rows = []
 
     def write(self, path: Path, rows: list[tuple]) -> None:

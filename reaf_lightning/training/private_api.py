@@ -14,7 +14,7 @@ importing Lightning.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigDecidesTheModel",
     "forget_train_dataloader",
+    "rerun_interrupted_validation",
     "save_last_checkpoint",
     "saves_on_train_epoch_end",
     "skips_saving",
@@ -90,6 +91,35 @@ def forget_train_dataloader(trainer: pl.Trainer) -> None:
     again after the restore, at the saved position; Lightning has no public call for it.
     """
     trainer.fit_loop._combined_loader = None
+
+
+# -- the fit loop's saved progress: a validation interrupted by SIGTERM ---------------------
+def rerun_interrupted_validation(checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint saved while the fit's validation ran redo that validation, whole.
+
+    Lightning checks for ``SIGTERM`` between two validation batches, and restores a
+    checkpoint saved there as if the validation had ended: the training epoch loop
+    fast-forwards the validation progress, the epoch's validation never runs, and a
+    resumed fit ends with the previous epoch's metrics and no check of its best
+    checkpoint. It re-runs an evaluation only when the checkpoint was saved with a
+    batch started but not processed (``_EvaluationLoop.restarted_mid_evaluation``).
+    The validation loop's saved progress,
+    ``checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]``, is
+    rewritten to that state with no batch of this validation completed, so the
+    resumed fit first runs the whole validation, then goes on where the uninterrupted
+    run went on (the same lr-schedule step and logger step, which Lightning takes
+    after the validation). No public API saves or restores mid-validation progress.
+    """
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    earlier = progress["total"]["completed"] - progress["current"]["completed"]
+    progress["total"] = {
+        "ready": earlier + 1,
+        "started": earlier + 1,
+        "processed": earlier,
+        "completed": earlier,
+    }
+    progress["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+    progress["is_last_batch"] = False
 
 
 # -- torch ----------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ Not part of the paper: this keeps the paper's long runs (200 CIFAR-100 epochs,
 * :class:`PreemptionCheckpoint`: cluster schedulers stop jobs with ``SIGTERM``.
   Lightning turns it into a ``SIGTERMException`` at the next batch boundary
   but saves nothing; this callback saves ``last.ckpt`` there, and
-  ``reaf-lightning`` exits with status 143.
+  ``reaf-lightning`` exits with status 143. Stopped during a validation of the
+  fit, the checkpoint makes the resume run that validation again, whole.
 * :class:`FiniteCheckpointGuard`: a checkpoint with non-finite weights is never
   written, so the last good one survives.
 """
@@ -44,7 +45,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from reaf_lightning.io import atomic_outputs
 from reaf_lightning.runs.checkpoint import check_finite
 from reaf_lightning.runs.layout import RunDir
+from reaf_lightning.runs.owned import claim, unclaim
 from reaf_lightning.training.private_api import (
+    rerun_interrupted_validation,
     save_last_checkpoint,
     saves_on_train_epoch_end,
     skips_saving,
@@ -67,10 +70,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     (:meth:`hand_over`) is given to Lightning's restore as it is, so a resume reads
     the file once. It was loaded on the CPU; the restore moves the weights and the
     optimiser state to the model's device, as for any checkpoint.
+
+    Args:
+        run_dir: the run directory whose record lists every checkpoint written here
+            before it is written, and forgets one Lightning removes
+            (:mod:`reaf_lightning.runs.owned`); ``None``: no record is kept.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
+        self.run_dir = run_dir
         self._handed_over: tuple[str, dict[str, Any]] | None = None
 
     def hand_over(self, path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> None:
@@ -92,8 +101,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or get_protocol(str(path)) not in ("file", "local"):
             super().save_checkpoint(checkpoint, path, storage_options=storage_options)
             return
-        with atomic_outputs([str(path).removeprefix("file://")]) as (temporary,):
+        local = str(path).removeprefix("file://")
+        if self.run_dir is not None:
+            claim(self.run_dir, [local])
+        with atomic_outputs([local]) as (temporary,):
             torch.save(checkpoint, temporary)
+
+    def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Delete a checkpoint Lightning no longer keeps (an older best), and unlist it."""
+        super().remove_checkpoint(path)
+        if self.run_dir is not None and get_protocol(str(path)) in ("file", "local"):
+            unclaim(self.run_dir, [str(path).removeprefix("file://")])
 
 
 class EveryEpochLastCheckpoint(ModelCheckpoint):
@@ -141,9 +159,17 @@ class PreemptionCheckpoint(Callback):
     Every rank takes part (saving is collective under DDP; Lightning
     broadcasts the signal so all ranks stop at the same batch).
 
+    Stopped during a validation of the fit, the checkpoint is written so that the
+    resume runs that validation again, whole, before it trains on
+    (:func:`~reaf_lightning.training.private_api.rerun_interrupted_validation`):
+    Lightning alone would take it as done, and the epoch would have no metrics.
+
     What was saved is attached to the exception as ``reaf_note``, the line
     ``reaf-lightning`` ends with.
     """
+
+    def __init__(self) -> None:
+        self._validation_interrupted = False
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -153,11 +179,23 @@ class PreemptionCheckpoint(Callback):
         if trainer.sanity_checking or trainer.fast_dev_run:  # nothing of a run to keep
             return
         path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        self._validation_interrupted = trainer.validating
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._validation_interrupted = False
         where = f"epoch {trainer.current_epoch}, global step {trainer.global_step}"
+        if trainer.validating:
+            where += " (during its validation, which the resume runs again)"
         rank_zero_info(f"SIGTERM: saved {path} at {where}")
         note = f"preempted by SIGTERM at {where}; saved {path}; resume with --ckpt_path last"
         exception.reaf_note = note  # type: ignore[attr-defined]
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self._validation_interrupted:
+            rerun_interrupted_validation(checkpoint)
 
     @staticmethod
     def checkpoint_path(trainer: pl.Trainer) -> Path:

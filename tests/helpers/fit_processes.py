@@ -88,7 +88,8 @@ def _at(trainer: pl.Trainer, epoch: int, batch_idx: int, target_batch: int) -> b
 
 
 class PauseAt(Callback):
-    """Hold the run at the start of batch ``batch`` of epoch ``epoch``.
+    """Hold the run at the start of batch ``batch`` of epoch ``epoch`` (of its validation with
+    ``validation``; the sanity check aside).
 
     Writes ``ready_file`` first (the test waits for it). With
     ``until_sigterm`` the batch then goes on as soon as Lightning has seen a
@@ -103,15 +104,27 @@ class PauseAt(Callback):
         ready_file: str,
         until_sigterm: bool = False,
         max_wait: float = 240.0,
+        validation: bool = False,
     ) -> None:
         self.epoch, self.batch = epoch, batch
         self.ready_file = ready_file
         self.until_sigterm = until_sigterm
         self.max_wait = max_wait
+        self.validation = validation
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if not self.validation:
+            self._hold(trainer, batch_idx)
+
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, *_
+    ) -> None:
+        if self.validation and not trainer.sanity_checking:
+            self._hold(trainer, batch_idx)
+
+    def _hold(self, trainer: pl.Trainer, batch_idx: int) -> None:
         if not _at(trainer, self.epoch, batch_idx, self.batch):
             return
         tmp = f"{self.ready_file}.tmp"
@@ -239,7 +252,9 @@ def start_fit(config: Path, *extra: str) -> subprocess.Popen:
     )
 
 
-def pause_args(ready: Path, epoch: int, batch: int, until_sigterm: bool = False) -> list[str]:
+def pause_args(
+    ready: Path, epoch: int, batch: int, until_sigterm: bool = False, validation: bool = False
+) -> list[str]:
     """Command-line arguments adding :class:`PauseAt` at ``epoch``/``batch``."""
     return [
         "--trainer.callbacks+=helpers.fit_processes.PauseAt",
@@ -251,6 +266,8 @@ def pause_args(ready: Path, epoch: int, batch: int, until_sigterm: bool = False)
         str(ready),
         "--trainer.callbacks.init_args.until_sigterm",
         str(until_sigterm).lower(),
+        "--trainer.callbacks.init_args.validation",
+        str(validation).lower(),
     ]
 
 

@@ -1,7 +1,10 @@
-"""What many tests share about a ``reaf-lightning`` run: the tiny quick start and W&B offline."""
+"""What many tests share about a ``reaf-lightning`` run: the tiny quick start, W&B offline,
+``reaf-lightning`` called in-process, and a run directory's every entry for comparisons."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,40 @@ def finish_wandb() -> None:
 
     wandb.finish()
     wandb.teardown()
+
+
+#: No logger: the tests that compare run directories need no W&B files.
+NO_LOGGER = ["--trainer.logger", "false"]
+
+
+def main_lines(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, list[str]]:
+    """``reaf-lightning ARGS`` in-process: the exit status a shell sees and the package's own
+    stderr lines."""
+    from reaf_lightning.training.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 0
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("reaf-lightning:")]
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every entry under ``root``, hidden ones included, links not followed: a file's hash,
+    a link's target, ``dir`` for a folder (what "nothing was written" is compared on)."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                out[key] = "-> " + os.readlink(path)
+            elif path.is_dir():
+                out[key] = "dir"
+            elif path.is_file():
+                out[key] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            else:
+                out[key] = "other"  # a FIFO or a device: never opened
+    return out

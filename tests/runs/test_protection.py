@@ -7,52 +7,28 @@ for byte before and after.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.tiny_run import TINY_ARGS
+from helpers.tiny_run import NO_LOGGER, TINY_ARGS, main_lines, tree
 
 from reaf_lightning.errors import OutputError
 from reaf_lightning.io import check_outputs
 from reaf_lightning.runs.layout import RunDir, run_dir_for_seed
 from reaf_lightning.runs.lock import RunDirBusy, lock_run_dir
+from reaf_lightning.runs.owned import claim
 from reaf_lightning.runs.record import read_record
-from reaf_lightning.training.cli import main
 
-NO_LOGGER = ["--trainer.logger", "false"]
-
-
-def _main(capsys, *args: str) -> tuple[int, list[str]]:
-    """``reaf-lightning ARGS``: the exit status and the package's own stderr lines."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 0
-    err = capsys.readouterr().err
-    return code, [line for line in err.splitlines() if line.startswith("reaf-lightning:")]
+_main = main_lines
 
 
 def _snapshot(run_dir: Path) -> dict[str, str]:
-    """Every file under the run directory (W&B's and the lock's aside) and its hash."""
-    return {
-        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(run_dir.rglob("*"))
-        if p.is_file() and "wandb" not in p.parts and not p.name.startswith(".lock")
-    }
-
-
-@pytest.fixture
-def finished_run(trained_run, tmp_path, monkeypatch) -> Path:
-    monkeypatch.delenv("REAF_DEBUG", raising=False)
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    copy = tmp_path / "exp" / "seed0"
-    shutil.copytree(trained_run, copy)
-    return copy
+    """Every entry of the run directory, hidden ones (the lock files) included."""
+    return tree(run_dir)
 
 
 def test_the_layout_is_spelled_once():
@@ -102,9 +78,69 @@ def test_the_lock_refuses_a_second_holder_naming_the_first(tmp_path):
         message = str(err.value)
         assert f"in use by process {os.getpid()} on " in message
         assert "reaf-lightning fit --config a.yaml" in message and str(run.path) in message
-    finally:
+        assert sorted(os.listdir(run.path)) == [".lock", ".lock.holder"]  # the refused one
+    finally:  # removed nothing of the holder's
         lock.release()
+    assert not tmp_path.joinpath("seed0").exists()  # lock files gone, the folder it made too
     lock_run_dir(run, "again").release()  # released: the next command takes it
+
+
+def test_a_killed_holders_lock_files_are_taken_over_and_removed(tmp_path):
+    run = RunDir(tmp_path / "seed0")
+    run.path.mkdir()
+    (run.path / "notes.txt").write_text("the user's")
+    run.lock.write_text("")  # as a process killed with SIGKILL leaves them
+    run.lock_holder.write_text('{"pid": 1}')
+    lock = lock_run_dir(run, "next")
+    assert f'"pid": {os.getpid()}' in run.lock_holder.read_text()
+    lock.release()
+    assert sorted(os.listdir(run.path)) == ["notes.txt"]
+
+
+def _lock_as_unprivileged_user(run: RunDir) -> str:
+    """What taking ``run``'s lock gives a user who is not root (root opens every file): in a
+    child process as ``nobody`` when this one is root."""
+
+    def attempt() -> str:
+        try:
+            lock_run_dir(run, "x").release()
+            return "acquired"
+        except Exception as err:  # noqa: BLE001 - the outcome is the result
+            return f"{type(err).__name__}: {err}"
+
+    if os.geteuid() != 0:
+        return attempt()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, attempt().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as handle:
+        return handle.read().decode()
+
+
+def test_a_lock_file_this_user_cannot_open_is_one_line():
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # reachable by nobody, unlike pytest's tmp_path
+    try:
+        run = RunDir(base / "seed0")
+        run.path.mkdir()
+        for folder in (base, run.path):
+            os.chmod(folder, 0o777)
+        run.lock.write_text("")
+        os.chmod(run.lock, 0)
+        assert _lock_as_unprivileged_user(run) == (
+            f"OutputError: cannot take the lock file {run.lock}: Permission denied; a lock file "
+            "holds nothing: remove it (or make it writable), then run the command again"
+        )
+        assert os.listdir(run.path) == [".lock"]  # left as it was
+    finally:
+        shutil.rmtree(base)
 
 
 def test_an_output_path_that_is_a_directory_is_found_before_training(tmp_path, capsys):
@@ -121,6 +157,7 @@ def test_an_output_path_that_is_a_directory_is_found_before_training(tmp_path, c
 
 def test_predict_with_zero_batches_says_so_and_leaves_no_new_file(finished_run, capsys):
     stale = RunDir(finished_run).predictions
+    claim(finished_run, [stale])  # as an earlier predict of the run listed it
     stale.write_text("index,path,target\n0,old.png,1\n")
     ckpt = RunDir(finished_run).last_checkpoint
     args = [*TINY_ARGS, *NO_LOGGER, "--trainer.default_root_dir", str(finished_run)]
@@ -184,10 +221,12 @@ def test_validate_adds_its_own_key_and_keeps_the_fit(finished_run, capsys):
     assert run.config().read_bytes() == config and run.config("validate").is_file()
 
     run.metrics.write_text('{"seed": 0, "arch": "older format"}')  # not a reaf-run/1 record
-    with pytest.warns(UserWarning, match="the validate metrics are not recorded: .*reaf-run/1"):
-        code, lines = _main(capsys, "validate", *args, "--ckpt_path", "last")
-    assert code == 0, lines
-    assert run.metrics.read_text() == '{"seed": 0, "arch": "older format"}'  # left as it was
+    before = _snapshot(finished_run)
+    code, lines = _main(capsys, "validate", *args, "--ckpt_path", "last")
+    assert code == 2
+    assert len(lines) == 1 and f"{run.metrics}: not a reaf-run/1 run record: arch" in lines[0]
+    assert f"is left as it is: move it out of {finished_run}" in lines[0]
+    assert _snapshot(finished_run) == before  # nothing written, the file left as it was
 
 
 def test_a_file_where_the_run_directory_belongs_is_one_line(tmp_path, capsys):

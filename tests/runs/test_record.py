@@ -1,17 +1,28 @@
-"""The run record's schema, writer and bounded reader (reaf_lightning.runs.record)."""
+"""The run record's schema, writer and bounded reader (reaf_lightning.runs.record).
+
+Besides the cases written out, hypothesis feeds the reader arbitrary bytes, arbitrary
+JSON and arbitrary values under the record's own keys: the only failure allowed is a
+one-line :class:`RecordError` naming the file; and any valid record reads back equal.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reaf_lightning.runs.record import (
     MAX_DEPTH,
+    MAX_EPOCHS,
     MAX_RECORD_BYTES,
     DataSpec,
+    EpochCount,
     NetworkSpec,
     RecordError,
     RunRecord,
@@ -21,6 +32,9 @@ from reaf_lightning.runs.record import (
     record_from_dict,
     write_record,
 )
+
+KEYS = ["format", "seed", "finished", "missing", "network", "data", "recipe", "epochs"]
+KEYS += ["precision", "provenance", "params_m", "gmacs", "fit", "validate", "test", "files"]
 
 
 def _record() -> RunRecord:
@@ -109,3 +123,113 @@ def test_a_checkpoint_entry_is_validated_the_same_way():
     with pytest.raises(RecordError, match="checkpoint.ckpt: .*network.num_classes"):
         record_from_dict({"network": {"arch": "x", "num_classes": "ten"}}, "checkpoint.ckpt")
     assert record_from_dict(_record().to_json_dict(), "x") == _record()
+
+
+def test_impossible_values_and_keys_given_twice_are_refused(tmp_path):
+    path = tmp_path / "metrics.json"
+    for content, words in [
+        ('{"seed": 1, "seed": 2}', "key 'seed' is given twice"),
+        ('{"fit": {"final": {"a": 1, "a": 2}}}', "key 'a' is given twice"),
+        ('{"epochs": {"reached": -1}}', "epochs.reached: Input should be greater than or equal"),
+        ('{"epochs": {"planned": 10000000}}', "epochs.planned: Input should be less than"),
+        ('{"gmacs": 1' + "0" * 308 + "}", "gmacs"),
+        ('{"params_m": -0.5}', "params_m"),
+        ('{"params_m": Infinity}', "params_m: Input should be a finite number"),
+        ('{"fit": {"final": {"val/acc1": 1.5}}}', "val/acc1 = 1.5 is not a fraction in [0, 1]"),
+        ('{"test": {"final": {"test/err5": -0.1}}}', "test/err5 = -0.1 is not a fraction"),
+        ('{"seed": 4294967296}', "seed"),
+        ('{"files": ["../../home/x"]}', "is not a plain path"),
+        ('{"missing": "' + "x" * 1001 + '"}', "missing"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(RecordError) as err:
+            read_record(path)
+        assert str(path) in str(err.value) and words in str(err.value), content
+        assert "\n" not in str(err.value)
+    path.write_text('{"fit": {"final": {"val/loss": NaN, "val/acc1": 0.5}}}')  # older writers
+    assert read_record(path).fit.final == {"val/loss": None, "val/acc1": 0.5}
+
+
+# -- hypothesis: anything in, a record or one line out -----------------------------------------
+_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+_json = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=25,
+)
+_record_like = st.dictionaries(st.sampled_from(KEYS), _json, max_size=8)
+
+
+def _read_bytes(data: bytes) -> RunRecord | None:
+    """``read_record`` of a file holding ``data``: the record, or ``None`` after checking the
+    refusal is one line naming the file."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "metrics.json"
+        path.write_bytes(data)
+        try:
+            return read_record(path)
+        except RecordError as err:
+            assert str(path) in str(err) and "\n" not in str(err)
+            return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=400) | st.text(max_size=200).map(str.encode))
+def test_any_bytes_are_a_record_or_one_line(data):
+    _read_bytes(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_json | _record_like)
+def test_any_json_is_a_record_or_one_line(value):
+    _read_bytes(json.dumps(value).encode())
+    try:
+        record_from_dict(value, "checkpoint.ckpt")
+    except RecordError as err:
+        assert str(err).startswith("checkpoint.ckpt") and "\n" not in str(err)
+
+
+_part = st.text(st.characters(blacklist_characters="/\0"), min_size=1, max_size=8).filter(
+    lambda p: p not in (".", "..")
+)
+_entries = st.lists(_part, min_size=1, max_size=3).map("/".join)
+_fraction = st.none() | st.floats(0.0, 1.0)
+_metrics = st.dictionaries(st.sampled_from(["val/acc1", "val/err1", "test/err5"]), _fraction)
+_stage = st.none() | st.builds(
+    StageMetrics, epoch=st.none() | st.integers(0, MAX_EPOCHS), final=_metrics, best=_metrics
+)
+_plain = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10)
+_records = st.builds(
+    RunRecord,
+    seed=st.none() | st.integers(0, 2**32 - 1),
+    finished=st.booleans(),
+    missing=st.none() | st.text(max_size=40),
+    network=st.none()
+    | st.builds(NetworkSpec, arch=st.text(max_size=10), num_classes=st.integers(1, 1000)),
+    recipe=st.dictionaries(
+        st.text(max_size=8), _plain | st.floats(allow_nan=False, allow_infinity=False), max_size=4
+    ),
+    epochs=st.builds(
+        EpochCount,
+        planned=st.none() | st.integers(0, MAX_EPOCHS),
+        reached=st.integers(0, MAX_EPOCHS),
+    ),
+    params_m=st.none() | st.floats(0, 1e6),
+    gmacs=st.none() | st.floats(0, 1e6),
+    fit=_stage,
+    validate_=_stage,
+    test=_stage,
+    files=st.lists(_entries | _entries.map(lambda e: "/" + e), max_size=5),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_records)
+def test_valid_records_read_back_equal(record):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "metrics.json"
+        write_record(path, record)
+        assert read_record(path) == record
+    assert record_from_dict(record.to_json_dict(), "x") == record

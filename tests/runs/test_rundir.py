@@ -22,6 +22,8 @@ from helpers.fit_processes import (
     write_config,
 )
 
+from reaf_lightning.report.summary import format_unfinished, unfinished_frame
+from reaf_lightning.runs.find import find_runs
 from reaf_lightning.runs.layout import RunDir
 from reaf_lightning.runs.record import read_record
 
@@ -145,3 +147,48 @@ def test_16_mixed_on_a_cpu_records_the_precision_that_ran(tmp_path):
     code, err = _finish(start_fit(config, "--trainer.precision", "16-mixed"))
     assert code == 0, err[-3000:]
     assert read_record(RunDir(root / "seed0").metrics).precision == "bf16-mixed"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> RunDir:
+    """The 2-epoch tiny run, never interrupted: what an interrupted one must end as."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    config = write_config(tmp / "whole.yaml", tiny_config(tmp / "whole", 2, BATCHES))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        code, err = _finish(start_fit(config))
+    assert code == 0, err[-3000:]
+    return RunDir(tmp / "whole" / "seed0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("epoch", [0, 1], ids=["first epoch", "last epoch"])
+def test_sigterm_during_validation_is_validated_again_on_resume(tmp_path, uninterrupted, epoch):
+    """A SIGTERM between two validation batches: the record says what is missing (and
+    reaf-report shows it); the resume runs that validation again, whole, and the run ends
+    as the uninterrupted one, metrics, best checkpoint and weights."""
+    root = tmp_path / "logs" / "stopped"
+    config = write_config(tmp_path / "stopped.yaml", tiny_config(root, 2, BATCHES))
+    ready = tmp_path / "ready"
+    pause = pause_args(ready, epoch=epoch, batch=0, until_sigterm=True, validation=True)
+    proc = start_fit(config, *pause)
+    wait_for(ready, proc)
+    proc.send_signal(signal.SIGTERM)
+    code, err = _finish(proc)
+    assert code == 143, err[-3000:]
+    assert "during its validation, which the resume runs again" in _messages(err)[-1]
+    run = RunDir(root / "seed0")
+    preempted = read_record(run.metrics)
+    assert not preempted.finished and "(during its validation)" in preempted.missing
+    listed = format_unfinished(unfinished_frame(find_runs([tmp_path / "logs"])[0]))
+    assert f"missing: {preempted.missing}" in listed
+
+    code, err = _finish(start_fit(config, "--ckpt_path", "last"))
+    assert code == 0, err[-3000:]
+    record, expected = read_record(run.metrics), read_record(uninterrupted.metrics)
+    assert record.finished and record.missing is None and record.fit == expected.fit
+    assert [p.name for p in run.checkpoints()] == [p.name for p in uninterrupted.checkpoints()]
+    listed = {entry for entry in record.files if entry.endswith(".ckpt")}
+    assert listed == {f"checkpoints/{p.name}" for p in run.checkpoints()}  # older bests unlisted
+    got, want = _weights(run.last_checkpoint), _weights(uninterrupted.last_checkpoint)
+    assert [k for k in want if not torch.equal(want[k], got[k])] == []

@@ -24,6 +24,7 @@ from reaf_lightning.data import DigitsDataModule
 from reaf_lightning.training.private_api import (
     ConfigDecidesTheModel,
     forget_train_dataloader,
+    rerun_interrupted_validation,
     save_last_checkpoint,
     saves_on_train_epoch_end,
     skips_saving,
@@ -49,11 +50,11 @@ class _Tiny(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _trainer(tmp_path, **kwargs) -> pl.Trainer:
+def _trainer(tmp_path, max_epochs: int = 1, **kwargs) -> pl.Trainer:
     return pl.Trainer(
         default_root_dir=tmp_path,
         accelerator="cpu",
-        max_epochs=1,
+        max_epochs=max_epochs,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -148,6 +149,57 @@ def test_the_fit_loop_keeps_the_early_train_loader_until_it_is_forgotten(tmp_pat
     early, forgotten, used = model.loaders
     assert early is not None and forgotten is None
     assert used is not None and used is not early  # built again by the fit loop
+
+
+class _Validated(_Tiny):
+    """:class:`_Tiny` with 3 validation batches; counts the (epoch, batch) it validates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.validated: list[tuple[int, int]] = []
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated.append((self.current_epoch, batch_idx))
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2)
+
+
+class _SaveMidValidation(pl.Callback):
+    """Save a checkpoint after the second validation batch of epoch 1 (where SIGTERM stops)."""
+
+    def __init__(self, path: str, rewrite: bool) -> None:
+        self.path, self.rewrite, self.saving = path, rewrite, False
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args):
+        if not trainer.sanity_checking and trainer.current_epoch == 1 and batch_idx == 1:
+            self.saving = True
+            trainer.save_checkpoint(self.path)
+            self.saving = False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.saving and self.rewrite:
+            rerun_interrupted_validation(checkpoint)
+
+
+@pytest.mark.parametrize("rewrite", [False, True])
+def test_a_checkpoint_saved_mid_validation_reruns_it_only_when_rewritten(tmp_path, rewrite):
+    """Lightning restores a checkpoint saved between two validation batches as if that
+    validation were over; with the rewritten progress the resume validates all 3 batches."""
+    path = str(tmp_path / "mid.ckpt")
+    saver = _SaveMidValidation(path, rewrite)
+    _trainer(tmp_path, max_epochs=2, callbacks=[saver]).fit(_Validated())
+    saved = torch.load(path, weights_only=True)
+    progress = saved["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    assert (progress["current"]["completed"], progress["is_last_batch"]) == (
+        (0, False) if rewrite else (1, False)
+    )
+    resumed = _Validated()
+    trainer = _trainer(tmp_path, max_epochs=2)
+    trainer.fit(resumed, ckpt_path=path)
+    assert resumed.validated == ([(1, 0), (1, 1), (1, 2)] if rewrite else [])
+    assert trainer.global_step == 4  # no training step was repeated or skipped
 
 
 def test_tensor_version_counts_in_place_changes():
