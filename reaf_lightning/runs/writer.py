@@ -326,10 +326,13 @@ class MetricsFile(Callback):
         missing: str | None,
     ) -> RunRecord:
         """The fit's record (or ``old`` with ``stage`` replaced), from the trainer's state;
-        the files listed in ``old`` stay listed."""
+        the files listed in ``old`` stay listed. An evaluation in a directory that holds no
+        fit's record (only the list of its own files) records what it evaluated, unfinished."""
         key = {"validate": "validate_"}.get(stage, stage)
-        if old is not None and stage != "fit":
+        if old is not None and stage != "fit" and old.network is not None:
             return old.model_copy(update={key: metrics})
+        if stage != "fit":
+            missing = f"no fit in this run directory, only {stage}"
         hp = dict(getattr(pl_module, "hparams", {}))
         network = None
         if "arch" in hp:
