@@ -4,22 +4,28 @@ Examples (``configs/analysis/figure*.yaml`` hold the paper's settings)::
 
     reaf-analysis --config configs/analysis/figure2.yaml --data.init_args.root /data/imagenet
 
-    reaf-analysis --model_a.checkpoint logs/quickstart/checkpoints/last.ckpt \\
-        --output_dir outputs/quickstart
+    reaf-analysis --model_a.checkpoint logs/study/quickstart_baseline \\
+        --model_b.checkpoint logs/study/quickstart --output_dir outputs/study
 
-The command checks that ``output_dir`` is writable and loads every model
-first (a bad checkpoint or output directory fails before any compute), then
-streams the validation split through each model, prints per-layer summaries,
-a KS test per layer for two models and the layer that separates most, and
-writes the figure (PNG, PDF), the raw values and the tables atomically.
+A model is one network or several (an experiment directory: its seeds). The command
+checks that ``output_dir`` is writable and loads every network first (a bad checkpoint
+or output directory fails before any compute), then streams the validation split
+through each network (:mod:`.compare`): its class selectivity per layer and its top-1
+accuracy on the same images, with a warning for a network at chance level. It prints
+each network's numbers, each model over its seeds and, for two models, their difference
+over seeds with its interval (:mod:`.seeds`) and the per-channel KS test within each pair
+of networks, labelled as such; then writes the figure (PNG, PDF), the raw values and the
+tables atomically.
 
-Data settings: without ``--data`` the data module recorded by model_a's run
-is rebuilt with the settings it was trained with; a recorded class is only
-ever one of the package's own data modules (:mod:`.run_data`), never imported
-by the name in a file. Settings given on the command line win, with a printed
-note where they differ from the run's. Layers whose outputs can be negative
-are refused (:mod:`.nonnegative`); outputs follow the package's output rules
-(:mod:`reaf_lightning.io`), checked before anything is loaded.
+Data: without ``--data`` the data module recorded by model_a's run is rebuilt; from a
+file only names are taken (:mod:`.run_data`): the class, matched against the package's
+own data modules and never imported by the name in a file, and what the network was
+fed (image size, normalisation, the validation split). Every path, download, cache and
+worker setting comes from the command line or the defaults. Settings given on the
+command line win, and every input fed otherwise than a network was trained with is
+printed. Layers whose outputs can be negative are refused (:mod:`.nonnegative`);
+outputs follow the package's output rules (:mod:`reaf_lightning.io`), checked before
+anything is loaded.
 
 Errors follow :mod:`reaf_lightning.errors` (one line, exit 2 for user errors,
 3 for NaN/inf weights or activations). Only the parser is built at import, so
@@ -36,9 +42,8 @@ from typing import Any, Literal, NoReturn
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from reaf_lightning.commands import parse, prepare_arguments, run_main
-from reaf_lightning.errors import ConfigError, NumericalError
+from reaf_lightning.errors import ConfigError
 
-from .run_data import INPUT_SETTINGS, differs
 from .spec import ModelSpec
 
 __all__ = ["build_parser", "main"]
@@ -66,7 +71,12 @@ def build_parser() -> ArgumentParser:
     )
     add = parser.add_argument
     add("--config", action=ActionConfigFile, help="YAML config file(s).")
-    add("--model_a", type=ModelSpec, required=True, help="First model.")
+    add(
+        "--model_a",
+        type=ModelSpec,
+        required=True,
+        help="First model: one network, or several (its seeds, e.g. an experiment directory).",
+    )
     add("--model_b", type=ModelSpec | None, default=None, help="Optional second model.")
     parser.add_subclass_arguments(
         DataModule, "data", required=False,
@@ -103,7 +113,12 @@ def build_parser() -> ArgumentParser:
     add("--title", type=str | None, default=None, help="Figure title (default none: captions).")
     add("--device", type=str, default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda:0'.")
     add("--max_batches", type=int | None, default=None, help="Stop after N batches (smoke runs).")
-    add("--alpha", type=float, default=0.05, help="Significance level of the KS test.")
+    add(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="Significance level of the tests; the intervals over seeds are 1 - alpha.",
+    )
     add("--progress", type=bool, default=True, help="tqdm bar over batches.")
     add(
         "--weights_only",
@@ -152,93 +167,110 @@ def _run(cfg: Namespace, explicit: Namespace) -> None:
     ensure_writable(cfg.output_dir)
     from .plots import output_paths
 
-    check_outputs(list(output_paths(cfg.output_dir, cfg.stem, len(specs) == 2).values()), inputs)
+    paths = output_paths(cfg.output_dir, cfg.stem, len(specs) == 2, with_seeds=True)
+    check_outputs(list(paths.values()), inputs)
 
-    import torch
-
-    from .hooks import compute_selectivity
-    from .loading import load_model
-    from .stats import format_table, ks_tests, selectivity_frame, summarize
+    from .loading import load_models
 
     device = _device(cfg.device)
-    # Load everything before computing anything: a bad checkpoint fails fast.
-    first = load_model(specs[0], weights_only=cfg.weights_only)
-    data = _data_module(cfg, explicit, first)
+    # Load everything before computing anything: a bad checkpoint fails fast. A checkpoint
+    # says its own classes; a state_dict takes the data's, for model_a as for model_b.
+    first = load_models(specs[0], weights_only=cfg.weights_only) if specs[0].checkpoint else None
+    data = _data_module(cfg, explicit, first[0] if first else None)
     num_classes = getattr(data, "num_classes", None)
-    models = [first] + [
-        load_model(s, num_classes=num_classes, weights_only=cfg.weights_only) for s in specs[1:]
+    models = [
+        first if i == 0 and first else load_models(s, num_classes, cfg.weights_only)
+        for i, s in enumerate(specs)
     ]
-    labels = [m.label for m in models]
+    labels = [group[0].label for group in models]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"both models are labelled {labels[0]!r}; set --model_b.label")
-    for model in models:
-        _check_classes(model.label, model.net, num_classes)
-    used = {k: getattr(data, k) for k in INPUT_SETTINGS if hasattr(data, k)}
-    for model in models[1:]:
-        _warn_other_settings(model, used)
+    networks = [net for group in models for net in group]
+    for net in networks:
+        _check_classes(net.name, net.net, num_classes)
 
     data.prepare_data()
     data.setup("validate" if cfg.split == "val" else "test")
+    _note_inputs(data, networks)
     loader = data.val_dataloader() if cfg.split == "val" else data.test_dataloader()
-    results = {}
-    for model in models:
-        print(f"[{PROG}] {model.label}: class selectivity on {type(data).__name__}/{cfg.split}")
-        try:
-            results[model.label] = compute_selectivity(
-                model.net, loader, layers=cfg.layers, num_classes=num_classes,
-                reduction=cfg.reduction, device=device, max_batches=cfg.max_batches,
-                progress=cfg.progress,
-            )  # fmt: skip
-        except NumericalError as err:
-            raise NumericalError(f"model {model.label!r}: {err}") from err
-        model.net.to(torch.device("cpu"))
+    from .compare import measure_networks
 
-    frame = selectivity_frame(results)
-    summary = summarize(frame)
-    ks = ks_tests(frame, alpha=cfg.alpha) if len(results) == 2 else None
-    print("\nClass selectivity summary (per layer and model):")
-    print(format_table(summary))
-    _write(cfg, frame, summary, ks, {m.label: m.provenance() for m in models}, inputs)
+    measured = measure_networks(
+        networks, loader, alpha=cfg.alpha, layers=cfg.layers, num_classes=num_classes,
+        reduction=cfg.reduction, device=device, max_batches=cfg.max_batches,
+        progress=cfg.progress,
+        announce=lambda net: print(
+            f"[{PROG}] {net.name}: class selectivity on {type(data).__name__}/{cfg.split}"
+        ),
+    )  # fmt: skip
+    _report(cfg, measured, networks, inputs)
 
 
-def _inputs(cfg: Namespace, specs: list[ModelSpec]) -> list[str]:
-    """Every file the command reads: no output may be one of them."""
-    from .loading import checkpoint_of
-
-    files = [str(c) for c in cfg.get("config") or []]
-    for spec in specs:
-        if spec.checkpoint:
-            files.append(str(checkpoint_of(Path(spec.checkpoint))))
-        if spec.state_dict:
-            files.append(str(spec.state_dict))
-    return files
-
-
-def _write(
-    cfg: Namespace, frame, summary, ks, provenance: dict[str, dict[str, Any]], inputs: list[str]
-) -> None:
+def _report(cfg: Namespace, measured, networks, inputs: list[str]) -> None:
+    """Print the tables (per network, over seeds, the difference, the KS tests) and write them."""
+    from .compare import ks_overview, per_network_table, tables
     from .plots import choose_panels, save_selectivity_outputs
     from .stats import format_table
 
-    panels, notes = choose_panels(frame, cfg.plot_layers, ks)
-    if ks is not None:
-        print(f"\nTwo-sample Kolmogorov-Smirnov test per layer (alpha={cfg.alpha}):")
-        print(format_table(ks))
-        best = ks.loc[ks["ks_statistic"].idxmax()]
+    t = tables(measured, cfg.alpha)
+    level, labels = 1.0 - cfg.alpha, list(measured.results)
+    print(
+        "\nEach network: top-1 accuracy on the analysed images, mean class selectivity per layer:"
+    )
+    print(format_table(per_network_table(t.summary)))
+    for line in measured.at_chance:
+        print(f"[{PROG}] warning: {line}")
+    several = max(len(runs) for runs in measured.results.values()) > 1
+    if several:  # (one network per model: the table above says it all)
+        print(f"\nEach model over its networks (seeds): mean, std and {level:.0%} interval:")
+        print(format_table(t.seeds))
+    if t.difference is not None:
+        print(f"\n{labels[1]} minus {labels[0]} over seeds (Welch {level:.0%} interval):")
+        print(format_table(t.difference))
+        if min(len(runs) for runs in measured.results.values()) == 1:
+            print(
+                "Note: a model with one network has no spread over seeds, so no interval: the "
+                "difference of two networks says nothing about the models (give each model "
+                "several seeds, e.g. an experiment directory)"
+            )
+    panels, notes = choose_panels(t.frame, cfg.plot_layers, t.ks)
+    if t.ks is not None:
+        one = len(t.ks[["run_a", "run_b"]].drop_duplicates()) == 1
         print(
-            f"\nMost separated layer (largest KS statistic): {best['layer']} "
-            f"(D = {best['ks_statistic']:.3f}, p = {best['p_value']:.2g})"
+            f"\nKolmogorov-Smirnov test per layer within {'one pair' if one else 'each pair'} "
+            f"of networks (alpha={cfg.alpha}); its samples are one network's channels, so it "
+            "compares these networks, not the models:"
+        )
+        print(format_table(t.ks if one else ks_overview(t.ks)))
+        mean_d = t.ks.groupby("layer", observed=True, sort=False)["ks_statistic"].mean()
+        print(
+            f"\nMost separated layer (largest KS statistic{'' if one else ', mean over pairs'}): "
+            f"{mean_d.idxmax()} (D = {mean_d.max():.3f})"
         )
     for note in notes:
         print(f"Note: {note}")
     paths = save_selectivity_outputs(
-        frame, summary, cfg.output_dir, stem=cfg.stem, ks=ks, title=cfg.title,
-        layers=panels, width=cfg.width, inputs=inputs,
+        t.frame, t.summary, cfg.output_dir, stem=cfg.stem, ks=t.ks, title=cfg.title,
+        layers=panels, width=cfg.width, inputs=inputs, seeds=t.seeds, difference=t.difference,
     )  # fmt: skip
     print(f"Figure panels: {', '.join(panels)}")
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
     if cfg.wandb_project:
-        _log_wandb(cfg, paths, summary, ks, provenance)
+        logged = {"summary": t.summary, "seeds": t.seeds, "difference": t.difference, "ks": t.ks}
+        provenance: dict[str, dict[str, Any]] = {}
+        for net in networks:
+            provenance.setdefault(net.label, {})[net.run] = net.provenance()
+        _log_wandb(cfg, paths, logged, provenance)
+
+
+def _inputs(cfg: Namespace, specs: list[ModelSpec]) -> list[str]:
+    """Every file the command reads: no output may be one of them."""
+    from .loading import sources_of
+
+    files = [str(c) for c in cfg.get("config") or []]
+    for spec in specs:
+        files += [str(f) for f in sources_of(spec)]
+    return files
 
 
 def _init_settings(cfg: Namespace) -> dict[str, Any]:
@@ -246,7 +278,7 @@ def _init_settings(cfg: Namespace) -> dict[str, Any]:
 
 
 def _data_module(cfg: Namespace, explicit: Namespace, model_a) -> Any:
-    """The data module: the user's, completed by model_a's run record (module docstring)."""
+    """The data module: the user's, completed by the names model_a's run records."""
     from .run_data import build_data_module
 
     given = explicit.get("data")
@@ -254,22 +286,24 @@ def _data_module(cfg: Namespace, explicit: Namespace, model_a) -> Any:
     return build_data_module(
         cfg.data.class_path if cfg.data is not None else None,
         given_args,
-        _init_settings(cfg),
-        model_a.data,
-        model_a.source,
+        model_a.data if model_a is not None else None,
+        model_a.source if model_a is not None else "",
         note=lambda line: print(f"[{PROG}] note: {line}"),
     )
 
 
-def _warn_other_settings(model, used: dict[str, Any]) -> None:
-    """Warn when model_b was trained with other input settings than those used."""
-    trained = model.data.init_args if model.data is not None else {}
-    for key in INPUT_SETTINGS:
-        if key in trained and key in used and differs(trained[key], used[key]):
-            print(
-                f"[{PROG}] note: {model.label} was trained with data {key}={trained[key]!r}, "
-                f"but is evaluated with {used[key]!r}"
-            )
+def _note_inputs(data, networks) -> None:
+    """A note for every input a network is fed otherwise than it was trained with (one line
+    per difference, naming the networks it concerns)."""
+    from .run_data import fed_differences
+
+    found: dict[str, list[str]] = {}
+    for net in networks:
+        trained = net.data.inputs(net.source) if net.data is not None else {}
+        for line in fed_differences(data, trained):
+            found.setdefault(line, []).append(net.name)
+    for line, names in found.items():
+        print(f"[{PROG}] note: {', '.join(names)}: {line}")
 
 
 def _device(name: str):
@@ -300,8 +334,9 @@ def _check_classes(label: str, net, num_classes: int | None) -> None:
         )
 
 
-def _log_wandb(cfg: Namespace, paths, summary, ks, provenance: dict[str, dict[str, Any]]) -> None:
-    """One W&B run recording the compared checkpoints, the figure and the tables.
+def _log_wandb(cfg: Namespace, paths, tables, provenance: dict[str, dict[str, Any]]) -> None:
+    """One W&B run recording the compared checkpoints (``{model: {run: provenance}}``), the
+    figure and the tables.
 
     Started by the same function as training's logger
     (:func:`reaf_lightning.training.wandb_logger.start_wandb_run`): no credentials or no network
@@ -321,12 +356,10 @@ def _log_wandb(cfg: Namespace, paths, summary, ks, provenance: dict[str, dict[st
     import wandb
 
     try:
-        payload = {
-            f"{cfg.stem}/figure": wandb.Image(str(paths["png"])),
-            f"{cfg.stem}/summary": wandb.Table(dataframe=_plain(summary)),
-        }
-        if ks is not None:
-            payload[f"{cfg.stem}/ks"] = wandb.Table(dataframe=_plain(ks))
+        payload = {f"{cfg.stem}/figure": wandb.Image(str(paths["png"]))}
+        for name, table in tables.items():
+            if table is not None:
+                payload[f"{cfg.stem}/{name}"] = wandb.Table(dataframe=_plain(table))
         run.log(payload)
     finally:
         run.finish()

@@ -20,7 +20,7 @@ Choices that are ours (the paper is silent):
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_LAYERS",
     "REDUCTIONS",
     "LayerCapture",
+    "TopOne",
     "compute_class_means",
     "compute_selectivity",
     "raise_on_negative",
@@ -175,6 +176,37 @@ def split_batch(batch: object) -> tuple[Tensor, Tensor]:
     )
 
 
+class TopOne:
+    """Top-1 hits of a classifier's outputs over a loop (``compute_class_means(on_output=...)``).
+
+    The network's accuracy on the data its selectivity is measured on: channels of a network
+    at chance level are not those of a network that learned the task. An output that is not
+    ``(N, classes)`` logits, or has another number of classes than ``num_classes``, leaves
+    :attr:`accuracy` ``None``.
+    """
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        self.num_classes = num_classes
+        self.correct = 0
+        self.total = 0
+        self.scored = True
+
+    def __call__(self, output: object, labels: Tensor) -> None:
+        if not isinstance(output, Tensor) or output.ndim != 2:
+            self.scored = False
+            return
+        if self.num_classes is not None and output.shape[1] != self.num_classes:
+            self.scored = False
+            return
+        self.correct += int((output.argmax(1).cpu() == labels.cpu()).sum())
+        self.total += int(labels.numel())
+
+    @property
+    def accuracy(self) -> float | None:
+        """Top-1 accuracy, or ``None`` when it cannot be scored."""
+        return self.correct / self.total if self.scored and self.total else None
+
+
 def compute_class_means(
     model: nn.Module,
     dataloader: Iterable,
@@ -186,6 +218,7 @@ def compute_class_means(
     max_batches: int | None = None,
     progress: bool = False,
     accumulate_dtype: torch.dtype = torch.float64,
+    on_output: Callable[[object, Tensor], None] | None = None,
 ) -> ClassActivationStats:
     """Stream a data set through ``model`` and sum the hooked activations per class.
 
@@ -207,6 +240,8 @@ def compute_class_means(
         max_batches: Stop after this many batches per process (smoke runs).
         progress: Show a tqdm progress bar over batches (rank 0 only).
         accumulate_dtype: dtype of the sums (float32 on devices without float64).
+        on_output: Called with the network's output and the labels of every batch's
+            counted samples (e.g. :class:`TopOne`, the accuracy on the same images).
 
     Returns:
         The per-class sums and counts, identical on every rank after sync.
@@ -241,10 +276,13 @@ def compute_class_means(
                 if step == 0:  # refuse layers whose outputs can be negative, before any sum
                     check_measurable_layers(net, capture.layers, images[:2])
                     capture.outputs.clear()
-                net(images)
+                output = net(images)
                 outputs = capture.take()
                 if real > 0:
                     sums.add({n: t[:real] for n, t in outputs.items()}, labels[:real])
+                    if on_output is not None:
+                        kept = output[:real] if isinstance(output, Tensor) else output
+                        on_output(kept, labels[:real])
                 if max_batches is not None and step + 1 >= max_batches:
                     break
     finally:

@@ -22,22 +22,23 @@ class ModelSpec:
     Args:
         label: Name in the legend and tables; default the network's registry
             name (a checkpoint's ``arch``), plus the weights name for torchvision.
-        checkpoint: Lightning checkpoint (``.ckpt``) of ``reaf-lightning fit``, or its run
-            directory.
+        checkpoint: Lightning checkpoint (``.ckpt``) of ``reaf-lightning fit``, its run
+            directory, an experiment directory (its ``seed<N>`` runs: the model's seeds), or a
+            list of these; several networks are the model's replicates.
         arch: Network name: a registry name (``reaf_lightning.models.list_models()``),
             ``torchvision.<model>`` or ``timm.<model>``.
         arch_kwargs: Keyword arguments of the network (``stem``, ``width``,
             ``reaf``, ``num_classes``, ...). For ``state_dict`` the number of
             classes defaults to the data module's; for ``weights`` the
             defaults are ``num_classes=1000, stem="imagenet"``.
-        state_dict: File with ``torch.save(model.state_dict())``.
+        state_dict: File with ``torch.save(model.state_dict())``, or a list of such files.
         weights: torchvision weights name of ``arch`` (``IMAGENET1K_V1``,
             ``IMAGENET1K_V2`` or ``DEFAULT``), read from the torch hub cache.
     """
 
     label: str | None = None
-    checkpoint: str | None = None
+    checkpoint: str | list[str] | None = None
     arch: str | None = None
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    state_dict: str | None = None
+    state_dict: str | list[str] | None = None
     weights: str | None = None

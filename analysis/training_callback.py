@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from reaf_lightning.errors import ConfigError, DataError, NumericalError
@@ -112,13 +113,21 @@ class SelectivityCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Fail at set-up, not after N epochs: unknown or empty layer names, a layer that runs
         twice per forward pass or whose output can be negative, an unwritable run dir, a CSV
-        path that is a link or not a file, an earlier CSV that is not one of ours.
+        path that is a link or not a file, an earlier CSV that is not one of ours; and
+        warn when the fit is shorter than ``every_n_epochs`` (it would record nothing).
 
         The last two need one forward pass of two blank images of the data module's
         ``image_size``; without one (a data module that does not say its image size)
         they are checked on the first validation batch instead.
         """
         LayerCapture(self._network(pl_module), self.layers, self.reduction)
+        epochs = trainer.max_epochs
+        if stage == "fit" and epochs is not None and 0 < epochs < self.every_n_epochs:
+            rank_zero_warn(
+                f"SelectivityCallback measures after every {self.every_n_epochs} epochs, but this "
+                f"fit trains {epochs}: it will record nothing; set every_n_epochs (for small "
+                "networks on a CPU, configs/callbacks/selectivity_small.yaml measures every epoch)"
+            )
         self._checked = False
         size = getattr(trainer.datamodule, "image_size", None)
         if isinstance(size, int) and size > 0:

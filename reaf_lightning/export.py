@@ -6,7 +6,10 @@ export writes the bare network:
 
 * ``<stem>.pt`` — a ``state_dict`` (``torch.save``; load with ``weights_only=True``);
 * ``<stem>.safetensors`` — the same tensors in the safetensors format;
-* ``<stem>.json`` — how to rebuild it: ``arch``, ``arch_kwargs``, ``num_classes``.
+* ``<stem>.json`` — how to rebuild it (``arch``, ``arch_kwargs``, ``num_classes``) and what
+  it expects and answers (``image_size``, ``mean``, ``std``: RGB in [0, 1] resized to
+  ``image_size`` and normalised per channel; ``classes``: the names of its outputs), as
+  the run record of the checkpoint says (``null`` where it does not).
 
 Key names are those of the package's networks, which follow torchvision's
 (``conv1``, ``layer1.0.conv2``, ``fc``, ...): a plain ``resnet18``/``resnet50``
@@ -19,34 +22,45 @@ checkpoint's network.
     python -m reaf_lightning.export CHECKPOINT OUTPUT_STEM   # writes the three files
 
 (a module entry point rather than a ``reaf-lightning`` subcommand: the training
-CLI's parser stays as it is). Existing files are never overwritten, and the
-three files appear together or not at all.
+CLI's parser stays as it is). ``CHECKPOINT`` may be a run directory (its
+``checkpoints/last.ckpt``). The weights are loaded into the network the checkpoint
+records before anything is written, so an export always loads; existing files are
+never overwritten, and the three files appear together, with the same permissions,
+or not at all.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from jsonargparse import ArgumentParser
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from reaf_lightning.commands import parse, prepare_arguments, run_main
-from reaf_lightning.errors import CheckpointError, OutputError
+from reaf_lightning.errors import CheckpointError, ConfigError, OutputError, one_line
 
 if TYPE_CHECKING:  # torch is imported where it is used: the command's --help stays light
     import torch
     from torch import Tensor, nn
 
+    from reaf_lightning.runs.checkpoint import SavedNetwork
+
 __all__ = [
+    "ExportDescription",
     "build_parser",
     "check_export",
+    "check_output_stem",
+    "describe",
     "export_onnx",
     "export_program",
     "export_weights",
     "load_network",
     "main",
+    "read_description",
 ]
 
 PROG = "python -m reaf_lightning.export"
@@ -54,42 +68,137 @@ PROG = "python -m reaf_lightning.export"
 MAX_DESCRIPTION_BYTES = 1 << 20
 
 
+def check_output_stem(stem: str | os.PathLike[str]) -> Path:
+    """``stem`` as a path whose last part is a file-name prefix (``exports/net``).
+
+    Raises:
+        ConfigError: an empty stem, or one whose last part is empty (it ends in ``/``),
+            ``.`` or ``..``: the files would not be named after it.
+    """
+    text = os.fspath(stem)
+    last = re.split(r"[/\\]" if os.altsep else "/", text)[-1]
+    if last in ("", ".", "..") or "\0" in text:
+        raise ConfigError(
+            f"output_stem {text!r} must end in a file-name prefix (e.g. exports/quickstart, "
+            "which writes exports/quickstart.pt, .safetensors and .json)"
+        )
+    return Path(text)
+
+
 def export_weights(
     checkpoint: str | os.PathLike[str],
     output_stem: str | os.PathLike[str],
     weights_only: bool = True,
 ) -> list[Path]:
-    """Write ``<output_stem>.pt``, ``.safetensors`` and ``.json`` from a Lightning checkpoint.
+    """Write ``<output_stem>.pt``, ``.safetensors`` and ``.json`` from a Lightning checkpoint
+    (or a run directory: its ``checkpoints/last.ckpt``).
 
     The checkpoint is read with the safe unpickler unless ``weights_only`` is ``False``
-    (only for a file whose origin you trust).
+    (only for a file whose origin you trust). Its weights are loaded into the network it
+    records first, so that nothing is written for weights that would not load.
 
     Returns:
         The three paths written.
 
     Raises:
-        CheckpointError: an unreadable or foreign checkpoint.
+        ConfigError: a bad ``output_stem``, or a recorded network that cannot be built.
+        CheckpointError: an unreadable or foreign checkpoint, or weights that do not fit
+            its network.
+        NumericalError: NaN or inf weights.
         OutputError: an output exists already (nothing is overwritten) or cannot be written.
     """
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from reaf_lightning.io import atomic_outputs
-    from reaf_lightning.runs.checkpoint import read_network
+    from reaf_lightning.runs.checkpoint import check_finite, checkpoint_of, read_network
 
-    saved = read_network(checkpoint, weights_only=weights_only)
-    stem = Path(output_stem)
+    stem = check_output_stem(output_stem)
+    path = checkpoint_of(checkpoint)
+    saved = read_network(path, weights_only=weights_only)
+    saved.rebuild()  # the weights fit the recorded network, or nothing is written
+    check_finite(
+        saved.state_dict,
+        lambda where: f"{path} holds non-finite weights (NaN or inf) in {where}; not exported",
+    )
     paths = [stem.with_name(stem.name + suffix) for suffix in (".pt", ".safetensors", ".json")]
     existing = [str(p) for p in paths if p.exists()]
     if existing:
         raise OutputError(f"export refuses to overwrite {', '.join(existing)}; choose a new stem")
     # safetensors refuses tensors sharing memory; a state_dict may hold views.
     tensors = {k: v.detach().contiguous().clone() for k, v in saved.state_dict.items()}
-    with atomic_outputs(paths) as (pt, safetensors, description):
+    description = describe(saved)
+    with atomic_outputs(paths, inputs=[path]) as (pt, safetensors, json_file):
         torch.save(tensors, pt)
-        save_file(tensors, str(safetensors), metadata={"network": json.dumps(saved.settings)})
-        description.write_text(json.dumps(saved.settings, indent=2) + "\n")
+        # Written by Python into the temporary (not by safetensors' own file creation, which
+        # makes owner-only files): the three files get the same, umask-given permissions.
+        safetensors.write_bytes(save(tensors, metadata={"network": json.dumps(saved.settings)}))
+        json_file.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
     return paths
+
+
+def describe(saved: SavedNetwork) -> dict[str, Any]:
+    """The export description: the network's settings, and what it was fed and answers as
+    the checkpoint's run record says (``None`` where it does not)."""
+    data = saved.record.data if saved.record is not None else None
+    fed = data.inputs(str(saved.path)) if data is not None else {}
+    classes = data.classes if data is not None else None
+    if classes is not None and len(classes) != saved.num_classes:
+        classes = None  # names of another label set than the network's outputs
+    return {
+        **saved.settings,
+        "image_size": fed.get("image_size"),
+        "mean": list(fed["mean"]) if "mean" in fed else None,
+        "std": list(fed["std"]) if "std" in fed else None,
+        "classes": classes,
+    }
+
+
+class ExportDescription(BaseModel):
+    """The schema of ``<stem>.json``, read as untrusted input (names a network, never code)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    arch: str
+    arch_kwargs: dict[str, Any] | None = None
+    num_classes: int
+    image_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    classes: list[str] | None = None
+
+
+def read_description(stem: str | os.PathLike[str]) -> ExportDescription:
+    """``<stem>.json``, checked: ``num_classes`` a positive integer, ``classes`` as many names.
+
+    Raises:
+        CheckpointError: not an export description (one line naming the file and the field).
+    """
+    from reaf_lightning.io import read_bounded
+
+    stem = Path(stem)
+    file = stem.with_name(stem.name + ".json")
+    text = read_bounded(file, MAX_DESCRIPTION_BYTES, "export description", CheckpointError)
+    try:
+        description = ExportDescription.model_validate(json.loads(text))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise CheckpointError(
+            f"{file}: not an export description: {where}: {first['msg']}"
+        ) from None
+    except ValueError as err:
+        raise CheckpointError(f"{file}: not an export description ({one_line(err)})") from None
+    if description.num_classes < 1:
+        raise CheckpointError(
+            f"{file}: not an export description: num_classes must be >= 1, got "
+            f"{description.num_classes}"
+        )
+    if description.classes is not None and len(description.classes) != description.num_classes:
+        raise CheckpointError(
+            f"{file}: {len(description.classes)} class names for {description.num_classes} outputs"
+        )
+    return description
 
 
 def load_network(stem: str | os.PathLike[str]) -> nn.Module:
@@ -106,20 +215,13 @@ def load_network(stem: str | os.PathLike[str]) -> nn.Module:
     """
     from safetensors.torch import load_file
 
-    from reaf_lightning.io import read_bounded
     from reaf_lightning.runs.checkpoint import rebuild_network
 
     stem = Path(stem)
-    description = stem.with_name(stem.name + ".json")
-    text = read_bounded(description, MAX_DESCRIPTION_BYTES, "export description", CheckpointError)
-    try:
-        network = json.loads(text)
-        arch, kwargs = str(network["arch"]), dict(network.get("arch_kwargs") or {})
-        kwargs["num_classes"] = int(network["num_classes"])
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{description}: not an export description ({err})") from err
+    network = read_description(stem)
+    kwargs = {**(network.arch_kwargs or {}), "num_classes": network.num_classes}
     weights = stem.with_name(stem.name + ".safetensors")
-    return rebuild_network(arch, kwargs, load_file(str(weights)), str(weights))
+    return rebuild_network(network.arch, kwargs, load_file(str(weights)), str(weights))
 
 
 def export_program(net: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
@@ -177,7 +279,9 @@ def build_parser() -> ArgumentParser:
         exit_on_error=False,
     )
     add = parser.add_argument
-    add("checkpoint", type=str, help="A Lightning checkpoint of reaf-lightning fit.")
+    add(
+        "checkpoint", type=str, help="A Lightning checkpoint of reaf-lightning fit, or its run dir."
+    )
     add("output_stem", type=str, help="Path without suffix, e.g. exports/reaf_resnet50.")
     add(
         "--weights_only",

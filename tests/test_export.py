@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 from helpers import REPO
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from reaf_lightning.export import check_export, export_weights, load_network, main
+from reaf_lightning import ImageClassifier
+from reaf_lightning.export import PROG, check_export, export_weights, load_network, main
 from reaf_lightning.models import create_model, list_models
 from reaf_lightning.models.hub import hub_entrypoints
 
@@ -75,6 +80,91 @@ def test_an_export_description_names_a_network_never_code(tmp_path):
     torch.testing.assert_close(load_network(tmp_path / "n")(x), net(x), rtol=0, atol=0)
 
 
+def test_a_run_directory_exports_with_its_inputs_and_class_names(trained_run, tmp_path):
+    """The description says what the network expects and answers, as its run recorded it
+    (recomputed here from the run's data settings); the three files share one mode."""
+    from reaf_lightning.data import DigitsDataModule
+    from reaf_lightning.export import read_description
+
+    old = os.umask(0o027)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(trained_run), str(tmp_path / "out" / "net")])
+    finally:
+        os.umask(old)
+    assert exit_info.value.code == 0
+    files = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in files] == ["net.json", "net.pt", "net.safetensors"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o640}
+    settings = json.loads((trained_run / "metrics.json").read_text())["data"]["init_args"]
+    reference = DigitsDataModule(**settings)
+    described = read_description(tmp_path / "out" / "net")
+    assert described.image_size == reference.image_size == settings["image_size"]
+    assert described.mean == pytest.approx(list(reference.mean), rel=1e-7)
+    assert described.std == pytest.approx(list(reference.std), rel=1e-7)
+    assert described.classes == reference.classes == [str(i) for i in range(10)]
+    net = load_network(tmp_path / "out" / "net")
+    ours = ImageClassifier.load_from_checkpoint(
+        trained_run / "checkpoints" / "last.ckpt", weights_only=True
+    ).net.eval()
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(net(x), ours(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stem", ["", "out/", "out/..", "out/."])
+def test_a_stem_that_names_no_file_is_refused_with_nothing_written(
+    trained_run, tmp_path, capsys, monkeypatch, stem
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(trained_run), stem])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"{PROG}: error: output_stem {stem!r} must end in a file-name prefix (e.g. "
+        "exports/quickstart, which writes exports/quickstart.pt, .safetensors and .json)\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_that_do_not_fit_the_recorded_network_write_nothing(trained_run, tmp_path, capsys):
+    content = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    content["hyper_parameters"]["arch_kwargs"] = {"width": 16}  # another network than trained
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(content, crafted)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(crafted), str(tmp_path / "out" / "net")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "incompatible checkpoint" in err and "shape mismatches" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"num_classes": "3"}, "num_classes: Input should be a valid integer"),
+        ({"num_classes": 3.0}, "num_classes: Input should be a valid integer"),
+        ({"num_classes": True}, "num_classes: Input should be a valid integer"),
+        ({"num_classes": 0}, "num_classes must be >= 1"),
+        ({"classes": ["a", "b"]}, "2 class names for 3 outputs"),
+    ],
+)
+def test_an_export_description_holds_whole_numbers_and_one_name_per_output(
+    tmp_path, fields, message
+):
+    from safetensors.torch import save_file
+
+    from reaf_lightning.errors import CheckpointError
+
+    save_file(
+        create_model("test_resnet", num_classes=3).state_dict(), str(tmp_path / "n.safetensors")
+    )
+    description = {"arch": "test_resnet", "arch_kwargs": {}, "num_classes": 3, **fields}
+    (tmp_path / "n.json").write_text(json.dumps(description))
+    with pytest.raises(CheckpointError, match=message):
+        load_network(tmp_path / "n")
+
+
 def _fit(tmp_path: Path, arch: str, arch_kwargs: dict) -> Path:
     """A real one-epoch Lightning fit of a few digits batches; the checkpoint it wrote."""
     import lightning.pytorch as pl
@@ -133,6 +223,11 @@ def test_reaf_export_reloads_with_create_model_and_exports_to_onnx(tmp_path):
         "arch": "test_reaf_resnet",
         "arch_kwargs": {},
         "num_classes": 10,
+        # a plain Trainer without the run record: what it was fed is not known
+        "image_size": None,
+        "mean": None,
+        "std": None,
+        "classes": None,
     }
     net = load_network(tmp_path / "net")
     reference = create_model("test_reaf_resnet", num_classes=10)
@@ -158,3 +253,32 @@ def test_every_zoo_network_exports_to_torch_export_and_onnx(name, tmp_path):
         onnx_path = None
     differences = check_export(net, torch.randn(2, 3, 32, 32), onnx_path)
     assert max(differences.values()) < 1e-4, differences
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_fields = st.sampled_from(["arch", "arch_kwargs", "num_classes", "image_size", "mean", "classes"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(description=st.dictionaries(_fields, _json, max_size=6) | _json)
+def test_any_description_reads_whole_or_is_one_refusal(tmp_path_factory, description):
+    """A description is untrusted input: whatever JSON it holds, reading it gives a checked
+    description or one CheckpointError naming the file."""
+    from reaf_lightning.errors import CheckpointError
+    from reaf_lightning.export import read_description
+
+    folder = tmp_path_factory.mktemp("description")
+    (folder / "n.json").write_text(json.dumps(description))
+    try:
+        read = read_description(folder / "n")
+    except CheckpointError as err:
+        assert "n.json" in str(err) and "\n" not in str(err)
+        return
+    assert isinstance(read.arch, str) and type(read.num_classes) is int and read.num_classes >= 1
+    assert read.classes is None or len(read.classes) == read.num_classes

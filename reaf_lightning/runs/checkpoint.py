@@ -17,6 +17,8 @@ Not part of the paper. A checkpoint is untrusted input, read by the safe loader
   otherwise silently override.
 * :func:`check_finite` is the one check for NaN/inf weights: before a checkpoint is
   saved, before one is used, and before a network is analysed.
+* :func:`checkpoint_of` and :func:`run_checkpoints` say which file a run directory (or an
+  experiment's seed directories) stands for, for ``reaf-analysis`` and the export.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from reaf_lightning.conversion.sources import build_network
 from reaf_lightning.errors import CheckpointError, ConfigError, NumericalError, one_line
 from reaf_lightning.io import load_checkpoint
 from reaf_lightning.layers.spec import is_int
-from reaf_lightning.runs.layout import RunDir
+from reaf_lightning.runs.layout import RunDir, is_seed_dir
 from reaf_lightning.runs.record import RunRecord, record_from_dict
 
 #: Keys every Lightning checkpoint has (``Trainer.save_checkpoint``).
@@ -329,6 +331,52 @@ def describe_mismatch(expected: dict[str, tuple[int, ...]], got: dict[str, tuple
             f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {got[k]} vs model {expected[k]})"
         )
     return "; ".join(details)
+
+
+def checkpoint_of(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself, or for a run directory its newest state, ``checkpoints/last.ckpt``.
+
+    Raises:
+        CheckpointError: a directory without that file.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    last = RunDir(path).last_checkpoint
+    if not last.is_file():
+        raise CheckpointError(
+            f"run directory {path} has no checkpoints/last.ckpt; give the checkpoint file itself"
+        )
+    return last
+
+
+def run_checkpoints(path: str | os.PathLike[str]) -> list[Path]:
+    """The newest checkpoint of every run ``path`` stands for: a checkpoint file, a run
+    directory (its ``checkpoints/last.ckpt``) or an experiment directory (that of each of its
+    ``seed<N>`` run directories, in seed order).
+
+    Raises:
+        CheckpointError: a directory that is neither, or a seed directory without that file.
+    """
+    path = Path(path)
+    if not path.is_dir() or RunDir(path).last_checkpoint.is_file():
+        return [checkpoint_of(path)]
+    seeds = sorted(
+        (p for p in path.iterdir() if is_seed_dir(p.name) and p.is_dir()),
+        key=lambda p: int(p.name[len("seed") :]),
+    )
+    if not seeds:
+        raise CheckpointError(
+            f"{path} is neither a run directory (checkpoints/last.ckpt) nor an experiment "
+            "directory (seed<N>/ run directories); give a checkpoint, a run or an experiment"
+        )
+    missing = [p.name for p in seeds if not RunDir(p).last_checkpoint.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"experiment directory {path}: {', '.join(missing)} has no checkpoints/last.ckpt; "
+            "give the runs you mean one by one"
+        )
+    return [RunDir(p).last_checkpoint for p in seeds]
 
 
 def find_last_checkpoint(dirs: Iterable[str | os.PathLike[str]]) -> Path | None:

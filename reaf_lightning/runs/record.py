@@ -23,7 +23,8 @@ metric that was not finite is ``null``; ``fit.epoch`` is the last validated epoc
      "data": {"class_path": "reaf_lightning.data.DigitsDataModule",
               "init_args": {"batch_size": 64, "image_size": 16},
               "dataset": "digits", "num_classes": 10, "image_size": 16,
-              "augmentation": "none", "sizes": {"train": 1437, "val": 360, "test": 360}},
+              "augmentation": "none", "sizes": {"train": 1437, "val": 360, "test": 360},
+              "mean": [0.3, 0.3, 0.3], "std": [0.4, 0.4, 0.4], "classes": ["0", ..., "9"]},
      "recipe": {"lr": 0.1, "schedule": "cosine", "accumulate_grad_batches": 1, ...},
      "epochs": {"planned": 4, "reached": 4}, "precision": "32-true",
      "provenance": {"package_version": "0.1.0", "git_commit": "...", "git_dirty": false,
@@ -49,16 +50,25 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from reaf_lightning.errors import ConfigError, one_line
 from reaf_lightning.io import SEED_RANGE, atomic_outputs, read_bounded
 
 __all__ = [
     "FORMAT",
+    "INPUT_KEYS",
     "MAX_DEPTH",
     "MAX_EPOCHS",
     "MAX_FILES",
+    "MAX_IMAGE_SIZE",
     "MAX_RECORD_BYTES",
     "DataSpec",
     "EpochCount",
@@ -80,6 +90,11 @@ FORMAT = "reaf-run/1"
 MAX_RECORD_BYTES = 1 << 20
 #: Deepest nesting of lists/objects accepted (a record needs about 5).
 MAX_DEPTH = 32
+#: The largest image side a record may give (ours: the paper's largest input is 480 px, and
+#: a reader would allocate images at that side before anything could fail).
+MAX_IMAGE_SIZE = 4096
+#: What a record says its network was fed: the settings a reader may take from a file.
+INPUT_KEYS = ("image_size", "resize_size", "mean", "std", "num_classes")
 
 #: Most epochs a record may name (the paper trains 100-200; ours, against impossible values).
 MAX_EPOCHS = 1_000_000
@@ -112,9 +127,14 @@ class NetworkSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    """The data module: its class path, the init settings it saved, and the data set it fed
-    (as the module describes it: name, classes, image size, training augmentation in
-    words, images per split; ``None``/empty where the module does not say)."""
+    """The data module: its class path, the init settings it saved, the data set it fed (as
+    the module describes it: name, training augmentation in words, images per split) and
+    what the network was fed: classes (their number and names, in label order), image size
+    and normalisation, as the set-up module had them (a mean and std computed from the
+    training images are recorded too). ``None`` where the module does not say, or in a
+    record written before they were recorded. A reader takes only these and the class name
+    from a file, never a path, download, cache or worker setting
+    (:mod:`reaf_lightning.analysis.run_data`)."""
 
     class_path: str
     init_args: dict[str, Any] = Field(default_factory=dict)
@@ -123,6 +143,65 @@ class DataSpec(_Strict):
     image_size: int | None = None
     augmentation: str | None = None
     sizes: dict[str, int] = Field(default_factory=dict)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    classes: list[str] | None = None
+
+    @field_validator("num_classes", "image_size", "mean", "std", mode="after")
+    @classmethod
+    def _fed(cls, value: Any, info: ValidationInfo) -> Any:
+        problem = _input_problem(info.field_name, value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    def inputs(self, source: str) -> dict[str, Any]:
+        """What the network was fed, as far as the record says (:data:`INPUT_KEYS`): the fed
+        values, else (a record written before they were recorded) the init settings that
+        gave them.
+
+        Raises:
+            RecordError: a value out of range (one line naming ``source``).
+        """
+        args = self.init_args
+        values = {
+            "image_size": self.image_size
+            if self.image_size is not None
+            else args.get("image_size"),
+            "resize_size": args.get("resize_size"),
+            "mean": self.mean if self.mean is not None else args.get("mean"),
+            "std": self.std if self.std is not None else args.get("std"),
+            "num_classes": self.num_classes,
+        }
+        out = {k: v for k, v in values.items() if v is not None}
+        for key, value in out.items():
+            problem = _input_problem(key, value)
+            if problem:
+                raise RecordError(f"{source}: data {key}: {problem}")
+        return out
+
+
+def _input_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the fed ``key`` (``None``: it can, or it is ``None``)."""
+    if value is None:
+        return None
+    if key in ("image_size", "resize_size"):
+        top = MAX_IMAGE_SIZE
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            return f"an image side is an integer in [1, {top}], got {value!r}"
+    elif key == "num_classes":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"must be a positive integer, got {value!r}"
+    elif key in ("mean", "std"):
+        numbers = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        )
+        if not numbers or len(value) != 3:
+            return f"must be 3 finite numbers (one per RGB channel), got {value!r}"
+        if key == "std" and min(value) <= 0:
+            return f"must be > 0, got {value!r}"
+    return None
 
 
 class EpochCount(_Strict):

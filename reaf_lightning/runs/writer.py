@@ -25,9 +25,12 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from pydantic import ValidationError
 
 from reaf_lightning.conversion.sources import build_network
+from reaf_lightning.errors import ReafError
 from reaf_lightning.io import atomic_outputs
+from reaf_lightning.layers.spec import is_int
 from reaf_lightning.models.complexity import network_complexity
 from reaf_lightning.runs.layout import WANDB, RunDir
 from reaf_lightning.runs.owned import claim
@@ -45,6 +48,10 @@ from reaf_lightning.runs.record import (
     read_record,
     write_record,
 )
+
+#: Class names are recorded up to this JSON size (ImageNet-21k's 21,841 ids take 270 kB); a
+#: larger list is left out, so that a record stays far below what a reader accepts.
+MAX_CLASS_NAMES_BYTES = 1 << 19
 
 
 # -- the run record --------------------------------------------------------------------------
@@ -70,14 +77,39 @@ def _json_plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _described(datamodule: Any) -> dict[str, Any]:
-    """The data set as the data module describes it (``describe()``, as the package's data
-    modules do); of another module only an integer ``num_classes``."""
-    describe = getattr(datamodule, "describe", None)
-    if callable(describe):
-        return _json_plain(describe())
-    classes = getattr(datamodule, "num_classes", None)
-    return {"num_classes": classes} if type(classes) is int else {}
+def _data_spec(datamodule: Any) -> DataSpec:
+    """The data module as the record holds it: class, init settings, the data set as the
+    module describes it (``describe()``, as the package's data modules do; of another
+    module only what its attributes say), and what the network was fed, read from the
+    set-up module (a mean/std computed from the data included)."""
+    kind = type(datamodule)
+    fed: dict[str, Any] = {}
+    try:
+        describe = getattr(datamodule, "describe", None)
+        if callable(describe):
+            fed.update(_json_plain(describe()))
+        for key in ("num_classes", "image_size"):
+            value = getattr(datamodule, key, None)
+            if key not in fed and is_int(value) and value > 0:
+                fed[key] = value
+        for key in ("mean", "std"):
+            value = getattr(datamodule, key, None)
+            if isinstance(value, (list, tuple)) and all(isinstance(v, float | int) for v in value):
+                fed[key] = [float(v) for v in value]
+        classes = getattr(datamodule, "classes", None)
+    except (OSError, ReafError):  # a module whose files went away: it says less
+        classes = None
+    if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
+        if len(json.dumps(list(classes))) <= MAX_CLASS_NAMES_BYTES:
+            fed["classes"] = list(classes)
+    spec = {
+        "class_path": f"{kind.__module__}.{kind.__qualname__}",
+        "init_args": _json_plain(dict(getattr(datamodule, "hparams", {}))),
+    }
+    try:
+        return DataSpec(**spec, **fed)
+    except ValidationError:  # a third-party module's odd values: the record keeps its settings
+        return DataSpec(**spec)
 
 
 class MetricsFile(Callback):
@@ -339,14 +371,7 @@ class MetricsFile(Callback):
             kwargs = _json_plain(hp.get("arch_kwargs") or {})
             network = NetworkSpec(arch=hp["arch"], kwargs=kwargs, num_classes=hp["num_classes"])
         datamodule = getattr(trainer, "datamodule", None)
-        data = None
-        if datamodule is not None:
-            kind = type(datamodule)
-            data = DataSpec(
-                class_path=f"{kind.__module__}.{kind.__qualname__}",
-                init_args=_json_plain(dict(getattr(datamodule, "hparams", {}))),
-                **_described(datamodule),
-            )
+        data = _data_spec(datamodule) if datamodule is not None else None
         recipe = {k: v for k, v in hp.items() if k not in ("arch", "arch_kwargs", "num_classes")}
         batch = getattr(datamodule, "batch_size", None)
         recipe.update(

@@ -2,10 +2,13 @@
 
 One row per input, in the dataset's order: its index, the file it was read
 from (torchvision-style ``dataset.samples[index][0]``, through any
-``torch.utils.data.Subset``; empty for in-memory datasets), its label when
-the batches carry one, and the ``top_k`` classes with their probabilities.
-Under DDP every rank predicts its share; the rows are gathered on rank 0 and
-put back in the dataset's order before the file is written, atomically.
+``torch.utils.data.Subset``; empty for in-memory datasets; the bytes of a file
+name that are not UTF-8 written as ``\\xNN``, so that the file stays UTF-8 text),
+its label when the batches carry one, and the ``top_k`` classes with their
+probabilities. Classes are indices, each followed by its name when the data module
+names its classes (``classes``, one per network output). Under DDP every rank
+predicts its share; the rows are gathered on rank 0 and put back in the dataset's
+order before the file is written, atomically.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import Subset
 
-from reaf_lightning.io import atomic_outputs, check_outputs, ensure_writable
+from reaf_lightning.io import atomic_outputs, check_outputs, ensure_writable, shown
 from reaf_lightning.runs.layout import PREDICTIONS
 from reaf_lightning.runs.writer import claim_for
 
@@ -32,7 +35,7 @@ def input_path(dataset: Any, index: int) -> str:
     while isinstance(dataset, Subset):
         dataset, index = dataset.dataset, dataset.indices[index]
     samples = getattr(dataset, "samples", None)
-    return str(samples[index][0]) if samples is not None else ""
+    return shown(samples[index][0]) if samples is not None else ""
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -52,11 +55,16 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.filename, self.top_k = filename, top_k
         self._rows: list[tuple] = []
+        self._names: list[str] | None = None
+        self._outputs: int | None = None
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ensure_writable(trainer.default_root_dir, "run directory")
         check_outputs([Path(trainer.default_root_dir) / self.filename])  # before any prediction
-        self._rows = []
+        self._rows, self._outputs = [], None
+        names = getattr(trainer.datamodule, "classes", None)
+        plain = isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
+        self._names = list(names) if plain else None
 
     def write_on_batch_end(
         self,
@@ -71,6 +79,7 @@ class PredictionWriter(BasePredictionWriter):
         probs, classes = (
             prediction.detach().float().topk(min(self.top_k, prediction.shape[1]), dim=1)
         )
+        self._outputs = int(prediction.shape[1])
         labelled = isinstance(batch, (tuple, list)) and len(batch) > 1
         targets = batch[1].tolist() if labelled else [""] * len(probs)
         if not batch_indices:  # a loader without a sampler: number the inputs as they come
@@ -102,12 +111,23 @@ class PredictionWriter(BasePredictionWriter):
         unique = sorted({(row[0], row[1]): row for row in rows}.values(), key=lambda r: r[:2])
         k = max((len(row[4]) for row in unique), default=0)
         several = len({row[0] for row in unique}) > 1
+        names = self._names if self._names and len(self._names) == self._outputs else None
+
+        def named(c: int) -> list:
+            return [c, names[c] if 0 <= c < len(names) else ""] if names else [c]
+
         header = ["dataloader"] * several + ["index", "path", "target"]
+        header += ["target_name"] if names else []
         for rank in range(1, k + 1):
-            header += [f"top{rank}_class", f"top{rank}_prob"]
-        with atomic_outputs([path]) as (tmp,), open(tmp, "w", newline="") as handle:
+            header += [f"top{rank}_class"] + [f"top{rank}_name"] * bool(names)
+            header += [f"top{rank}_prob"]
+        with (
+            atomic_outputs([path]) as (tmp,),
+            open(tmp, "w", newline="", encoding="utf-8") as handle,
+        ):
             writer = csv.writer(handle)
             writer.writerow(header)
             for loader_idx, index, file, target, top_c, top_p in unique:
-                pairs = [value for pair in zip(top_c, top_p) for value in pair]
-                writer.writerow([loader_idx] * several + [index, file, target, *pairs])
+                labelled = named(int(target)) if target != "" else [""] * (1 + bool(names))
+                pairs = [v for c, prob in zip(top_c, top_p) for v in (*named(c), prob)]
+                writer.writerow([loader_idx] * several + [index, file, *labelled, *pairs])

@@ -48,9 +48,15 @@ def _recorded(run_dir: Path) -> dict:
     return yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["init_args"]
 
 
+#: The digits' settings a run lends the analysis: what the network sees and which images are
+#: validation; batch size and workers are the module's defaults unless the user gives them.
+REUSED = ("image_size", "val_fraction", "seed")
+
+
 def _expected(run_dir: Path, **override) -> np.ndarray:
-    """layer4's SI on the digits validation split, with the run's settings (and overrides)."""
-    settings = {**_recorded(run_dir), **override}
+    """layer4's SI on the first validation batch, with the run's reused settings (and overrides)."""
+    settings = {k: v for k, v in _recorded(run_dir).items() if k in REUSED}
+    settings.update(override)
     net = load_model(ModelSpec(checkpoint=str(run_dir / "checkpoints" / "last.ckpt"))).net
     data = DigitsDataModule(**settings)
     data.setup("validate")
@@ -90,17 +96,24 @@ def test_the_command_line_wins_with_a_note_per_differing_setting(trained_run, tm
         "--model_a.checkpoint", str(trained_run / "checkpoints" / "last.ckpt"),
         "--data.class_path", "reaf_lightning.data.DigitsDataModule",
         "--data.init_args.image_size", str(size), "--data.init_args.batch_size", str(batch),
-        "--data.init_args.num_workers", str(recorded["num_workers"]),  # same: no note
+        "--data.init_args.seed", str(recorded["seed"]),  # same: no note
         "--output_dir", str(out), *FAST,
     ])  # fmt: skip
     assert code == 0, err
-    notes = [line for line in printed.splitlines() if "note: data" in line]
+    notes = [line for line in printed.splitlines() if "note:" in line]
+    # the digits' statistics are computed at the image size: they change with it
+    trained_std = DigitsDataModule(image_size=recorded["image_size"]).std[0]
+    now_std = DigitsDataModule(image_size=size).std[0]
+    assert abs(now_std - trained_std) > 1e-3
     assert notes == [
-        f"[reaf-analysis] note: data batch_size={batch} from the command line; "
-        f"the run used {recorded['batch_size']}",
         f"[reaf-analysis] note: data image_size={size} from the command line; "
         f"the run used {recorded['image_size']}",
-    ]
+        f"[reaf-analysis] note: test_reaf_resnet seed0: image_size: trained "
+        f"{recorded['image_size']}, evaluated {size}",
+        f"[reaf-analysis] note: test_reaf_resnet seed0: std: trained ({trained_std:.4g}, "
+        f"{trained_std:.4g}, {trained_std:.4g}), evaluated ({now_std:.4g}, {now_std:.4g}, "
+        f"{now_std:.4g})",
+    ]  # the batch size is not the run's to give: no note
     expected = _expected(trained_run, image_size=size, batch_size=batch)
     np.testing.assert_allclose(_si(out), expected, rtol=1e-5, atol=1e-6)
 

@@ -98,24 +98,38 @@ def test_two_models_data_from_checkpoint_figure_tables(trained, tmp_path, capsys
     printed = capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(f"selectivity{s}" for s in
-                           [".png", ".pdf", ".csv", "_summary.csv", "_ks.csv"])  # fmt: skip
+    assert files == sorted(f"selectivity{s}" for s in [".png", ".pdf", ".csv", "_summary.csv",
+                           "_seeds.csv", "_difference.csv", "_ks.csv"])  # fmt: skip
 
     # No --data: the checkpoint's DigitsDataModule at image size 16; labels are the arch names.
-    table = pd.read_csv(out / "selectivity.csv")
-    assert list(table.columns) == ["layer", "unit", "model", "si"]
+    table = pd.read_csv(out / "selectivity.csv", keep_default_na=False)
+    assert list(table.columns) == ["layer", "unit", "model", "run", "si"]
     assert list(dict.fromkeys(table.model)) == ["test_reaf_resnet", "test_resnet"]
+    # no seed recorded: a network is named by its run directory, or its file
+    assert list(dict.fromkeys(table.run)) == [trained["reaf"].parent.parent.name, "test_resnet.pt"]
     nets = {
         "test_reaf_resnet": load_model(ModelSpec(checkpoint=str(trained["reaf"]))).net,
         "test_resnet": create_model("test_resnet", num_classes=10),
     }
     nets["test_resnet"].load_state_dict(torch.load(trained["plain"]))
+    summary = pd.read_csv(out / "selectivity_summary.csv")
     for label, net in nets.items():
         expected = compute_selectivity(net, _digits_loader(), num_classes=10, max_batches=2)
         for layer in DEFAULT_LAYERS:
             rows = table[(table.model == label) & (table.layer == layer)].sort_values("unit")
             got = rows.si.to_numpy()
             np.testing.assert_allclose(got, expected[layer].numpy(), rtol=1e-5, atol=1e-6)
+        # each network's accuracy on the same images stands next to its selectivity
+        hits = total = 0
+        for step, (images, labels) in enumerate(_digits_loader()):
+            if step == 2:
+                break
+            with torch.no_grad():
+                hits += int((net.eval()(images).argmax(1) == labels).sum())
+            total += len(labels)
+        assert list(summary[summary.model == label].acc1) == [pytest.approx(hits / total)] * len(
+            DEFAULT_LAYERS
+        )
 
     # Summary and KS tables agree with statistics recomputed from the raw CSV.
     from scipy.stats import ks_2samp
@@ -127,6 +141,7 @@ def test_two_models_data_from_checkpoint_figure_tables(trained, tmp_path, capsys
         assert row["median"] == pytest.approx(group.si.median(), rel=1e-6)
         assert row["frac_si_gt_0.5"] == pytest.approx((group.si > 0.5).mean())
     ks = pd.read_csv(out / "selectivity_ks.csv")
+    assert list(ks.columns[:5]) == ["layer", "model_a", "run_a", "model_b", "run_b"]
     statistics = {}
     for layer in DEFAULT_LAYERS:
         part = table[table.layer == layer]
@@ -137,6 +152,8 @@ def test_two_models_data_from_checkpoint_figure_tables(trained, tmp_path, capsys
         assert ks.set_index("layer").loc[layer, "p_value"] == pytest.approx(ref.pvalue, rel=1e-6)
     best = max(DRAWN, key=statistics.get)
     assert f"Most separated layer (largest KS statistic): {best} " in printed
+    assert "within one pair of networks" in printed  # labelled: channels are not replicates
+    assert "a model with one network has no spread over seeds, so no interval" in printed
     assert "avgpool has the same values as layer4" in printed
     assert f"Figure panels: {', '.join(DRAWN)}" in printed
 
@@ -172,7 +189,8 @@ def test_given_data_settings_override_the_run_with_a_note(trained, tmp_path, cap
     assert exc.value.code == 0
     printed = capsys.readouterr().out
     assert "note: data image_size=24 from the command line; the run used 16" in printed
-    assert "note: data batch_size=32 from the command line; the run used 64" in printed
+    assert "image_size: trained 16, evaluated 24" in printed  # what the network is fed, too
+    assert "batch_size" not in printed  # how fast it loads is not taken from the run
     net = load_model(ModelSpec(checkpoint=str(trained["reaf"]))).net
     loader = _digits_loader(24, batch_size=32)
     expected = compute_selectivity(net, loader, layers=["layer4"], num_classes=10, max_batches=1)
@@ -289,9 +307,10 @@ def test_wandb_without_credentials_logs_offline_into_output_dir(
     (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
     contents = run_contents(run_file)
     assert "models" in contents["config"], list(contents["config"])
-    models = contents["config"]["models"]
-    assert models["test_reaf_resnet"]["source"] == str(trained["reaf"].resolve())
-    assert models["test_resnet"]["source"] == str(trained["plain"].resolve())
+    models = contents["config"]["models"]  # {model: {run: what was loaded}}
+    (reaf,) = models["test_reaf_resnet"].values()
+    assert reaf["source"] == str(trained["reaf"].resolve())
+    assert models["test_resnet"]["test_resnet.pt"]["source"] == str(trained["plain"].resolve())
     (row,) = [r for r in contents["history"] if "selectivity/figure/_type" in r]
     assert row["selectivity/summary/nrows"] == 2 * len(DEFAULT_LAYERS)
     (table,) = run_file.parent.glob("files/media/table/selectivity/summary_*.table.json")

@@ -174,3 +174,12 @@ def test_paper_row_switch_config_builds_the_callback():
     parser.add_argument("--callback", type=pl.Callback)
     init = parser.instantiate(parser.parse_object({"callback": entry}))
     assert isinstance(init.callback, SelectivityCallback)
+
+
+def test_a_fit_shorter_than_the_interval_is_told_it_records_nothing(tmp_path):
+    callback = SelectivityCallback(every_n_epochs=10, layers=LAYERS)
+    trainer = _trainer(tmp_path, callback, max_epochs=1, limit_val_batches=1)
+    module = ImageClassifier(arch="test_reaf_resnet", num_classes=10)
+    with pytest.warns(UserWarning, match="every 10 epochs, but this fit trains 1: it will record"):
+        trainer.fit(module, datamodule=_data())
+    assert not (tmp_path / "selectivity.csv").exists()  # as it said

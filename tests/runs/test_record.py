@@ -233,3 +233,58 @@ def test_valid_records_read_back_equal(record):
         write_record(path, record)
         assert read_record(path) == record
     assert record_from_dict(record.to_json_dict(), "x") == record
+
+
+def test_what_the_network_was_fed_is_checked_and_read_back_from_either_place():
+    fed = DataSpec(
+        class_path="x.Data", init_args={"image_size": 99, "root": "/r"}, image_size=16,
+        mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], num_classes=10,
+    )  # fmt: skip
+    assert fed.inputs("f") == {"image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3,
+                               "num_classes": 10}  # fmt: skip
+    # an older record: the init settings that gave them, checked the same way
+    old = DataSpec(class_path="x.Data", init_args={"image_size": 32, "resize_size": 36})
+    assert old.inputs("f") == {"image_size": 32, "resize_size": 36}
+    for args, words in [
+        ({"image_size": 0}, "data image_size: an image side is an integer in [1, 4096], got 0"),
+        ({"resize_size": 5000}, "data resize_size: an image side is an integer"),
+        ({"mean": [0.5, 0.5]}, "data mean: must be 3 finite numbers"),
+        ({"std": [1.0, 0.0, 1.0]}, "data std: must be > 0"),
+    ]:
+        with pytest.raises(RecordError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            DataSpec(class_path="x.Data", init_args=args).inputs("f")
+    for fields in ({"image_size": 4097}, {"num_classes": 0}, {"mean": [0.0, math.inf, 0.0]}):
+        with pytest.raises(RecordError, match="data"):
+            record_from_dict({"data": {"class_path": "x.Data", **fields}}, "f")
+
+
+#: Any JSON value a file could hold in place of a setting.
+_setting = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_keys = st.sampled_from(["image_size", "resize_size", "mean", "std", "num_classes", "classes"])
+
+
+@settings(max_examples=200)
+@given(
+    fed=st.dictionaries(_keys, _setting, max_size=4),
+    args=st.dictionaries(_keys, _setting, max_size=4),
+)
+def test_what_a_file_says_was_fed_is_in_range_or_one_refusal(fed, args):
+    """Whatever a record holds, a reader gets values in range or a RecordError naming the
+    file: never another exception, never an image side it would allocate without bound."""
+    content = {"data": {"class_path": "x.Data", "init_args": args, **fed}}
+    try:
+        inputs = record_from_dict(content, "f.ckpt").data.inputs("f.ckpt")
+    except RecordError as err:
+        assert "f.ckpt" in str(err) and "\n" not in str(err)
+        return
+    for key in ("image_size", "resize_size"):
+        assert key not in inputs or 1 <= inputs[key] <= 4096
+    for key in ("mean", "std"):
+        assert key not in inputs or (len(inputs[key]) == 3 and all(map(math.isfinite, inputs[key])))
+    assert "std" not in inputs or min(inputs["std"]) > 0

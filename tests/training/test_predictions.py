@@ -7,6 +7,7 @@ The reference is a plain loop: the network's softmax over each input, its
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -120,6 +121,41 @@ def test_bare_images_without_files_give_empty_path_and_target(tmp_path):
     for row, p in zip(rows, probs):
         assert int(row["top1_class"]) == int(p.argmax())
         assert float(row["top2_prob"]) == pytest.approx(p.sort(descending=True).values[1].item())
+
+
+class NamedData(pl.LightningDataModule):
+    """A data module that names its classes; one of its files has a name that is not UTF-8."""
+
+    classes = [f"class {c}" for c in range(NUM_CLASSES)]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dataset = FileImages(5)
+        self.dataset.samples[3] = (os.fsdecode(b"/data/caf\xe9.png"), 7)  # Latin-1 bytes
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=2)
+
+
+def test_classes_are_named_and_a_non_utf8_file_name_is_written(tmp_path):
+    model = _model()
+    data = NamedData()
+    _trainer(tmp_path, callbacks=[PredictionWriter(top_k=2)]).predict(model, datamodule=data)
+    raw = (tmp_path / "predictions.csv").read_bytes()
+    raw.decode("utf-8")  # the file stays UTF-8 text
+    rows = _read(tmp_path / "predictions.csv")
+    assert list(rows[0]) == [
+        "index", "path", "target", "target_name",
+        "top1_class", "top1_name", "top1_prob", "top2_class", "top2_name", "top2_prob",
+    ]  # fmt: skip
+    assert rows[3]["path"] == "/data/caf\\xe9.png"  # the byte as \xNN
+    with torch.no_grad():
+        probs = model(data.dataset.images).softmax(dim=-1)
+    for row, p, (_, label) in zip(rows, probs, data.dataset.samples):
+        top = p.argsort(descending=True)[:2].tolist()
+        assert row["target_name"] == f"class {label}"
+        assert [row["top1_name"], row["top2_name"]] == [f"class {c}" for c in top]
+        assert int(row["top1_class"]) == top[0]
 
 
 def test_unwritable_run_directory_fails_before_predicting(tmp_path):
