@@ -42,6 +42,8 @@ def check_yaml_keys(text: str, source: str) -> None:
       does not expand it, so it would be taken literally (a folder named ``${SCRATCH}``
       would be created). Configs are plain YAML (ours): the shell expands a variable
       given on the command line.
+    * Nesting deeper than PyYAML's recursive reader can follow (a ``RecursionError``
+      otherwise).
 
     Raises:
         ConfigError: naming the source, the key or value and its line(s).
@@ -52,6 +54,11 @@ def check_yaml_keys(text: str, source: str) -> None:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
         return  # the loader that follows reports the syntax error with its position
+    except RecursionError:  # PyYAML recurses once per level of nesting
+        raise ConfigError(
+            f"{source}: values nested deeper than Python's recursion limit; a config is a "
+            "mapping of settings a few levels deep"
+        ) from None
     stack = [root] if root is not None else []
     seen_nodes: set[int] = set()
     while stack:

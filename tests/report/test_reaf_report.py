@@ -112,9 +112,12 @@ def test_metrics_file_holds_final_and_best_as_logged(tiny_runs):
         assert record["data"]["class_path"].endswith("DigitsDataModule")
         # the data set as its module describes it: digits' 1797 images, 20% (360) held out
         data = {k: v for k, v in record["data"].items() if k not in ("class_path", "init_args")}
+        mean, std = data.pop("mean"), data.pop("std")  # of the grey training images
+        assert len(set(mean)) == len(set(std)) == 1 and 0 < mean[0] < 1 and 0 < std[0] < 1
         assert data == {
             "dataset": "digits", "num_classes": 10, "image_size": 8, "augmentation": "none",
             "sizes": {"train": 1437, "val": 360, "test": 360},
+            "classes": [str(digit) for digit in range(10)],
         }  # fmt: skip
         # what the last epoch fed: 2 batches of 16 (limit 2), the validation images in the
         # class-mixed order, whose first 32 hold every class (about 36 images of each)
