@@ -240,10 +240,15 @@ def test_reaf_export_reloads_with_create_model_and_exports_to_onnx(tmp_path):
     assert max(differences.values()) < 1e-4
 
 
+#: The deeper ResNets (101) repeat the blocks of their 50-layer versions, which export here.
+EXPORT_FAMILIES = [name for name in list_models() if "101" not in name]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list_models())
-def test_every_zoo_network_exports_to_torch_export_and_onnx(name, tmp_path):
-    """Every registered network at CIFAR size, against eager (ONNX Runtime where installed)."""
+@pytest.mark.parametrize("name", EXPORT_FAMILIES)
+def test_every_block_family_exports_to_torch_export_and_onnx(name, tmp_path):
+    """Every registered block family at CIFAR size, against eager (ONNX Runtime where
+    installed)."""
     torch.manual_seed(0)
     net = create_model(name, num_classes=10, stem="cifar")
     onnx_path = tmp_path / f"{name}.onnx"

@@ -53,7 +53,7 @@ def test_ci_runs_exactly_the_readme_development_commands():
     start = lines.index('# README "Development", in order') + 1
     assert [line for line in lines[start:] if line.strip()] == readme
     assert "set -euo pipefail" in lines
-    assert "mkdocs build --strict" in readme and "pytest -m slow" in readme
+    assert "mkdocs build --strict" in readme and "pytest -m slow -n 2 --dist loadfile" in readme
 
 
 def test_development_page_shows_the_readme_development_commands():
