@@ -36,7 +36,21 @@ def eligible(
 
     A module registered under several names is one candidate, under its first name (as
     ``named_modules`` and ``torch.fx`` name it); a pattern matching any of its names counts.
+
+    Raises:
+        ValueError: an ``include`` or ``exclude`` pattern that matches no module name (a
+            typo would otherwise convert everything or nothing without a word).
     """
+    every_name = [name for name, _ in model.named_modules(remove_duplicate=False)]
+    for option, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in every_name):
+                shown = ", ".join(every_name[1:6]) + (", ..." if len(every_name) > 6 else "")
+                raise ValueError(
+                    f"convert: {option} pattern {pattern!r} matches no module of "
+                    f"{type(model).__name__} (its module names: {shown}; patterns are globs "
+                    "such as 'layer3.*')"
+                )
     found = {}
     for name, module in model.named_modules():
         if isinstance(module, REAFConv2d):

@@ -100,6 +100,20 @@ def test_include_and_exclude_take_one_pattern_as_a_string() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("option", "patterns", "typo"),
+    [("include", "layr3.*", "layr3.*"), ("exclude", ["*.downsample.*", "fc1"], "fc1")],
+)
+def test_a_pattern_matching_no_module_is_refused_naming_it(option, patterns, typo) -> None:
+    with torch.device("meta"):
+        net = torchvision.models.resnet18()
+    with pytest.raises(ValueError) as refused:
+        reaf_lightning.convert(net, match=None, **{option: patterns})
+    message = str(refused.value)
+    assert f"{option} pattern {typo!r} matches no module of ResNet" in message
+    assert "conv1, bn1, relu, maxpool, layer1, ..." in message and "\n" not in message
+
+
 class NoPadding(nn.Module):
     def __init__(self) -> None:
         super().__init__()
