@@ -5,7 +5,8 @@ checkpoint loader), :mod:`.outputs` (the output rules and all-or-nothing writes)
 :mod:`.config` (strict YAML, seeds); everything is importable from here.
 
 * Reading untrusted files: :func:`read_bounded` (a regular file of bounded size, never a
-  FIFO or device that could hang or never end), :func:`read_yaml` and
+  FIFO or device that could hang or never end) and :func:`read_text` (the same, as
+  UTF-8 text), :func:`read_yaml` and
   :func:`check_yaml_keys` (duplicate keys refused, merge keys ``<<:`` accepted),
   :func:`load_checkpoint` (the safe unpickler), and :func:`import_class` (a class
   named in a file only from an allow-list).
@@ -26,7 +27,7 @@ from .config import (
     install_strict_yaml,
     read_yaml,
 )
-from .inputs import file_kind, import_class, load_checkpoint, read_bounded, shown
+from .inputs import file_kind, import_class, load_checkpoint, read_bounded, read_text, shown
 from .outputs import atomic_outputs, check_outputs, check_stem, ensure_writable
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "install_strict_yaml",
     "load_checkpoint",
     "read_bounded",
+    "read_text",
     "read_yaml",
     "shown",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from reaf_lightning.errors import ConfigError, one_line
 
-from .inputs import read_bounded
+from .inputs import read_text
 
 __all__ = [
     "CONFIG_MAX_BYTES",
@@ -154,11 +154,7 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     import yaml
 
     file = Path(path)
-    raw = read_bounded(file, CONFIG_MAX_BYTES, what="config file", error=ConfigError)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"cannot read config file {file}: {one_line(err)}") from err
+    text = read_text(file, CONFIG_MAX_BYTES, what="config file", error=ConfigError)
     try:
         check_yaml_keys(text, str(file))
         content = yaml.safe_load(text)

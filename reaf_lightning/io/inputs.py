@@ -75,6 +75,25 @@ def read_bounded(
     return data
 
 
+def read_text(
+    path: str | os.PathLike[str],
+    max_bytes: int,
+    what: str = "file",
+    error: type[ReafError] = DataError,
+) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` (:func:`read_bounded`), a
+    byte-order mark dropped, or one line saying why not.
+
+    Raises:
+        error: as :func:`read_bounded`, or the bytes are not UTF-8 (naming the first bad one).
+    """
+    raw = read_bounded(path, max_bytes, what, error)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {shown(path)} is not UTF-8 text (byte {err.start})") from None
+
+
 def shown(path: str | os.PathLike[str]) -> str:
     """``path`` printable on any terminal, on one line: bytes of a file name that are not
     UTF-8 as ``\\xNN``, control characters (a newline, a tab) as Python escapes them."""

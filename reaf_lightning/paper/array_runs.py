@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from reaf_lightning.errors import ConfigError
+from reaf_lightning.io import read_text
 from reaf_lightning.paper.configs import config_path, experiment_rows, recipe_path
 from reaf_lightning.paper.tables import paper_rows
 
@@ -66,17 +67,7 @@ def _recipe_of(config: str, where: str) -> str:
 
 
 def _file_configs(path: Path) -> list[tuple[str, ...]]:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_ROWS_FILE_BYTES + 1)
-    except OSError as err:
-        raise ConfigError(f"rows file {path}: cannot be read ({err.strerror})") from None
-    if len(data) > MAX_ROWS_FILE_BYTES:
-        raise ConfigError(f"rows file {path}: larger than {MAX_ROWS_FILE_BYTES} bytes")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError(f"rows file {path}: not UTF-8 text") from None
+    text = read_text(path, MAX_ROWS_FILE_BYTES, "rows file", ConfigError)
     runs = []
     for number, line in enumerate(text.splitlines(), start=1):
         where = f"{path}:{number}"

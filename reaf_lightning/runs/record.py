@@ -60,7 +60,7 @@ from pydantic import (
 )
 
 from reaf_lightning.errors import ConfigError, one_line
-from reaf_lightning.io import SEED_RANGE, atomic_outputs, read_bounded
+from reaf_lightning.io import SEED_RANGE, atomic_outputs, read_text
 
 __all__ = [
     "FORMAT",
@@ -355,7 +355,7 @@ def record_from_dict(content: Any, source: str) -> RunRecord:
 def read_record_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON object of a record file, read as untrusted input (no schema check yet).
 
-    Read by :func:`reaf_lightning.io.read_bounded` (a regular file of at most
+    Read by :func:`reaf_lightning.io.read_text` (a regular file of at most
     :data:`MAX_RECORD_BYTES`, checked on the open descriptor, so a link to
     ``/dev/zero`` or a FIFO can neither hang nor fill memory), then decoded as
     strict UTF-8 JSON with the nesting bounded.
@@ -364,11 +364,7 @@ def read_record_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         RecordError: one line naming the file and what is wrong with it.
     """
     file = Path(path)
-    raw = read_bounded(file, MAX_RECORD_BYTES, what="run record", error=RecordError)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise RecordError(f"run record {file} is not UTF-8 text (byte {err.start})") from None
+    text = read_text(file, MAX_RECORD_BYTES, what="run record", error=RecordError)
     try:
         content = json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:

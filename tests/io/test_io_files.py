@@ -22,6 +22,7 @@ from reaf_lightning.io import (
     import_class,
     install_strict_yaml,
     read_bounded,
+    read_text,
     read_yaml,
 )
 
@@ -34,6 +35,15 @@ def test_read_bounded_reads_a_small_regular_file(tmp_path):
     link = tmp_path / "link.json"
     link.symlink_to(path)  # an input may be a link to a regular file
     assert read_bounded(link, 100) == b'{"x": 1}'
+
+
+def test_read_text_drops_a_byte_order_mark_and_names_the_first_byte_that_is_not_utf8(tmp_path):
+    path = tmp_path / "rows.txt"
+    path.write_bytes(b"\xef\xbb\xbfconfigs/a.yaml\n")
+    assert read_text(path, 100) == "configs/a.yaml\n"
+    path.write_bytes(b"ok \xe9t\xe9")
+    with pytest.raises(DataError, match=r"rows file .*rows.txt is not UTF-8 text \(byte 3\)$"):
+        read_text(path, 100, "rows file")
 
 
 def test_read_bounded_refuses_a_fifo_without_waiting_for_a_writer(tmp_path):
