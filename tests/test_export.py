@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 from helpers import REPO
+from helpers.strategies import json_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -260,13 +261,7 @@ def test_every_block_family_exports_to_torch_export_and_onnx(name, tmp_path):
     assert max(differences.values()) < 1e-4, differences
 
 
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats() | st.text(max_size=5),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=6,
-)
+_json = json_values(max_leaves=6)
 _fields = st.sampled_from(["arch", "arch_kwargs", "num_classes", "image_size", "mean", "classes"])
 
 

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers.strategies import json_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -151,14 +152,7 @@ def test_impossible_values_and_keys_given_twice_are_refused(tmp_path):
 
 
 # -- hypothesis: anything in, a record or one line out -----------------------------------------
-_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-_json = st.recursive(
-    _scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=25,
-)
+_json = json_values(max_leaves=25, text_size=20)
 _record_like = st.dictionaries(st.sampled_from(KEYS), _json, max_size=8)
 
 
@@ -259,13 +253,7 @@ def test_what_the_network_was_fed_is_checked_and_read_back_from_either_place():
 
 
 #: Any JSON value a file could hold in place of a setting.
-_setting = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats() | st.text(max_size=5),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+_setting = json_values(max_leaves=8)
 _keys = st.sampled_from(["image_size", "resize_size", "mean", "std", "num_classes", "classes"])
 
 
