@@ -21,7 +21,7 @@ from reaf_lightning.io.config import check_yaml_keys, read_yaml
 _PIECES = [
     "a: 1\n", "a: 2\n", "b: &x {c: 1}\n", "d: *x\n", "<<: *x\n", "e:\n  <<: *x\n  c: 2\n",
     "f: ${HOME}\n", "g: $USER/x\n", "h: !!python/object:os.system {}\n", "i: !!binary aGk=\n",
-    "- 1\n", "[" * 40, "]" * 40, "a: " + "[" * 3000, "{", "}", "\t", "j: 'unterminated\n",
+    "- 1\n", "[" * 40, "]" * 40, "a: " + "[" * 1000, "{", "}", "\t", "j: 'unterminated\n",
     "k: é\n", "? [1, 2]\n",
     ": 3\n", "l: [1, 2, 1]\n", "m: {n: 1, n: 2}\n", "---\n", "...\n", "o: 1e400\n", "&a [*a]\n",
 ]  # fmt: skip
