@@ -41,7 +41,7 @@ def eligible(
         ValueError: an ``include`` or ``exclude`` pattern that matches no module name (a
             typo would otherwise convert everything or nothing without a word).
     """
-    every_name = [name for name, _ in model.named_modules(remove_duplicate=False)]
+    every_name = [name for group in names.values() for name in group]  # "" is the model
     for option, patterns in (("include", include), ("exclude", exclude)):
         for pattern in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in every_name):
